@@ -1,0 +1,1 @@
+"""pytest plugin for the calibration gate (being built; see docs/ARCHITECTURE.md)."""
