@@ -1,0 +1,448 @@
+"""The run's records on disk: the run directory, the `results.json` schema, atomic writes, `reports/latest`.
+
+Layout of one run (docs/RESULTS.md documents every field)::
+
+    reports/<run-id>/results.json                      the run: identity, pairs, tasks, every case, verdict
+    reports/<run-id>/report.html                       the self-contained page rendered from the above
+    reports/<run-id>/records/<model-label>/<task>.jsonl     one ItemRecord JSON object a line
+    reports/<run-id>/records/<model-label>/<task>.meta.json model identity, data fingerprint, scoring stats
+    reports/<run-id>/items/<task>.jsonl                one item a line: id, gold, options, context, subject
+    reports/<run-id>/items/<task>.meta.json            the task's data source, fingerprint and counts
+    reports/latest -> <run-id>                         the newest COMPLETE run (a `LATEST` text file where
+                                                       symlinks are unavailable)
+
+Every file is written to a unique temporary name in its final folder and renamed with `os.replace`, so a
+reader sees the old file or the new one, never half of one. Several pytest-xdist workers may write records
+at once; a lock per records file keeps the `.jsonl` and its `.meta.json` from two writers consistent.
+`results.json` is written last, by the controller process, with `"complete": true` only when the session
+ended normally; an interrupted run therefore leaves a run directory without `results.json` (or with
+`"complete": false`) and never moves `reports/latest`.
+
+This module imports neither torch nor the scoring code: it duck-types `TaskScores`, `TaskData` and
+`CaseResult` through the attributes named in docs/ARCHITECTURE.md, so the report can be rebuilt anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import secrets
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from filelock import FileLock
+
+from calib_checks.errors import CalibChecksError
+
+SCHEMA_VERSION = 1
+"""Bumped on any change a reader of results.json must know about (renamed/removed field, changed meaning)."""
+
+RUN_VERDICTS = ("ship", "regression", "error", "incomplete")
+CASE_VERDICTS = ("pass", "fail", "not-gated", "error")
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
+LATEST_LINK = "latest"
+LATEST_FILE = "LATEST"
+
+# Run ids, model labels and task names become path components: keep them to a safe alphabet.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@=+-]*$")
+_REQUIRED_KEYS = ("schema_version", "run_id", "complete", "verdict", "run", "models", "pairs", "tasks", "cases")
+_VERSIONED_PACKAGES = ("calib-checks", "torch", "transformers", "numpy", "jinja2")
+
+
+class ResultsError(CalibChecksError):
+    """A run directory or results.json that cannot be written or read as documented."""
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id: UTC timestamp plus a short random suffix, e.g. `20260123T045901Z-3fa9c1`."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+
+
+def safe_name(value: str, what: str) -> str:
+    """Return `value` if it can be a single path component here, else raise ResultsError naming `what`."""
+    if not isinstance(value, str) or not _SAFE_NAME.match(value) or value in (LATEST_LINK, LATEST_FILE):
+        raise ResultsError(
+            f"{what} {value!r} cannot name a file in the run directory: use letters, digits and ._@=+- only, "
+            f"not starting with a dot (model labels come from models.LoadedModel.label)"
+        )
+    return value
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a unique temporary file in the same folder and `os.replace`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is an artifact others (CI, a team) must read
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _dumps(value: Any, what: str, indent: int | None = None) -> str:
+    # allow_nan=False: a NaN/inf would make the file invalid JSON for every other reader; fail here instead.
+    try:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False, indent=indent, sort_keys=indent is not None)
+    except (TypeError, ValueError) as exc:
+        raise ResultsError(f"{what} is not JSON-able ({exc}); records and cases must hold finite numbers") from exc
+
+
+def _as_dict(obj: Any, what: str) -> dict:
+    """The JSON dict of a contract dataclass (its `to_json()`), or a dict as it is."""
+    value = obj.to_json() if hasattr(obj, "to_json") else obj
+    if not isinstance(value, dict):
+        raise ResultsError(f"{what} must be a dict or have to_json(); got {type(obj).__name__}")
+    return value
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _utc_iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that change numbers, plus Python; None where not installed.
+
+    Read from package metadata, so recording them imports nothing heavy (no torch).
+    """
+    versions: dict[str, str | None] = {}
+    for name in _VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = platform.python_version()
+    return versions
+
+
+def describe_task(task_data: Any) -> dict:
+    """The `tasks[<task>]` entry of results.json for a `data.TaskData` (see docs/RESULTS.md)."""
+    items = list(task_data.items)
+    return {
+        "source": task_data.source,
+        "fingerprint": task_data.fingerprint,
+        "n_available": int(task_data.n_available),
+        "n_items": len(items),
+        "limit": task_data.limit,
+        "seed": task_data.seed,
+        "item_ids": [item.id for item in items],
+    }
+
+
+def run_verdict(cases: Iterable[dict], complete: bool) -> tuple[str, str]:
+    """The run's verdict and a one-line reason.
+
+    incomplete: the session did not end normally (whatever the cases say, they are not all there);
+    regression: at least one case failed; error: no case failed but one could not be judged, or there were no
+    cases at all; ship: every gated case passed.
+    """
+    counts = {verdict: 0 for verdict in CASE_VERDICTS}
+    for case in cases:
+        counts[case["verdict"]] += 1
+    total = sum(counts.values())
+    if not complete:
+        return "incomplete", f"the run did not finish: {total} case(s) were judged before it stopped"
+    if counts["fail"]:
+        return "regression", f"{counts['fail']} of {total} case(s) failed their threshold"
+    if counts["error"]:
+        return "error", f"{counts['error']} of {total} case(s) could not be judged"
+    if total == 0:
+        return "error", "no case was judged: check the selected tasks, pairs and thresholds"
+    if counts["pass"] == 0:
+        return "error", f"none of the {total} case(s) is gated by a threshold: nothing was checked"
+    return "ship", f"all {counts['pass']} gated case(s) passed ({counts['not-gated']} reported, not gated)"
+
+
+class RunWriter:
+    """Writes one run directory `report_dir/run_id` (layout in the module docstring and docs/RESULTS.md).
+
+    Workers call `write_records` / `write_items` (each file is atomic, any process may call them, the same
+    file twice included); the controller calls `finish` once at the end of the session.
+    """
+
+    def __init__(self, report_dir: str | Path, run_id: str) -> None:
+        self.report_dir = Path(report_dir)
+        self.run_id = safe_name(run_id, "run id")
+        self.run_dir = self.report_dir / self.run_id
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.started_at = time.time()
+
+    def _lock(self, name: str) -> FileLock:
+        locks = self.run_dir / ".locks"
+        locks.mkdir(exist_ok=True)
+        return FileLock(str(locks / f"{name}.lock"))
+
+    def write_records(self, scores: Any) -> Path:
+        """Write `records/<model-label>/<task>.jsonl` (one ItemRecord a line) and its `.meta.json`.
+
+        `scores` is a `scoring.TaskScores`. Returns the `.jsonl` path.
+        """
+        label = safe_name(scores.model_label, "model label")
+        task = safe_name(scores.task, "task name")
+        what = f"records of {label} on {task}"
+        lines = [_dumps(_as_dict(record, what), what) for record in scores.records]
+        body = "".join(line + "\n" for line in lines)
+        meta = {
+            "model_label": label,
+            "task": task,
+            "model_identity": scores.model_identity,
+            "data_fingerprint": scores.data_fingerprint,
+            "stats": scores.stats,
+            "n_records": len(lines),
+            "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+        }
+        path = self.run_dir / "records" / label / f"{task}.jsonl"
+        with self._lock(f"records--{label}--{task}"):
+            atomic_write_text(path, body)
+            atomic_write_text(path.with_suffix(".meta.json"), _dumps(meta, what, indent=2) + "\n")
+        return path
+
+    def write_items(self, task_data: Any) -> Path:
+        """Write `items/<task>.jsonl` (id, gold, options, context, subject per item) and its `.meta.json`.
+
+        `task_data` is a `data.TaskData`. The report shows option texts from here; `finish` fills a task's
+        entry from the `.meta.json` when its `tasks` argument lacks it. Returns the `.jsonl` path.
+        """
+        task = safe_name(task_data.task, "task name")
+        what = f"items of {task}"
+        body = "".join(
+            _dumps(
+                {
+                    "id": item.id,
+                    "gold": int(item.gold),
+                    "options": list(item.options),
+                    "context": item.context,
+                    "subject": item.subject,
+                },
+                what,
+            )
+            + "\n"
+            for item in task_data.items
+        )
+        path = self.run_dir / "items" / f"{task}.jsonl"
+        with self._lock(f"items--{task}"):
+            atomic_write_text(path, body)
+            atomic_write_text(path.with_suffix(".meta.json"), _dumps(describe_task(task_data), what, indent=2) + "\n")
+        return path
+
+    def _record_files(self) -> list[dict]:
+        entries = []
+        for path in sorted((self.run_dir / "records").glob("*/*.jsonl")):
+            meta = _read_json(path.with_suffix(".meta.json"), "records metadata")
+            entries.append(
+                {
+                    "model": path.parent.name,
+                    "task": path.stem,
+                    "path": path.relative_to(self.run_dir).as_posix(),
+                    "n_records": meta.get("n_records"),
+                    "sha256": _sha256_file(path),
+                }
+            )
+        return entries
+
+    def _models(self, given: dict) -> dict:
+        """`models` of results.json: what the caller gave, completed from the records' metadata."""
+        models = {label: dict(info) for label, info in given.items()}
+        for meta_path in sorted((self.run_dir / "records").glob("*/*.meta.json")):
+            meta = _read_json(meta_path, "records metadata")
+            entry = models.setdefault(meta["model_label"], {})
+            entry.setdefault("identity", meta.get("model_identity"))
+        return models
+
+    def _tasks(self, given: dict) -> dict:
+        tasks = {}
+        for meta_path in sorted((self.run_dir / "items").glob("*.meta.json")):
+            tasks[meta_path.name[: -len(".meta.json")]] = _read_json(meta_path, "items metadata")
+        for name, entry in given.items():
+            tasks[name] = {**tasks.get(name, {}), **entry}
+        return tasks
+
+    def finish(self, identity: dict, pairs: list[dict], tasks: dict, cases: list[Any], complete: bool) -> Path:
+        """Write results.json (atomically), render report.html, then repoint `latest` if `complete`.
+
+        identity: the run's identity (docs/RESULTS.md, "run"): `models` (label -> {spec, revision, identity,
+        ...}), `dtype`, `device`, `thresholds_file`, optional `started_at` (epoch seconds; default: when this
+        writer was made) and `argv` (default `sys.argv`); other JSON-able keys are kept under `run`.
+        pairs: `[{"name", "base", "aligned"}, ...]` model labels. tasks: task -> `describe_task(...)` entries.
+        cases: `verdicts.CaseResult` objects. Returns the results.json path.
+        """
+        identity = dict(identity)
+        for pair in pairs:
+            missing = {"name", "base", "aligned"} - set(pair)
+            if missing:
+                raise ResultsError(f"pair {pair!r} lacks {sorted(missing)}: each pair needs name, base, aligned")
+        case_dicts = [_as_dict(case, "case") for case in cases]
+        for case in case_dicts:
+            if case.get("verdict") not in CASE_VERDICTS:
+                raise ResultsError(f"case verdict {case.get('verdict')!r} is not one of {CASE_VERDICTS}")
+        verdict, reason = run_verdict(case_dicts, complete)
+        summary = {v: sum(case["verdict"] == v for case in case_dicts) for v in CASE_VERDICTS}
+
+        started = identity.pop("started_at", self.started_at)
+        if isinstance(started, bool) or not isinstance(started, (int, float)):
+            raise ResultsError(f"identity started_at must be epoch seconds (time.time()), got {started!r}")
+        finished = time.time()
+        thresholds_file = identity.pop("thresholds_file", None)
+        thresholds_sha = identity.pop("thresholds_sha256", None)
+        if thresholds_file is not None and thresholds_sha is None and Path(thresholds_file).is_file():
+            thresholds_sha = _sha256_file(Path(thresholds_file))
+        models = self._models(identity.pop("models", {}))
+        run = {
+            "started_at": _utc_iso(started),
+            "finished_at": _utc_iso(finished),
+            "duration_s": round(finished - started, 3),
+            "argv": list(identity.pop("argv", sys.argv)),
+            "dtype": identity.pop("dtype", None),
+            "device": identity.pop("device", None),
+            "thresholds": {"file": None if thresholds_file is None else str(thresholds_file),
+                           "sha256": thresholds_sha},
+            "versions": package_versions(),
+            **identity,
+        }
+        results = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "complete": bool(complete),
+            "verdict": verdict,
+            "verdict_reason": reason,
+            "summary": summary,
+            "run": run,
+            "models": models,
+            "pairs": [dict(pair) for pair in pairs],
+            "tasks": self._tasks(tasks),
+            "cases": case_dicts,
+            "records": self._record_files(),
+            "report": REPORT_FILE,
+        }
+        path = atomic_write_text(self.run_dir / RESULTS_FILE, _dumps(results, "results", indent=2) + "\n")
+
+        from calib_checks.report import render_report  # report imports this module
+
+        render_report(self.run_dir)
+        if complete:
+            point_latest(self.report_dir, self.run_id)
+        return path
+
+
+def point_latest(report_dir: Path, run_id: str) -> Path:
+    """Atomically point `report_dir/latest` at `run_id` (a relative symlink, replaced via a temporary one).
+
+    Where symlinks are unavailable (some Windows set-ups, some mounted file systems) writes the run id to
+    `report_dir/LATEST` instead. Returns the path that now names the latest run.
+    """
+    report_dir = Path(report_dir)
+    link = report_dir / LATEST_LINK
+    if link.exists() and not link.is_symlink():
+        raise ResultsError(f"{link} exists and is not a symlink: remove it so it can point at the newest run")
+    tmp = report_dir / f".{LATEST_LINK}-{secrets.token_hex(4)}"
+    try:
+        os.symlink(run_id, tmp, target_is_directory=True)
+    except (OSError, NotImplementedError):
+        return atomic_write_text(report_dir / LATEST_FILE, run_id + "\n")
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return link
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """The run directory named by `path`: a run dir, its results.json, or `reports/latest` (link or LATEST)."""
+    path = Path(path)
+    if path.name == RESULTS_FILE and path.is_file():
+        return path.parent
+    if path.name == LATEST_LINK and not path.exists() and (path.parent / LATEST_FILE).is_file():
+        run_id = (path.parent / LATEST_FILE).read_text(encoding="utf-8").strip()
+        return path.parent / safe_name(run_id, "run id in LATEST")
+    return path
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ResultsError(f"{what} file {path} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ResultsError(f"{what} file {path} is not readable JSON ({exc})") from None
+
+
+def load_results(run_dir: str | Path) -> dict:
+    """Read and check `results.json` of a run directory (or the file itself, or `reports/latest`)."""
+    run_dir = resolve_run_dir(run_dir)
+    path = run_dir / RESULTS_FILE
+    if not path.is_file():
+        raise ResultsError(
+            f"{path} does not exist: the run was interrupted before it finished, or {run_dir} is not a run "
+            f"directory (reports/<run-id>/)"
+        )
+    results = _read_json(path, "results")
+    if not isinstance(results, dict) or "schema_version" not in results:
+        raise ResultsError(f"{path} is not a calib-checks results file (no schema_version)")
+    if results["schema_version"] != SCHEMA_VERSION:
+        raise ResultsError(
+            f"{path} has schema_version {results['schema_version']!r}; this calib-checks reads "
+            f"{SCHEMA_VERSION}: re-run with the calib-checks version that wrote it"
+        )
+    missing = [key for key in _REQUIRED_KEYS if key not in results]
+    if missing:
+        raise ResultsError(f"{path} lacks {missing}: the file is truncated or was edited by hand")
+    if results["verdict"] not in RUN_VERDICTS:
+        raise ResultsError(f"{path} has verdict {results['verdict']!r}, not one of {RUN_VERDICTS}")
+    for case in results["cases"]:
+        if not isinstance(case, dict) or case.get("verdict") not in CASE_VERDICTS:
+            raise ResultsError(f"{path} holds a case without a valid verdict: {str(case)[:120]}")
+    return results
+
+
+def load_records(run_dir: str | Path, model: str, task: str) -> list[dict] | None:
+    """The ItemRecord dicts of `model` on `task` in a run directory, or None where that file is absent."""
+    path = Path(run_dir) / "records" / safe_name(model, "model label") / f"{safe_name(task, 'task name')}.jsonl"
+    if not path.is_file():
+        return None
+    return _read_jsonl(path, "records")
+
+
+def load_items(run_dir: str | Path, task: str) -> dict[str, dict] | None:
+    """The items of `task` by id (`id`, `gold`, `options`, `context`, `subject`), or None where absent."""
+    path = Path(run_dir) / "items" / f"{safe_name(task, 'task name')}.jsonl"
+    if not path.is_file():
+        return None
+    return {item["id"]: item for item in _read_jsonl(path, "items")}
+
+
+def _read_jsonl(path: Path, what: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ResultsError(f"{what} file {path} line {number} is not JSON ({exc})") from None
+    return rows
