@@ -1,0 +1,598 @@
+"""Model specs and loading: a hub id, a local checkpoint folder or a GGUF file, plus a temperature transform.
+
+Spec grammar (`parse_model_spec`)::
+
+    SPEC  := BASE [":temperature=" T]
+    BASE  := HUB_ID ["@" REVISION]      e.g. HuggingFaceTB/SmolLM2-135M-Instruct@main
+           | FOLDER                     a transformers checkpoint folder (config.json + weights)
+           | FILE.gguf                  a GGUF checkpoint (converted once to safetensors, then cached)
+
+A path that exists is a path, even when it looks like a hub id (transformers does the same).
+
+The temperature transform is a documented, controlled perturbation: the scorer divides the model's logits
+by T before its fp32 log-softmax, so log p_T(token) = log_softmax(logits / T). T < 1 sharpens every
+distribution (a simulated over-confident release), T > 1 flattens it, T = 1 leaves the model untouched.
+It is part of the model's identity and label, so cached scores never mix temperatures.
+
+Loading follows lm-evaluation-harness's HFLM where it matters for the numbers (reference facts, section 3):
+- BOS is prepended only for the Gemma family (`"gemma" in config.model_type`), as HFLM forces
+  `add_bos_token=True` there and otherwise leaves it False;
+- `max_length` is the first of the config's `n_positions`, `max_position_embeddings`, `n_ctx`, else the
+  tokenizer's `model_max_length` unless it is the "infinite" sentinel, else 2048.
+Departures: dtype `auto` means bf16 on CUDA and fp32 on CPU (HFLM's `auto` keeps the checkpoint's dtype),
+and the attention implementation is `sdpa` (eager when a model has no sdpa kernel) because the scorer
+passes its own 4D attention mask.
+
+GGUF: transformers dequantises a GGUF file at every `from_pretrained` (tens of seconds for a 100 MB file)
+and refuses `save_pretrained` on the result, so the first load builds a fresh model from the GGUF model's
+config (without `quantization_config`), moves the dequantised fp32 state dict into it, and saves model +
+tokenizer as safetensors in `cache_dir()/models/<sha256 of the file>/` (temporary folder renamed into place,
+under a file lock, so concurrent processes convert once). Later loads read that folder in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from filelock import FileLock
+
+from calib_checks.cache import atomic_write_bytes, cache_dir, canonical_json
+from calib_checks.errors import CalibChecksError
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+SourceKind = Literal["hub", "folder", "gguf"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)?$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
+_TRANSFORM = re.compile(r"^(?P<base>.*):(?P<key>[A-Za-z_]+)=(?P<value>[^:]*)$")
+_DTYPES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}  # fmt: skip
+# Folder names that say nothing about the model; the label then adds the parent folder's name.
+_GENERIC_FOLDER = re.compile(r"^(checkpoint[-_]?\d*|final|latest|best|model|hf|export|output|[0-9a-f]{40})$", re.I)
+# Files that determine a checkpoint's outputs: weights, their index, config, tokenizer, remote code.
+_IDENTITY_FILES = re.compile(
+    r"^(.*\.safetensors|pytorch_model.*\.bin|.*\.index\.json|config\.json|tokenizer.*|special_tokens_map\.json"
+    r"|added_tokens\.json|vocab\..*|merges\.txt|.*\.model|.*\.tiktoken|.*\.py)$"
+)
+_HASH_CHUNK = 8 << 20
+_GGUF_MAGIC = b"GGUF"
+_GGUF_MARKER = "calib_checks_gguf.json"
+# HFLM's fallback when neither config nor tokenizer gives a length, and the tokenizer's "no limit" sentinel.
+_DEFAULT_MAX_LENGTH = 2048
+_TOKENIZER_INFINITY = 1000000000000000019884624838656
+
+
+class ModelLoadError(CalibChecksError):
+    """A model spec is malformed, or the model it names cannot be found or loaded."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec (see the module docstring for the grammar).
+
+    `name` is the hub id, or the absolute path of the folder / GGUF file; `revision` applies to hub ids
+    only; `temperature` divides the logits (1.0 = untouched).
+    """
+
+    text: str
+    source: SourceKind
+    name: str
+    revision: str | None = None
+    temperature: float = 1.0
+
+    @property
+    def label(self) -> str:
+        """Short, filesystem-safe name, e.g. `SmolLM2-135M-Instruct` or `SmolLM2-135M-Instruct@T0.5`."""
+        path = Path(self.name)
+        if self.source == "hub":
+            base = self.name.split("/")[-1] + (f"@{self.revision[:12]}" if self.revision else "")
+        elif self.source == "gguf":
+            base = path.stem
+        elif path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+            # A folder inside the HF cache: models--org--name/snapshots/<commit>.
+            base = f"{path.parent.parent.name.split('--')[-1]}@{path.name[:12]}"
+        elif _GENERIC_FOLDER.match(path.name) and path.parent.name:
+            base = f"{path.parent.name}-{path.name}"
+        else:
+            base = path.name
+        if self.temperature != 1.0:
+            base += f"@T{str(self.temperature).removesuffix('.0')}"  # shortest exact repr: no two collide
+        safe = re.sub(r"[^A-Za-z0-9._@+-]", "_", base).lstrip(".")
+        return safe[:100] or "model"
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _spec_error(text: str, problem: str, fix: str) -> ModelLoadError:
+    return ModelLoadError(f"model spec {text!r}: {problem}; {fix}")
+
+
+def _parse_temperature(text: str, value: str) -> float:
+    try:
+        temperature = float(value)
+    except ValueError:
+        temperature = float("nan")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise _spec_error(text, f"temperature {value!r} is not a finite number > 0", "write e.g. ':temperature=0.5'")
+    return temperature
+
+
+def _looks_like_path(base: str) -> bool:
+    return base.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in base or base.count("/") > 1
+
+
+def parse_model_spec(text: str, revision: str | None = None) -> ModelSpec:
+    """Parse `NAME[@REV][:temperature=T]` into a `ModelSpec`; `revision` is the `--revision` option.
+
+    Local paths are checked here (so a typo fails before any work); hub ids are checked when resolved.
+    Raises `ModelLoadError` naming the spec and how to fix it.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ModelLoadError(
+            "empty model spec: pass a hub id (org/name[@revision]), a checkpoint folder or a .gguf file"
+        )
+    text = text.strip()
+    base, temperature, seen = text, 1.0, set()
+    while (match := _TRANSFORM.match(base)) and not Path(base).expanduser().exists():
+        key = match["key"]
+        if key != "temperature":
+            raise _spec_error(text, f"unknown transform {key!r}", "the only transform is ':temperature=T'")
+        if key in seen:
+            raise _spec_error(text, "temperature given twice", "give ':temperature=T' once")
+        seen.add(key)
+        temperature = _parse_temperature(text, match["value"])
+        base = match["base"]
+    if not base:
+        raise _spec_error(text, "no model before the transform", "write MODEL:temperature=T")
+
+    path = Path(base).expanduser()
+    is_gguf = base.lower().endswith(".gguf")
+    if path.exists() or is_gguf or _looks_like_path(base):
+        if revision is not None:
+            raise _spec_error(text, "a revision applies only to hub ids", "drop --revision for a local path")
+        if not path.exists():
+            at = base.rfind("@")
+            if at > 0 and Path(base[:at]).expanduser().exists():
+                raise _spec_error(text, "a revision applies only to hub ids", "drop '@...' from the local path")
+            what = "GGUF file" if is_gguf else "model folder"
+            raise _spec_error(text, f"{what} {str(path.absolute())!r} does not exist", "check the path")
+        path = path.resolve()
+        if is_gguf:
+            if not path.is_file():
+                raise _spec_error(text, f"{str(path)!r} is not a file", "pass the .gguf file itself")
+            return ModelSpec(text=text, source="gguf", name=str(path), temperature=temperature)
+        if not path.is_dir():
+            raise _spec_error(
+                text, f"{str(path)!r} is a file", "pass a checkpoint folder (config.json + weights) or a .gguf file"
+            )
+        return ModelSpec(text=text, source="folder", name=str(path), temperature=temperature)
+
+    name, _, rev = base.partition("@")
+    if ":" in base:
+        raise _spec_error(text, "unexpected ':'", "a transform is written MODEL:temperature=T")
+    if not _HUB_ID.match(name):
+        raise _spec_error(
+            text,
+            f"{name!r} is neither an existing path nor a hub id",
+            "pass org/name[@revision], an existing checkpoint folder or a .gguf file",
+        )
+    if "@" in base and not (rev and _REVISION.match(rev)):
+        raise _spec_error(text, f"bad revision {rev!r}", "write org/name@<branch, tag or commit>")
+    if revision is not None:
+        if rev and rev != revision:
+            raise _spec_error(text, f"revision given twice ({rev!r} and {revision!r})", "give it once")
+        if not _REVISION.match(revision):
+            raise _spec_error(text, f"bad revision {revision!r}", "pass a branch, tag or commit")
+        rev = revision
+    return ModelSpec(text=text, source="hub", name=name, revision=rev or None, temperature=temperature)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the scorer. Fields as in docs/ARCHITECTURE.md (`models.LoadedModel`)."""
+
+    spec: ModelSpec
+    label: str
+    model: Any
+    tokenizer: Any
+    temperature: float
+    input_device: torch.device
+    dtype: torch.dtype
+    add_bos: bool
+    max_length: int
+    identity: dict
+
+
+# ---------------------------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str = "auto") -> str:
+    """`auto` = `cuda` when available, else `cpu`; otherwise the named device, checked to exist."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ModelLoadError(f"unknown device {device!r} ({exc}): use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} asked for, but CUDA is not available: use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelLoadError(
+                f"device {device!r} asked for, but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "auto") -> torch.dtype:
+    """`auto` = bfloat16 on CUDA, float32 elsewhere; or a named dtype (float32/fp32, bfloat16/bf16, float16/fp16)."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ModelLoadError(f"dtype {dtype} is not supported: use float32, bfloat16 or float16")
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if resolve_device(device).startswith("cuda") else torch.float32
+    name = _DTYPES.get(str(dtype).lower())
+    if name is None:
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+# ---------------------------------------------------------------------------------------------- identity
+
+
+def _hash_cache_path(path: Path) -> Path:
+    return cache_dir() / "hashes" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, streamed; remembered per (real path, size, mtime) so big files hash once.
+
+    A file inside the HF hub cache is content-addressed: its blob's name already is its sha256.
+    """
+    path = Path(path).resolve()
+    if path.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", path.name):
+        return path.name
+    stat = path.stat()
+    memo = _hash_cache_path(path)
+    try:
+        saved = json.loads(memo.read_text())
+        if saved["path"] == str(path) and saved["size"] == stat.st_size and saved["mtime_ns"] == stat.st_mtime_ns:
+            return str(saved["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no memo yet, or an unreadable one: hash again
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    record = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
+    try:
+        atomic_write_bytes(memo, json.dumps(record).encode())
+    except OSError as exc:  # a read-only cache only costs re-hashing next time
+        log.debug("could not remember the hash of %s: %s", path, exc)
+    return sha
+
+
+def _folder_fingerprint(folder: Path) -> str:
+    """sha256 over (name, size, sha256) of the files that determine the outputs (weights, index, config,
+    tokenizer, remote code). Content-based: a checkpoint retrained in place gets a new fingerprint."""
+    manifest = [
+        {"name": entry.name, "size": entry.stat().st_size, "sha256": file_sha256(entry)}
+        for entry in sorted(folder.iterdir())
+        if entry.is_file() and _IDENTITY_FILES.match(entry.name)
+    ]
+    if not any(item["name"].endswith((".safetensors", ".bin")) for item in manifest):
+        raise ModelLoadError(
+            f"no weights (*.safetensors or pytorch_model*.bin) in {str(folder)!r}: pass a transformers "
+            "checkpoint folder (config.json + weights)"
+        )
+    return hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The local HF cache's snapshot folder of `repo_id` at `revision` (branch, tag or commit), if any."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return Path(cached).parent if isinstance(cached, str) else None
+
+
+def _resolve_hub(spec: ModelSpec) -> tuple[str, str]:
+    """(commit sha, weights fingerprint) for a hub spec: from the local HF cache when the revision is
+    there, else asked of the hub. Loading then pins that commit, so the identity is what gets scored."""
+    snapshot = _hub_snapshot(spec.name, spec.revision)
+    if snapshot is not None:
+        return snapshot.name, _folder_fingerprint(snapshot)
+    where = f"{spec.name}@{spec.revision}" if spec.revision else spec.name
+    if _hub_offline():
+        raise ModelLoadError(
+            f"model {spec.text!r}: {where} is not in the local Hugging Face cache and the hub is offline "
+            "(HF_HUB_OFFLINE): download it first, unset HF_HUB_OFFLINE, or pass a local folder"
+        )
+    from huggingface_hub import HfApi
+
+    try:
+        info = HfApi().model_info(spec.name, revision=spec.revision, files_metadata=True)
+    except Exception as exc:  # noqa: BLE001 - any hub failure (network, 404, gated) is a load failure
+        raise ModelLoadError(
+            f"model {spec.text!r}: cannot reach {where} on the Hugging Face hub ({_first_line(exc)}); check the "
+            "id and your network, or pass a local folder (a local folder that does not exist is read as a hub id)"
+        ) from None
+    manifest = [
+        {"name": s.rfilename, "size": s.size, "sha256": s.lfs.sha256 if s.lfs else s.blob_id}
+        for s in sorted(info.siblings or [], key=lambda s: s.rfilename)
+        if "/" not in s.rfilename and _IDENTITY_FILES.match(s.rfilename)
+    ]
+    return str(info.sha), hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
+
+
+def model_identity(spec: ModelSpec | str, dtype: str | torch.dtype = "auto", device: str = "auto") -> dict:
+    """What a model's scores depend on, WITHOUT loading its weights (the cache key's model part).
+
+    `{"source", "name" (hub id or absolute path), "revision" (hub commit sha, else None), "weights"
+    (content fingerprint: sha256 of the GGUF file, or of the folder's weight/index/config/tokenizer files),
+    "dtype" (resolved; device matters only through it), "temperature"}`.
+    """
+    spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    revision = None
+    if spec.source == "hub":
+        revision, weights = _resolve_hub(spec)
+    elif spec.source == "gguf":
+        _check_gguf_file(spec)
+        weights = file_sha256(spec.name)
+    else:
+        _check_folder(spec)
+        weights = _folder_fingerprint(Path(spec.name))
+    torch_dtype = resolve_dtype(dtype, device)
+    return {
+        "source": spec.source,
+        "name": spec.name,
+        "revision": revision,
+        "weights": weights,
+        "dtype": str(torch_dtype).removeprefix("torch."),
+        "temperature": spec.temperature,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
+
+
+def _check_folder(spec: ModelSpec) -> None:
+    folder = Path(spec.name)
+    if not folder.is_dir():
+        raise ModelLoadError(f"model {spec.text!r}: folder {spec.name!r} does not exist: check the path")
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(
+            f"model {spec.text!r}: no config.json in {spec.name!r}: pass a transformers checkpoint folder "
+            "(config.json + weights), e.g. one written by save_pretrained"
+        )
+
+
+def _check_gguf_file(spec: ModelSpec) -> None:
+    path = Path(spec.name)
+    if not path.is_file():
+        raise ModelLoadError(f"model {spec.text!r}: GGUF file {spec.name!r} does not exist: check the path")
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    if magic != _GGUF_MAGIC:
+        raise ModelLoadError(
+            f"model {spec.text!r}: {spec.name!r} is not a GGUF file (it does not start with 'GGUF'): "
+            "re-download it or pass the right file"
+        )
+
+
+def _gguf_folder(spec: ModelSpec, sha256: str) -> Path:
+    """The safetensors conversion of a GGUF file, made once per file content (see the module docstring)."""
+    models = cache_dir() / "models"
+    target = models / sha256
+    if (target / _GGUF_MARKER).is_file():
+        return target
+    models.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(models / f"{sha256}.lock")):
+        if (target / _GGUF_MARKER).is_file():  # another process converted it while we waited
+            return target
+        if target.exists():  # not made by an atomic rename of ours: do not trust it
+            shutil.rmtree(target)
+        tmp = Path(tempfile.mkdtemp(dir=models, prefix=f".tmp-{sha256[:16]}-"))
+        try:
+            _convert_gguf(spec, tmp)
+            marker = {"gguf": spec.name, "sha256": sha256, "converted_by": "calib-checks"}
+            (tmp / _GGUF_MARKER).write_text(json.dumps(marker, indent=2))
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _convert_gguf(spec: ModelSpec, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(spec.name)
+    log.warning("converting GGUF %s to safetensors once (dequantising takes a while)", path)
+    try:
+        quantised = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except Exception as exc:  # noqa: BLE001 - gguf/transformers raise many types for a bad file
+        raise ModelLoadError(
+            f"model {spec.text!r}: cannot read GGUF file {spec.name!r} ({_first_line(exc)}): check that the file "
+            "is complete and its architecture is supported by transformers"
+        ) from None
+    # save_pretrained refuses a GGUF-loaded model; a fresh model of the same config (without the GGUF
+    # quantization_config) takes its dequantised tensors and saves normally. Built on the meta device
+    # so that no time is spent on a random initialisation that is overwritten anyway.
+    config_dict = quantised.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config = type(quantised.config).from_dict(config_dict)
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(quantised.state_dict(), strict=True, assign=True)
+    fresh.tie_weights()
+    fresh.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    # Fail closed: the saved checkpoint must give the GGUF model's logits (a dropped tie or a config
+    # field lost on the way would change every score silently).
+    ids = tokenizer("Question: Which of these is a calibration check?\nAnswer: A", return_tensors="pt").input_ids
+    reloaded = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    with torch.inference_mode():
+        expected, got = quantised(input_ids=ids).logits, reloaded(input_ids=ids).logits
+    error = float((expected - got).abs().max())
+    if not error <= 1e-4 * (1 + float(expected.abs().max())):
+        raise ModelLoadError(
+            f"model {spec.text!r}: the safetensors conversion of {spec.name!r} changes its logits by {error:.3g}; "
+            "report this model (the GGUF conversion does not support it)"
+        )
+
+
+def _max_length(config: Any, tokenizer: Any) -> int:
+    # HFLM reads the top-level config only; a multimodal config keeps the length in its text config.
+    for cfg in (config, config.get_text_config()):
+        for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+    limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < _TOKENIZER_INFINITY:
+        return limit
+    return _DEFAULT_MAX_LENGTH
+
+
+def _weights_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name.endswith((".safetensors", ".bin")))
+
+
+def _needs_device_map(folder: Path | None, dtype: torch.dtype) -> bool:
+    """device=auto: spread with accelerate when there are several GPUs or the weights exceed one GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if torch.cuda.device_count() > 1:
+        return True
+    if folder is None:
+        return False
+    config = json.loads((folder / "config.json").read_text())
+    stored = config.get("dtype") or config.get("torch_dtype") or "float32"
+    stored_size = 4 if str(stored).endswith("32") else 2
+    needed = _weights_bytes(folder) * dtype.itemsize / stored_size
+    free, _ = torch.cuda.mem_get_info(0)
+    return needed > 0.9 * free
+
+
+def _from_pretrained(source: str, kwargs: dict) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", **kwargs)
+    except ValueError as exc:
+        if "sdpa" not in str(exc) and "scaled_dot_product" not in str(exc):
+            raise
+        log.warning("%s has no sdpa attention; using eager attention", source)
+        return AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", **kwargs)
+
+
+def load_model(
+    spec: ModelSpec | str,
+    device: str = "auto",
+    dtype: str | torch.dtype = "auto",
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer for scoring, in eval mode, gradients off.
+
+    device: `auto` (cuda when available, else cpu; accelerate's `device_map="auto"` across GPUs when there
+    are several or the model exceeds one GPU), `cpu`, `cuda`, `cuda:N`. dtype: see `resolve_dtype`.
+    `trust_remote_code` runs the checkpoint's own Python code: only when asked for.
+    Raises `ModelLoadError` with one line naming the model and what to do.
+    """
+    spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    identity = model_identity(spec, dtype, device)
+    torch_dtype = resolve_dtype(dtype, device)
+    target = resolve_device(device)
+
+    if spec.source == "hub":
+        # Pin the commit the identity was computed for; its size is known once it is local.
+        source, revision = spec.name, identity["revision"]
+        folder = _hub_snapshot(spec.name, revision)
+    elif spec.source == "gguf":
+        folder = _gguf_folder(spec, identity["weights"])
+        source, revision = str(folder), None
+    else:
+        folder = Path(spec.name)
+        source, revision = spec.name, None
+
+    kwargs: dict[str, Any] = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
+    if revision is not None:
+        kwargs["revision"] = revision
+    if device == "auto" and _needs_device_map(folder, torch_dtype):
+        kwargs["device_map"] = "auto"
+    elif target != "cpu":
+        kwargs["device_map"] = {"": target}
+    try:
+        model = _from_pretrained(source, kwargs)
+        tokenizer_kwargs = {"trust_remote_code": trust_remote_code}
+        if revision is not None:
+            tokenizer_kwargs["revision"] = revision
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source, **tokenizer_kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers/hub/safetensors raise many types
+        if "trust_remote_code" in str(exc):
+            hint = "the checkpoint has custom code: pass --trust-remote-code if you trust it"
+        elif "out of memory" in str(exc).lower():
+            hint = "it does not fit: use --dtype bfloat16, --device auto on a machine with more GPU memory, or cpu"
+        else:
+            hint = "check that the checkpoint is complete and supported by this transformers version"
+        raise ModelLoadError(f"model {spec.text!r} failed to load ({_first_line(exc)}): {hint}") from None
+
+    model.eval()
+    model.requires_grad_(False)
+    config = model.config
+    return LoadedModel(
+        spec=spec,
+        label=spec.label,
+        model=model,
+        tokenizer=tokenizer,
+        temperature=spec.temperature,
+        input_device=model.get_input_embeddings().weight.device,
+        dtype=torch_dtype,
+        add_bos="gemma" in (getattr(config, "model_type", "") or ""),
+        max_length=_max_length(config, tokenizer),
+        identity=identity,
+    )

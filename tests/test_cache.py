@@ -1,0 +1,221 @@
+"""The result cache: location, keys, atomic writes, untrusted entries, concurrent writers and the lock."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import multiprocessing
+import os
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+
+from calib_checks import cache as cache_module
+from calib_checks.cache import ScoreCache, ScoreCacheError, ScoreCacheWarning, cache_dir
+
+IDENTITY = {"source": "folder", "name": "/m", "revision": None, "weights": "ab" * 32, "dtype": "float32",
+            "temperature": 1.0}  # fmt: skip
+IDS = ["q-0", "q-1", "q-2"]
+
+
+def _key(cache: ScoreCache, ids: list[str] = IDS) -> str:
+    return cache.key(IDENTITY, "piqa", "f" * 64, ids, "lm-eval-0shot-v1", "1")
+
+
+def _records(ids: list[str] = IDS, scale: float = 1.0) -> list[dict]:
+    return [
+        {"id": item, "gold": i % 2, "scores": {"continuation-sum": [-scale * i, -0.1]},
+         "probs": {"continuation-sum": [0.25, 0.75]}, "n_tokens": [3, 4], "letter_token_ids": [5, 6]}
+        for i, item in enumerate(ids)
+    ]  # fmt: skip
+
+
+def test_cache_dir_from_env_then_xdg_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALIB_CHECKS_CACHE", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "calib-checks"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "calib-checks"
+    monkeypatch.setenv("CALIB_CHECKS_CACHE", str(tmp_path / "explicit"))
+    assert cache_dir() == tmp_path / "explicit"
+    assert ScoreCache().root == tmp_path / "explicit"
+
+
+def test_key_is_deterministic_and_depends_on_every_input(tmp_path: Path) -> None:
+    cache = ScoreCache(tmp_path)
+    base = _key(cache)
+    assert base == _key(ScoreCache(tmp_path / "elsewhere"))
+    assert len(base) == 64 and int(base, 16) >= 0
+    reordered = dict(reversed(list(IDENTITY.items())))
+    assert cache.key(reordered, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1") == base
+    variants = [
+        cache.key({**IDENTITY, "temperature": 0.5}, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1"),
+        cache.key({**IDENTITY, "dtype": "bfloat16"}, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1"),
+        cache.key(IDENTITY, "arc_easy", "f" * 64, IDS, "lm-eval-0shot-v1", "1"),
+        cache.key(IDENTITY, "piqa", "e" * 64, IDS, "lm-eval-0shot-v1", "1"),
+        cache.key(IDENTITY, "piqa", "f" * 64, IDS[::-1], "lm-eval-0shot-v1", "1"),
+        cache.key(IDENTITY, "piqa", "f" * 64, IDS[:2], "lm-eval-0shot-v1", "1"),
+        cache.key(IDENTITY, "piqa", "f" * 64, IDS, "lm-eval-0shot-v2", "1"),
+        cache.key(IDENTITY, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "2"),
+    ]
+    assert len({base, *variants}) == len(variants) + 1
+
+
+def test_put_then_get_round_trips_json_without_temp_files(tmp_path: Path) -> None:
+    cache = ScoreCache(tmp_path)
+    key = _key(cache)
+    assert cache.get(key) is None
+    path = cache.put(key, _records(), {"seconds": 1.5, "letter_tokens": {"A": 330}})
+    assert path == cache.path(key) and path.is_file()
+    records, stats = ScoreCache(tmp_path).get(key)
+    assert records == _records() and stats == {"seconds": 1.5, "letter_tokens": {"A": 330}}
+    entry = json.loads(gzip.decompress(path.read_bytes()))
+    assert entry["complete"] is True and entry["n_records"] == 3 and entry["inputs"]["item_ids"] == IDS
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_put_needs_a_key_made_by_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="call key\\(\\) first"):
+        ScoreCache(tmp_path).put("0" * 64, _records(), {})
+
+
+def test_a_failed_write_leaves_the_old_entry_and_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cache = ScoreCache(tmp_path)
+    key = _key(cache)
+    cache.put(key, _records(), {"run": 1})
+
+    def crash(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cache_module.os, "replace", crash)
+    with pytest.raises(ScoreCacheError, match="disk full"):
+        cache.put(key, _records(scale=2.0), {"run": 2})
+    monkeypatch.undo()
+    assert cache.get(key) == (_records(), {"run": 1})
+    assert [p.name for p in cache.path(key).parent.iterdir()] == [cache.path(key).name]
+
+
+def test_an_unusable_cache_folder_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    cache = ScoreCache(tmp_path / "a-file" / "cache")
+    key = _key(cache)
+    for use in (lambda: cache.lock(key).__enter__(), lambda: cache.put(key, _records(), {})):
+        with pytest.raises(ScoreCacheError, match="cannot write to the score cache .*--no-cache"):
+            use()
+
+
+def _rewrite(path: Path, change) -> None:
+    entry = json.loads(gzip.decompress(path.read_bytes()))
+    change(entry)
+    path.write_bytes(gzip.compress(json.dumps(entry).encode()))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "unreadable"),
+        (lambda p: p.write_bytes(b"not gzip at all"), "unreadable"),
+        (lambda p: p.write_bytes(gzip.compress(b'{"format": "calib-checks-score-cache", "records": [')), "unreadable"),
+        (lambda p: _rewrite(p, lambda e: e.update(complete=False)), "not marked complete"),
+        (lambda p: _rewrite(p, lambda e: e.pop("complete")), "not marked complete"),
+        (lambda p: _rewrite(p, lambda e: e["records"].pop()), "header says 3 records, found 2"),
+        (lambda p: _rewrite(p, lambda e: e["records"].reverse()), "item ids differ"),
+        (lambda p: _rewrite(p, lambda e: e["inputs"].update(task="arc_easy")), "do not hash to its key"),
+        (lambda p: _rewrite(p, lambda e: e.update(version=99)), "format version 99"),
+        (lambda p: _rewrite(p, lambda e: e.update(format="other")), "not a calib-checks score cache entry"),
+    ],
+)
+def test_damaged_entries_are_ignored_with_a_warning_and_recomputed(tmp_path: Path, damage, reason: str) -> None:
+    cache = ScoreCache(tmp_path)
+    key = _key(cache)
+    cache.put(key, _records(), {})
+    damage(cache.path(key))
+    with pytest.warns(ScoreCacheWarning, match=reason):
+        assert cache.get(key) is None
+    cache.put(key, _records(), {"again": True})
+    assert cache.get(key) == (_records(), {"again": True})
+
+
+def test_an_entry_stored_under_another_key_is_not_trusted(tmp_path: Path) -> None:
+    cache = ScoreCache(tmp_path)
+    key, other = _key(cache), _key(cache, IDS[:2])
+    cache.put(key, _records(), {})
+    cache.path(other).parent.mkdir(parents=True, exist_ok=True)
+    cache.path(other).write_bytes(cache.path(key).read_bytes())
+    with pytest.warns(ScoreCacheWarning, match="names key"):
+        assert cache.get(other) is None
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def _put_many(root: str, scale: float, rounds: int) -> None:
+    cache = ScoreCache(root)
+    key = _key(cache, [f"q-{i}" for i in range(2000)])
+    for _ in range(rounds):
+        cache.put(key, _records([f"q-{i}" for i in range(2000)], scale=scale), {"writer": scale})
+
+
+def test_concurrent_puts_from_two_processes_leave_a_valid_entry(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_put_many, args=(str(tmp_path), scale, 15)) for scale in (1.0, 2.0)]
+    for writer in writers:
+        writer.start()
+    cache = ScoreCache(tmp_path)
+    ids = [f"q-{i}" for i in range(2000)]
+    reads = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScoreCacheWarning)  # a reader must never meet a partial entry
+        while any(w.is_alive() for w in writers):
+            hit = cache.get(_key(cache, ids))
+            reads += hit is not None
+    for writer in writers:
+        writer.join(120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    assert reads > 0
+    records, stats = cache.get(_key(cache, ids))
+    assert stats["writer"] in (1.0, 2.0)
+    assert records == _records(ids, scale=stats["writer"])  # one writer's whole entry, never a mix
+    assert [p.name for p in cache.path(_key(cache, ids)).parent.iterdir()] == [cache.path(_key(cache, ids)).name]
+
+
+def _fill_once(root: str, counter: str, barrier, out: str) -> None:
+    cache = ScoreCache(root)
+    key = _key(cache)
+    barrier.wait()  # both processes ask for the key at the same moment
+    report = {"requested": time.time()}
+    with cache.lock(key):
+        hit = cache.get(key)
+        if hit is not None:
+            report["records"] = hit[0]
+        else:
+            with open(counter, "a") as handle:
+                handle.write(f"{os.getpid()}\n")
+            time.sleep(1.0)  # a slow computation: the other process must wait on the lock meanwhile
+            report["records"] = _records(scale=float(os.getpid()))
+            cache.put(key, report["records"], {"by": os.getpid()})
+            report["computed"] = True
+        report["released"] = time.time()
+    Path(out).write_text(json.dumps(report))
+
+
+def test_the_lock_makes_the_second_process_reuse_the_first_ones_result(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("spawn")
+    barrier, counter = context.Barrier(2), tmp_path / "computations.txt"
+    outs = [tmp_path / f"process-{i}.json" for i in range(2)]
+    workers = [context.Process(target=_fill_once, args=(str(tmp_path), str(counter), barrier, str(o))) for o in outs]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    computed_by = counter.read_text().split()
+    assert len(computed_by) == 1
+    reports = sorted((json.loads(o.read_text()) for o in outs), key=lambda r: not r.get("computed"))
+    first, second = reports
+    assert first.get("computed") and not second.get("computed")
+    assert second["requested"] < first["released"]  # it asked while the first was computing, and waited
+    assert first["records"] == second["records"] == _records(scale=float(computed_by[0]))
