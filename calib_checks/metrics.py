@@ -1,0 +1,716 @@
+"""Calibration metrics on plain arrays, and a paired bootstrap for the change between two models.
+
+Every metric takes ``probs`` of shape (N, K) (row i is a probability distribution over item i's K options)
+and ``labels`` of shape (N,) (the gold option's index), and returns a Python float. Definitions follow the
+reference notes, section 2 (docs/METRICS.md has the full write-up, the conventions, and where we depart from
+torchmetrics, netcal and Kumar's ``uncertainty-calibration`` package):
+
+* Equal-width bins are right-closed: a value v goes to bin ``ceil(v * B) - 1`` clipped to ``[0, B - 1]``,
+  computed in float64, so bin b is ``(b/B, (b+1)/B]``, 0 goes to the first bin and 1.0 to the last. (as
+  Guo et al. 2017 and Kumar's ``get_ece``; torchmetrics is left-closed with an overflow bin for exactly 1.0,
+  so it disagrees only for values sitting exactly on an edge.)
+* A bin's confidence is the MEAN of the values in it, never the bin's midpoint.
+* Empty bins contribute nothing.
+
+Inputs are validated (``MetricInputError``, a ``ValueError``): finite, non-negative, rows summing to 1 within
+``ROW_SUM_ATOL``, integer labels in ``0..K-1``, matching non-empty shapes, ``n_bins >= 1``.
+
+Variable option counts: rows padded with probability 0 for absent options (``scoring.TaskScores.probs``)
+leave top-label ECE/MCE/debiased ECE, Brier, NLL and accuracy unchanged, and leave SCE's per-class sums for
+real classes unchanged (SCE then averages over the padded K). The squared classwise statistic
+(``debiased_l2_ce(classwise=True)``) is NOT padding-invariant: padded zeros join the first bin of the absent
+class. See docs/METRICS.md.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from calib_checks.errors import CalibChecksError
+
+__all__ = [
+    "METRICS",
+    "ROW_SUM_ATOL",
+    "NLL_EPS",
+    "BootstrapResult",
+    "Metric",
+    "MetricInputError",
+    "ReliabilityBins",
+    "accuracy",
+    "brier",
+    "classwise_bins",
+    "debiased_l2_ce",
+    "ece",
+    "mce",
+    "nll",
+    "paired_bootstrap",
+    "reliability_bins",
+    "sce",
+]
+
+#: Largest accepted ``|sum_k probs[i, k] - 1|``. Probabilities come from an fp32 softmax (error ~K * 6e-8),
+#: possibly stored through bf16/fp16 round-trips upstream; 1e-4 accepts those and rejects logits, percentages
+#: and unnormalised scores. Rows are used as given, never renormalised.
+ROW_SUM_ATOL = 1e-4
+
+#: NLL clips the gold probability from below at this value (scikit-learn's historical ``log_loss`` eps), so an
+#: underflowed probability gives a large finite loss (34.5 nats) instead of inf.
+NLL_EPS = 1e-15
+
+# Bootstrap replicates are processed in chunks of at most this many (replicate, item, column) entries, so
+# the working arrays stay near cache size (about 1 MB each) whatever N and n_resamples are.
+_CHUNK_ENTRIES = 1 << 17
+
+
+class MetricInputError(CalibChecksError, ValueError):
+    """Invalid input to a metric (NaN, bad shape, rows not summing to 1, label out of range, ...)."""
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def _validate(probs: ArrayLike, labels: ArrayLike, name: str = "probs") -> tuple[np.ndarray, np.ndarray]:
+    """Return float64 probs (N, K) and int64 labels (N,), or raise MetricInputError naming the problem."""
+    p = np.asarray(probs)
+    if p.dtype.kind not in "fiu":
+        raise MetricInputError(f"{name} must hold real numbers, got dtype {p.dtype}")
+    p = p.astype(np.float64)
+    if p.ndim != 2:
+        raise MetricInputError(f"{name} must be 2-D (N items, K options), got shape {p.shape}")
+    n, k = p.shape
+    if n == 0:
+        raise MetricInputError(f"empty input: {name} has 0 rows; metrics need at least one item")
+    if k == 0:
+        raise MetricInputError(f"{name} has 0 columns; every item needs at least one option")
+    y = np.asarray(labels)
+    if y.ndim != 1:
+        raise MetricInputError(f"labels must be 1-D (N,), got shape {y.shape}")
+    if y.shape[0] != n:
+        raise MetricInputError(
+            f"{name} and labels disagree on the number of items: {name} has {n} rows, labels has {y.shape[0]}"
+        )
+    bad = ~np.isfinite(p)
+    if bad.any():
+        r, c = np.argwhere(bad)[0]
+        raise MetricInputError(f"{name} holds NaN or inf (first at row {r}, column {c}: {float(p[r, c])})")
+    neg = p < 0
+    if neg.any():
+        r, c = np.argwhere(neg)[0]
+        raise MetricInputError(f"{name} holds a negative probability {float(p[r, c])!r} at row {r}, column {c}")
+    off = np.abs(p.sum(axis=1) - 1.0) > ROW_SUM_ATOL
+    if off.any():
+        r = int(np.argmax(off))
+        raise MetricInputError(
+            f"{name} row {r} sums to {float(p[r].sum())!r}, not 1 (tolerance {ROW_SUM_ATOL}); "
+            "pass softmax probabilities over the options, not logits or scores"
+        )
+    if y.dtype.kind == "f":
+        nonint = ~np.isfinite(y) | (y != np.round(y))
+        if nonint.any():
+            i = int(np.argmax(nonint))
+            raise MetricInputError(f"labels[{i}] = {y[i].item()!r} is not an integer option index")
+    elif y.dtype.kind not in "iu":
+        raise MetricInputError(f"labels must be integer option indices, got dtype {y.dtype}")
+    out = (y < 0) | (y >= k)
+    if out.any():
+        i = int(np.argmax(out))
+        raise MetricInputError(f"labels[{i}] = {y[i].item()!r} is out of range for {k} options (valid: 0..{k - 1})")
+    return p, y.astype(np.int64)
+
+
+def _check_n_bins(n_bins: int) -> int:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
+        raise MetricInputError(f"n_bins must be an integer >= 1, got {n_bins!r}")
+    return int(n_bins)
+
+
+# ------------------------------------------------------------------------------------------ shared pieces
+#
+# Every metric is built by a "preparer" from (probs, labels, n_bins): it does the per-item work once and
+# returns a function of item weights w of shape (R, N) (w[r, i] = how many times item i appears in replicate
+# r) giving the metric for each of the R replicates. The plain functions pass one replicate of ones; the
+# bootstrap passes resampling counts. So the bootstrap and the plain functions share one implementation, and
+# a replicate's value equals the plain function on the resampled items (tested).
+
+_Evaluate = Callable[[np.ndarray], np.ndarray]
+_Prepare = Callable[[np.ndarray, np.ndarray, int], _Evaluate]
+
+
+def _width_bin_ids(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Right-closed equal-width bin of each value: ceil(v * B) - 1 clipped to [0, B - 1], in float64."""
+    return np.clip(np.ceil(values * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+
+
+class _Grouping:
+    """Item entries grouped by column id (a bin, or class k's bin b at column k * B + b).
+
+    ``cols`` is (N,) or (N, K) (K entries per item). Entries are sorted by column once, so the weighted
+    column sums of all replicates are one gather and one ``np.add.reduceat`` along the items.
+    """
+
+    def __init__(self, cols: np.ndarray, n_cols: int) -> None:
+        flat = cols.reshape(-1)
+        self._order = np.argsort(flat, kind="stable")
+        self._item = self._order // (1 if cols.ndim == 1 else cols.shape[1])
+        self._present, self._starts = np.unique(flat[self._order], return_index=True)
+        self.n_cols = n_cols
+
+    def sort(self, values: np.ndarray) -> np.ndarray:
+        """Per-entry values (same shape as cols) in the grouping's order, for ``sums``."""
+        return values.reshape(-1)[self._order]
+
+    def sums(self, w: np.ndarray, *sorted_values: np.ndarray | None) -> list[np.ndarray]:
+        """For each value array v (None: counts): out[r, j] = sum over entries e in column j of w[r, item(e)] v[e]."""
+        gathered = w[:, self._item]
+        result = []
+        for v in sorted_values:
+            out = np.zeros((w.shape[0], self.n_cols))
+            out[:, self._present] = np.add.reduceat(gathered if v is None else gathered * v, self._starts, axis=1)
+            result.append(out)
+        return result
+
+
+def _top_label(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence (max probability) and correctness (1.0 where argmax == label; ties go to the lowest index)."""
+    pred = p.argmax(axis=1)
+    conf = p[np.arange(p.shape[0]), pred]
+    return conf, (pred == y).astype(np.float64)
+
+
+def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
+    return (y[:, None] == np.arange(k)).astype(np.float64)
+
+
+def _classwise_ids(p: np.ndarray, n_bins: int) -> np.ndarray:
+    """Column id of entry (i, k): class k's own bins, k * B + bin(p[i, k])."""
+    return _width_bin_ids(p, n_bins) + n_bins * np.arange(p.shape[1])
+
+
+def _prepare_ece_width(p: np.ndarray, y: np.ndarray, n_bins: int) -> _Evaluate:
+    conf, correct = _top_label(p, y)
+    groups = _Grouping(_width_bin_ids(conf, n_bins), n_bins)
+    gap = groups.sort(correct - conf)
+    return lambda w: np.abs(groups.sums(w, gap)[0]).sum(axis=1) / w.sum(axis=1)
+
+
+def _prepare_ece_mass(p: np.ndarray, y: np.ndarray, n_bins: int) -> _Evaluate:
+    # Equal-mass bins are redrawn on every replicate: items sorted by confidence, the item of 0-based rank r
+    # goes to bin floor(r * B / N); items with EQUAL confidence form one group that goes to the bin of its
+    # lowest rank, so ties never straddle two bins and the result does not depend on item order.
+    conf, correct = _top_label(p, y)
+    values, group = np.unique(conf, return_inverse=True)
+    groups = _Grouping(group, values.shape[0])  # column = group, in increasing confidence
+    gap = groups.sort(correct - conf)
+
+    def evaluate(w: np.ndarray) -> np.ndarray:
+        group_w, group_gap = groups.sums(w, None, gap)
+        count = np.rint(group_w).astype(np.int64)
+        n = count.sum(axis=1)
+        first_rank = np.cumsum(count, axis=1) - count
+        # a group absent from a replicate (count 0) may sit at rank N: clip it, it adds 0 anyway
+        bins = np.minimum((first_rank * n_bins) // n[:, None], n_bins - 1)
+        ids = bins + n_bins * np.arange(w.shape[0])[:, None]
+        per_bin = np.bincount(ids.ravel(), weights=group_gap.ravel(), minlength=w.shape[0] * n_bins)
+        return np.abs(per_bin.reshape(w.shape[0], n_bins)).sum(axis=1) / n
+
+    return evaluate
+
+
+def _prepare_mce(p: np.ndarray, y: np.ndarray, n_bins: int) -> _Evaluate:
+    conf, correct = _top_label(p, y)
+    groups = _Grouping(_width_bin_ids(conf, n_bins), n_bins)
+    gap = groups.sort(correct - conf)
+
+    def evaluate(w: np.ndarray) -> np.ndarray:
+        count, total_gap = groups.sums(w, None, gap)
+        per_bin = np.divide(np.abs(total_gap), count, out=np.zeros_like(count), where=count > 0)
+        return per_bin.max(axis=1)
+
+    return evaluate
+
+
+def _prepare_sce(p: np.ndarray, y: np.ndarray, n_bins: int) -> _Evaluate:
+    k = p.shape[1]
+    groups = _Grouping(_classwise_ids(p, n_bins), k * n_bins)
+    gap = groups.sort(_one_hot(y, k) - p)
+    return lambda w: np.abs(groups.sums(w, gap)[0]).sum(axis=1) / (k * w.sum(axis=1))
+
+
+def _prepare_debiased(
+    ids: np.ndarray, values: np.ndarray, hits: np.ndarray, n_classes: int, n_bins: int, squared: bool
+) -> _Evaluate:
+    """Mean over classes of D = sum_b (n_b/N)[(acc_b - conf_b)^2 - acc_b(1 - acc_b)/(n_b - 1)] (squared=True),
+    or of sqrt(max(D, 0)).
+
+    Bins with n_b < 2 contribute 0 (as Kumar's ``unbiased_square_ce``): with one item the bin's variance
+    cannot be estimated, and keeping its plug-in term would re-introduce the upward bias being removed.
+    """
+    groups = _Grouping(ids, n_classes * n_bins)
+    sorted_values, sorted_hits = groups.sort(values), groups.sort(hits)
+
+    def evaluate(w: np.ndarray) -> np.ndarray:
+        shape = (w.shape[0], n_classes, n_bins)
+        count, acc, conf = (s.reshape(shape) for s in groups.sums(w, None, sorted_hits, sorted_values))
+        enough = count > 1.5  # counts are whole numbers held in float64
+        safe_n = np.where(enough, count, 2.0)
+        acc, conf = acc / safe_n, conf / safe_n
+        term = np.where(enough, count * ((acc - conf) ** 2 - acc * (1.0 - acc) / (safe_n - 1.0)), 0.0)
+        d = term.sum(axis=2) / w.sum(axis=1)[:, None]
+        return (d if squared else np.sqrt(np.maximum(d, 0.0))).mean(axis=1)
+
+    return evaluate
+
+
+def _prepare_debiased_top(squared: bool) -> _Prepare:
+    def prepare(p: np.ndarray, y: np.ndarray, n_bins: int) -> _Evaluate:
+        conf, correct = _top_label(p, y)
+        return _prepare_debiased(_width_bin_ids(conf, n_bins), conf, correct, 1, n_bins, squared)
+
+    return prepare
+
+
+def _prepare_debiased_classwise(squared: bool) -> _Prepare:
+    def prepare(p: np.ndarray, y: np.ndarray, n_bins: int) -> _Evaluate:
+        return _prepare_debiased(_classwise_ids(p, n_bins), p, _one_hot(y, p.shape[1]), p.shape[1], n_bins, squared)
+
+    return prepare
+
+
+def _mean_of(per_item: np.ndarray) -> _Evaluate:
+    return lambda w: (w @ per_item) / w.sum(axis=1)
+
+
+def _prepare_brier(p: np.ndarray, y: np.ndarray, n_bins: int) -> _Evaluate:
+    return _mean_of(((p - _one_hot(y, p.shape[1])) ** 2).sum(axis=1))
+
+
+def _prepare_nll(p: np.ndarray, y: np.ndarray, n_bins: int) -> _Evaluate:
+    return _mean_of(-np.log(np.maximum(p[np.arange(p.shape[0]), y], NLL_EPS)))
+
+
+def _prepare_accuracy(p: np.ndarray, y: np.ndarray, n_bins: int) -> _Evaluate:
+    return _mean_of(_top_label(p, y)[1])
+
+
+def _plain(prepare: _Prepare, p: np.ndarray, y: np.ndarray, n_bins: int = 1) -> float:
+    return float(prepare(p, y, n_bins)(np.ones((1, p.shape[0])))[0])
+
+
+# ------------------------------------------------------------------------------------------ public metrics
+
+
+def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, scheme: str = "width") -> float:
+    """Top-label expected calibration error (Naeini et al. 2015; Guo et al. 2017).
+
+    ``conf_i = max_k probs[i, k]``, ``correct_i = [argmax_k probs[i, k] == labels[i]]`` (ties: lowest index),
+    ``ECE = sum_b (n_b / N) * |acc_b - conf_b|`` where acc_b and conf_b are the means of correct and conf over
+    bin b's n_b items.
+
+    Parameters
+    ----------
+    probs : array of shape (N, K), rows summing to 1 (within ``ROW_SUM_ATOL``).
+    labels : int array of shape (N,), values in 0..K-1.
+    n_bins : number of bins B >= 1.
+    scheme : ``"width"`` (default) equal-width right-closed bins ``(b/B, (b+1)/B]``, bin index
+        ``ceil(conf * B) - 1`` clipped to [0, B-1] in float64 (0 in the first bin, 1.0 in the last).
+        ``"mass"`` equal-mass bins (HELM's ``ece_10_bin`` idea; needs a few hundred items): items sorted by
+        confidence, the item of 0-based rank r goes to bin ``floor(r * B / N)``; all items with an equal
+        confidence go to the bin of the lowest rank among them (ties never split, so some bins may be empty
+        and the result does not depend on item order; netcal crashes on such ties instead).
+
+    Returns
+    -------
+    float in [0, 1].
+    """
+    p, y = _validate(probs, labels)
+    b = _check_n_bins(n_bins)
+    if scheme == "width":
+        return _plain(_prepare_ece_width, p, y, b)
+    if scheme == "mass":
+        return _plain(_prepare_ece_mass, p, y, b)
+    raise MetricInputError(f"scheme must be 'width' or 'mass', got {scheme!r}")
+
+
+def sce(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+    """Static calibration error (Nixon et al. 2019), the textbook classwise definition.
+
+    For every class k separately, bin ``probs[:, k]`` (equal-width, right-closed, as ``ece``) and compare the
+    mean of ``probs[:, k]`` in each bin with the frequency of ``labels == k`` there:
+    ``SCE = (1/K) sum_k sum_b (n_bk / N) |freq_bk - conf_bk|``, i.e. the mean over classes of the binary
+    calibration error of column k (torchmetrics ``BinaryCalibrationError`` on ``(probs[:, k], labels == k)``).
+
+    This is NOT what the seed study (Oh & Hwang 2024) reports: its SCE values (0.4-0.78 even for
+    well-calibrated models) cannot come from this definition, and the study published no code, so we
+    implement Nixon et al.'s definition and do not try to reproduce those numbers.
+
+    Zero-padded options (probability 0, never gold) add 0 to every per-class sum, so the per-class terms of
+    real classes are unchanged; the mean is over all K columns, padded ones included.
+    """
+    p, y = _validate(probs, labels)
+    return _plain(_prepare_sce, p, y, _check_n_bins(n_bins))
+
+
+def mce(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> float:
+    """Maximum calibration error: ``max over non-empty bins b of |acc_b - conf_b|`` (top-label, bins as ``ece``)."""
+    p, y = _validate(probs, labels)
+    return _plain(_prepare_mce, p, y, _check_n_bins(n_bins))
+
+
+def brier(probs: ArrayLike, labels: ArrayLike) -> float:
+    """Multiclass Brier score: ``(1/N) sum_i sum_k (probs[i, k] - [labels[i] == k])^2``, in [0, 2]."""
+    p, y = _validate(probs, labels)
+    return _plain(_prepare_brier, p, y)
+
+
+def nll(probs: ArrayLike, labels: ArrayLike) -> float:
+    """Negative log-likelihood in nats: ``-(1/N) sum_i log max(probs[i, labels[i]], NLL_EPS)``."""
+    p, y = _validate(probs, labels)
+    return _plain(_prepare_nll, p, y)
+
+
+def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
+    """Fraction of items whose argmax option (ties: lowest index) is the gold one. Higher is better."""
+    p, y = _validate(probs, labels)
+    return _plain(_prepare_accuracy, p, y)
+
+
+def debiased_l2_ce(
+    probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, classwise: bool = False, squared: bool = False
+) -> float:
+    """Debiased L2 calibration error (Kumar et al. 2019, "Verified uncertainty calibration"; T-Cal's statistic).
+
+    Top-label (default): with equal-width right-closed bins on the confidence as in ``ece``,
+    ``D = sum_b (n_b / N) [ (acc_b - conf_b)^2 - acc_b (1 - acc_b) / (n_b - 1) ]`` and the result is
+    ``sqrt(max(D, 0))``. The subtracted term is the unbiased estimate of the variance of acc_b, which removes
+    the plug-in estimator's upward bias (a calibrated model gives about 0, not ~0.3 sqrt(B/N)).
+
+    ``squared=True`` returns D itself, neither clipped nor square-rooted: it can be negative, and it is the
+    one that is unbiased for the squared L2 error. Clipping and the square root bias the rooted value
+    upwards near 0 and downwards elsewhere, so a CHANGE of the rooted value is biased at small N, and only
+    the squared form's bootstrap interval covers at the nominal rate (docs/METRICS.md has the figures).
+
+    Bins with a single item (n_b = 1) contribute 0 to the sum (their weight stays in N), as in Kumar's
+    ``unbiased_square_ce``: their variance term is undefined. torchmetrics' private debias option instead keeps
+    their plug-in term; the two agree whenever every non-empty bin holds at least 2 items.
+
+    ``classwise=True``: the same statistic for every class k on ``(probs[:, k], labels == k)``, then the MEAN
+    over classes of the per-class ``sqrt(max(D_k, 0))`` (parallel to SCE), or of D_k with ``squared=True``.
+    Kumar's ``mode="marginal"`` instead returns ``sqrt(mean_k max(D_k, 0))``. Unlike SCE this squared
+    statistic changes when rows are zero-padded: padded zeros join the first bin of the absent class.
+    """
+    p, y = _validate(probs, labels)
+    b = _check_n_bins(n_bins)
+    prepare = _prepare_debiased_classwise(squared) if classwise else _prepare_debiased_top(squared)
+    return _plain(prepare, p, y, b)
+
+
+# ----------------------------------------------------------------------------------------- reliability bins
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Per-bin data for a reliability diagram and a confidence histogram (equal-width, right-closed bins).
+
+    ``edges[b] < value <= edges[b + 1]`` for bin b (0 in bin 0). ``confidence[b]`` is the mean value in bin b,
+    ``accuracy[b]`` the fraction of its items that were correct (top-label) or whose label is ``target``
+    (classwise); both are NaN for an empty bin. ``sum_b counts[b] / n_items * |accuracy[b] - confidence[b]|``
+    over non-empty bins is the ECE (top-label) or class ``target``'s SCE term.
+    """
+
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+    confidence: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    n_items: int
+    target: int | None = None  # None: top-label; k: class k (classwise)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able dict; empty bins' NaN become None."""
+
+        def clean(xs: tuple[float, ...]) -> list[float | None]:
+            return [None if math.isnan(x) else x for x in xs]
+
+        return {
+            "edges": list(self.edges),
+            "counts": list(self.counts),
+            "confidence": clean(self.confidence),
+            "accuracy": clean(self.accuracy),
+            "n_items": self.n_items,
+            "target": self.target,
+        }
+
+
+def _make_bins(values: np.ndarray, hits: np.ndarray, n_bins: int, target: int | None) -> ReliabilityBins:
+    groups = _Grouping(_width_bin_ids(values, n_bins), n_bins)
+    count, total_conf, total_hits = (
+        s[0] for s in groups.sums(np.ones((1, values.shape[0])), None, groups.sort(values), groups.sort(hits))
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        conf, acc = total_conf / count, total_hits / count
+    return ReliabilityBins(
+        edges=tuple(b / n_bins for b in range(n_bins + 1)),
+        counts=tuple(int(c) for c in count),
+        confidence=tuple(float(c) for c in conf),
+        accuracy=tuple(float(a) for a in acc),
+        n_items=int(values.shape[0]),
+        target=target,
+    )
+
+
+def reliability_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> ReliabilityBins:
+    """Top-label reliability bins: per equal-width bin of the confidence, its count, mean confidence, accuracy."""
+    p, y = _validate(probs, labels)
+    b = _check_n_bins(n_bins)
+    conf, correct = _top_label(p, y)
+    return _make_bins(conf, correct, b, None)
+
+
+def classwise_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> tuple[ReliabilityBins, ...]:
+    """The per-class detail behind SCE: element k bins ``probs[:, k]`` against ``labels == k``.
+
+    A zero-padded (absent) option's items sit in that class's first bin with confidence 0 and frequency 0:
+    they change the bin's count and means but not its contribution to SCE.
+    """
+    p, y = _validate(probs, labels)
+    b = _check_n_bins(n_bins)
+    onehot = _one_hot(y, p.shape[1])
+    return tuple(_make_bins(p[:, k], onehot[:, k], b, k) for k in range(p.shape[1]))
+
+
+# ------------------------------------------------------------------------------------------------ registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A registered metric: ``function(probs, labels[, n_bins=...]) -> float`` and its orientation.
+
+    The gate reads ``higher_is_worse`` to decide which direction of change is a regression.
+    """
+
+    name: str
+    function: Callable[..., float]
+    higher_is_worse: bool
+    display_name: str
+    binned: bool  # takes n_bins
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in (
+        Metric("ece", ece, True, "ECE", True),
+        Metric("ece_mass", functools.partial(ece, scheme="mass"), True, "ECE (equal-mass bins)", True),
+        Metric("sce", sce, True, "SCE", True),
+        Metric("mce", mce, True, "MCE", True),
+        Metric("debiased_ece", debiased_l2_ce, True, "debiased L2 ECE", True),
+        Metric(
+            "debiased_sce",
+            functools.partial(debiased_l2_ce, classwise=True),
+            True,
+            "debiased L2 SCE (classwise)",
+            True,
+        ),
+        Metric(
+            "debiased_ece_sq",
+            functools.partial(debiased_l2_ce, squared=True),
+            True,
+            "debiased squared L2 ECE (unclipped)",
+            True,
+        ),
+        Metric(
+            "debiased_sce_sq",
+            functools.partial(debiased_l2_ce, classwise=True, squared=True),
+            True,
+            "debiased squared L2 SCE (classwise, unclipped)",
+            True,
+        ),
+        Metric("brier", brier, True, "Brier score", False),
+        Metric("nll", nll, True, "NLL", False),
+        Metric("accuracy", accuracy, False, "accuracy", False),
+    )
+}
+
+_PREPARERS: dict[str, _Prepare] = {
+    "ece": _prepare_ece_width,
+    "ece_mass": _prepare_ece_mass,
+    "sce": _prepare_sce,
+    "mce": _prepare_mce,
+    "debiased_ece": _prepare_debiased_top(squared=False),
+    "debiased_sce": _prepare_debiased_classwise(squared=False),
+    "debiased_ece_sq": _prepare_debiased_top(squared=True),
+    "debiased_sce_sq": _prepare_debiased_classwise(squared=True),
+    "brier": _prepare_brier,
+    "nll": _prepare_nll,
+    "accuracy": _prepare_accuracy,
+}
+
+
+# ----------------------------------------------------------------------------------------------- bootstrap
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Paired bootstrap of ``change = metric(aligned) - metric(base)`` on the same items.
+
+    ``percentile = (q_lo, q_hi)``, the ``(1 - confidence)/2`` and ``(1 + confidence)/2`` quantiles
+    (numpy's linear interpolation) of the replicate changes; ``basic = (2 change - q_hi, 2 change - q_lo)``
+    (reverse percentile). ``n_clusters`` is None for the item bootstrap; ``n_bins`` is None for metrics
+    without bins and for user callables.
+    """
+
+    change: float
+    basic: tuple[float, float]
+    percentile: tuple[float, float]
+    n_items: int
+    n_resamples: int
+    confidence: float
+    seed: int
+    metric: str
+    base_value: float
+    aligned_value: float
+    n_clusters: int | None = None
+    n_bins: int | None = None
+
+
+def _resample_weights(
+    rng: np.random.Generator, n_items: int, n_resamples: int, cluster_of: np.ndarray | None, chunk: int
+) -> Iterator[np.ndarray]:
+    """Yield (rows, N) item multiplicities, replicate after replicate.
+
+    Replicate r takes the generator's next N uniforms u (``rng.random(N)``) and resamples the items
+    ``floor(u * N)`` (with clusters: the next C uniforms pick clusters ``floor(u * C)``, each bringing all its
+    items). ``Generator.random`` consumes exactly one 64-bit draw per value, so the stream, and every
+    replicate, is the same whatever the chunk size, and a plain loop with the same generator reproduces it.
+    """
+    n_units = n_items if cluster_of is None else int(cluster_of.max()) + 1
+    for start in range(0, n_resamples, chunk):
+        rows = min(chunk, n_resamples - start)
+        picked = (rng.random((rows, n_units)) * n_units).astype(np.int64)
+        picked += n_units * np.arange(rows)[:, None]
+        counts = np.bincount(picked.ravel(), minlength=rows * n_units).reshape(rows, n_units).astype(np.float64)
+        yield counts if cluster_of is None else counts[:, cluster_of]
+
+
+def _resolve_metric(metric: str | Callable[..., float]) -> tuple[str, _Prepare | None, Callable[..., float], bool]:
+    """(name, vectorised preparer or None, plain function, binned)."""
+    if isinstance(metric, str):
+        if metric not in METRICS:
+            raise MetricInputError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
+        m = METRICS[metric]
+        return m.name, _PREPARERS[m.name], m.function, m.binned
+    if not callable(metric):
+        raise MetricInputError(f"metric must be a name in METRICS or a callable, got {metric!r}")
+    for m in METRICS.values():
+        if m.function is metric:
+            return m.name, _PREPARERS[m.name], m.function, m.binned
+    return getattr(metric, "__name__", repr(metric)), None, metric, False
+
+
+def paired_bootstrap(
+    metric: str | Callable[..., float],
+    base_probs: ArrayLike,
+    aligned_probs: ArrayLike,
+    labels: ArrayLike,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    *,
+    n_bins: int = 15,
+    clusters: ArrayLike | None = None,
+) -> BootstrapResult:
+    """Bootstrap interval for ``metric(aligned) - metric(base)`` when both models answered the same items.
+
+    Each replicate resamples the N items with replacement and evaluates BOTH models on the same resampled
+    items, so the noise shared by the two models cancels. Replicate r takes the next N uniforms u of
+    ``np.random.default_rng(seed).random`` and picks items ``floor(u * N)``. With ``clusters`` (one label per
+    item, e.g. MMLU subjects), whole clusters are resampled instead (C uniforms pick ``floor(u * C)`` among
+    the sorted distinct labels), for items that are not independent.
+
+    ``metric`` is a name in ``METRICS`` (or one of their functions), computed for all replicates at once
+    (binned sums by one bincount over replicate-offset bin ids; ``n_bins`` applies to binned metrics), or any
+    other callable ``f(probs, labels) -> float``, evaluated replicate by replicate (slow).
+
+    Use ``basic`` intervals: for plug-in ECE the percentile interval is centred on the replicates' upward
+    bias and under-covers badly; docs/METRICS.md has the measured coverage of each statistic.
+    """
+    base, y = _validate(base_probs, labels, "base_probs")
+    aligned, _ = _validate(aligned_probs, labels, "aligned_probs")
+    if base.shape != aligned.shape:
+        raise MetricInputError(
+            f"base_probs {base.shape} and aligned_probs {aligned.shape} must have the same shape (same items)"
+        )
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise MetricInputError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")
+    if not isinstance(confidence, (float, int)) or not 0.0 < confidence < 1.0:
+        raise MetricInputError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MetricInputError(f"seed must be an integer >= 0, got {seed!r}")
+    n_bins = _check_n_bins(n_bins)
+    name, preparer, function, binned = _resolve_metric(metric)
+
+    n_items, n_classes = base.shape
+    cluster_of: np.ndarray | None = None
+    n_clusters: int | None = None
+    if clusters is not None:
+        c = np.asarray(clusters)
+        if c.shape != (n_items,):
+            raise MetricInputError(f"clusters must have one label per item, shape ({n_items},), got {c.shape}")
+        try:
+            _, cluster_of = np.unique(c, return_inverse=True)
+        except TypeError as exc:
+            raise MetricInputError(f"cluster labels must be mutually comparable (one type): {exc}") from None
+        n_clusters = int(cluster_of.max()) + 1
+        if n_clusters < 2:
+            raise MetricInputError("clusters hold a single cluster; a cluster bootstrap needs at least 2")
+
+    def prepare(probs: np.ndarray) -> _Evaluate:
+        if preparer is not None:
+            return preparer(probs, y, n_bins)
+
+        def evaluate(w: np.ndarray) -> np.ndarray:
+            out = np.empty(w.shape[0])
+            for j, counts in enumerate(np.rint(w).astype(np.int64)):
+                idx = np.repeat(np.arange(n_items), counts)
+                out[j] = float(function(probs[idx], y[idx]))
+            return out
+
+        return evaluate
+
+    on_base, on_aligned = prepare(base), prepare(aligned)
+    ones = np.ones((1, n_items))
+    base_value = float(on_base(ones)[0])
+    aligned_value = float(on_aligned(ones)[0])
+    change = aligned_value - base_value
+
+    chunk = max(1, _CHUNK_ENTRIES // (n_items * n_classes))
+    rng = np.random.default_rng(int(seed))
+    changes = np.concatenate(
+        [
+            on_aligned(w) - on_base(w)
+            for w in _resample_weights(rng, n_items, int(n_resamples), cluster_of, chunk)
+        ]
+    )
+    if not np.isfinite(changes).all():
+        raise MetricInputError(f"metric {name!r} returned a non-finite value on a bootstrap replicate")
+    alpha = 1.0 - float(confidence)
+    q_lo, q_hi = (float(q) for q in np.quantile(changes, [alpha / 2.0, 1.0 - alpha / 2.0]))
+    return BootstrapResult(
+        change=change,
+        basic=(2.0 * change - q_hi, 2.0 * change - q_lo),
+        percentile=(q_lo, q_hi),
+        n_items=n_items,
+        n_resamples=int(n_resamples),
+        confidence=float(confidence),
+        seed=int(seed),
+        metric=name,
+        base_value=base_value,
+        aligned_value=aligned_value,
+        n_clusters=n_clusters,
+        n_bins=n_bins if binned else None,
+    )
