@@ -37,6 +37,7 @@ from calib_checks.results import (
     resolve_run_dir,
 )
 from calib_checks.scoring import ItemRecord  # imports no torch: scoring loads it lazily, for forward passes
+from calib_checks.tasks import LETTERS
 from calib_checks.thresholds import Rule
 
 CLI_HELP = "re-render report.html from a saved run, without inference"
@@ -54,11 +55,6 @@ _TEMPLATES = Path(__file__).parent / "templates"
 _PLOT = 250.0
 _LEFT, _TOP, _RIGHT, _BOTTOM = 46.0, 14.0, 12.0, 40.0
 _HIST_H = 90.0
-
-
-def letter(index: int) -> str:
-    """Option letter of a 0-based index: A, B, ..., Z, then 27, 28, ... (never seen in practice)."""
-    return chr(ord("A") + index) if 0 <= index < 26 else str(index + 1)
 
 
 # ----------------------------------------------------------------------------------------------- numbers
@@ -102,11 +98,13 @@ def fmt_rule(rule: dict, metric: str) -> tuple[str, str]:
     sentence = parsed.describe(metric)
     if not parsed.gate:
         return "report only", f"not gated (gate = false); would {sentence}"
-    estimate = "point" if parsed.estimate == "point" else f"{parsed.estimate} end, {parsed.confidence:.0%} {parsed.interval}"
+    estimate = "point"
+    if parsed.estimate != "point":
+        estimate = f"{parsed.estimate} end, {parsed.confidence:.0%} {parsed.interval}"
     short = f"≤ {parsed.max_increase:g} ({estimate})"
     if parsed.max_relative_increase is not None:
         short += f" or ≤ {parsed.max_relative_increase:g}×|base|"
-    return short + f", n ≥ {parsed.min_items}", sentence
+    return short, f"{sentence}; gated from {parsed.min_items} items"
 
 
 # ----------------------------------------------------------------------------------------------- records
@@ -182,6 +180,7 @@ class ReliabilityPlot:
     ticks: list[dict]
     diagonal: tuple[float, float, float, float]
     over_region: str  # polygon points of the triangle below the diagonal (over-confident)
+    zone_label: tuple[float, float]  # the point of the diagonal the zone names sit beside
     gaps: list[Rect]  # aligned model: bin accuracy to bin confidence, red when over-confident
     series: list[Series]
 
@@ -250,6 +249,7 @@ def reliability_plot(bins: dict[str, Any], labels: dict[str, str], n_items: int)
         ticks=_ticks(),
         diagonal=(_sx(0), _sy(0), _sx(1), _sy(1)),
         over_region=over,
+        zone_label=(_sx(0.2), _sy(0.2)),
         gaps=gaps,
         series=series,
     )
@@ -457,8 +457,8 @@ def _ece_tolerance(cases: list[dict], pair: str, task: str, extractor: str) -> f
 
 def _option(items: dict | None, item_id: str, index: int) -> str:
     if items and item_id in items and index < len(items[item_id]["options"]):
-        return f"{letter(index)}. {items[item_id]['options'][index]}"
-    return letter(index)
+        return f"{LETTERS[index]}. {items[item_id]['options'][index]}"
+    return LETTERS[index]
 
 
 def _wrong_items(
@@ -538,7 +538,7 @@ def _extractor_view(
     }
     classwise = [
         {
-            "cls": letter(k),
+            "cls": LETTERS[k],
             "gold_share": fmt(float(np.mean(base.labels == k)), 3),
             "base": fmt(float(per_class["base"][k])),
             "aligned": fmt(float(per_class["aligned"][k])),
@@ -737,15 +737,13 @@ def build_context(run_dir: Path, results: dict) -> dict:
 
 @functools.lru_cache(maxsize=1)
 def _environment() -> Environment:
-    env = Environment(
+    return Environment(
         loader=FileSystemLoader(str(_TEMPLATES)),
         autoescape=True,  # every template, whatever its extension: data text is hostile
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(fmt=fmt, signed=fmt_signed, pct=fmt_pct)
-    return env
 
 
 def render_report(run_dir: str | Path, out: str | Path | None = None) -> Path:

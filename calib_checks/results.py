@@ -30,6 +30,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -339,6 +340,9 @@ class RunWriter:
             "report": REPORT_FILE,
         }
         path = atomic_write_text(self.run_dir / RESULTS_FILE, _dumps(results, "results", indent=2) + "\n")
+        # Every writer is done by now (finish runs once, at the end of the session): the empty lock files
+        # would only clutter the artifact.
+        shutil.rmtree(self.run_dir / ".locks", ignore_errors=True)
 
         from calib_checks.report import render_report  # report imports this module
 

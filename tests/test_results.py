@@ -169,6 +169,7 @@ def test_results_json_follows_the_documented_schema(two_runs: Path) -> None:
         assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
         assert entry["n_records"] == len(path.read_text().splitlines()) == 40
     assert (run_dir / results["report"]).is_file()
+    assert not (run_dir / ".locks").exists()
 
 
 def test_latest_points_at_the_newest_complete_run(two_runs: Path) -> None:
