@@ -1,0 +1,372 @@
+"""thresholds.toml: the gate's rules, validated up front, resolved most-specific-wins per case.
+
+A case is one (task, extractor, metric) of a model pair. Its rule says how much worse the aligned model may
+be than its base on that metric before the case fails. The file (docs/GATE.md has the full reference)::
+
+    [default]                      # required; every field below may appear in any table
+    max_increase = 0.01            # largest allowed worsening, in the metric's units (absolute)
+    estimate = "lower"             # which value of the worsening is compared: "point" | "lower" | "upper"
+    interval = "basic"             # paired bootstrap interval: "basic" | "percentile"
+    confidence = 0.95              # the interval's two-sided level
+    n_resamples = 1000             # bootstrap replicates
+    min_items = 200                # fewer items: the case is reported, NOT gated
+    gate = true                    # false: report only
+    # max_relative_increase = 0.5  # optional, see below
+    # n_bins = 15                  # bins of the binned metrics (ECE, SCE, ...)
+
+    [metric.sce]                   # one match key: a metric, a task or an extractor
+    max_increase = 0.005
+    [task.medmcqa.extractor.choice]            # two or three keys, in any order
+    min_items = 500
+    [task.medmcqa.extractor.choice.metric.ece]
+    max_increase = 0.02
+
+Worsening: ``change = metric(aligned) - metric(base)`` for metrics where higher is worse (ECE, SCE, Brier,
+NLL), ``-change`` for accuracy (``metrics.METRICS[m].higher_is_worse``). Its interval is the paired bootstrap
+interval of the change (``metrics.paired_bootstrap``), mapped the same way. ``estimate = "lower"`` compares the
+end most favourable to the aligned model, so a case fails only when the regression is clear beyond the
+sampling noise; ``"upper"`` compares the least favourable end (the aligned model must be shown to be within
+the limit); ``"point"`` compares the point estimate. A case fails when the compared value is ``>
+max_increase`` and, if ``max_relative_increase`` is set and the base value is not 0, also ``> max_relative_increase
+* |base value|`` (the relative limit only ever adds tolerance: the study's change rates explode on small base
+values, reference notes section 1, so the absolute limit stays the primary one).
+
+Precedence, field by field: a field takes its value from the matching table with the most match keys that
+sets it ([default] has none, [task.t] one, [task.t.metric.m] two, ...); fields no table sets take the built-in
+values of ``BUILTIN``. Two matching tables with the same number of keys that set one field to different
+values are a conflict, reported when the file is loaded (for every task x extractor x metric, not only the
+ones a run selects): write the more specific table that decides it.
+
+Everything is checked when the file is loaded, before any model is touched: unknown keys, tables, tasks,
+extractors or metrics (with a close-match suggestion), wrong types, out-of-range values, conflicts, and gated
+rules that can never fail (``max_increase`` at or above the largest change the metric can show). Each problem
+raises ``ThresholdsError`` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from calib_checks.errors import CalibChecksError
+from calib_checks.metrics import METRICS, NLL_EPS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (pyproject installs tomli there)
+    import tomli as tomllib
+
+__all__ = ["BUILTIN", "DIMENSIONS", "ESTIMATES", "INTERVALS", "RULE_FIELDS", "Rule", "Thresholds",
+           "ThresholdsError", "load_thresholds", "max_change", "parse_thresholds"]
+
+DIMENSIONS = ("task", "extractor", "metric")
+ESTIMATES = ("point", "lower", "upper")
+RULE_FIELDS = ("max_increase", "max_relative_increase", "estimate", "interval", "confidence", "n_resamples",
+               "min_items", "n_bins", "gate")
+INTERVALS = ("basic", "percentile")
+
+# The largest worsening each metric can show (the width of its range), for the "can never fail" check.
+# ECE-like errors and accuracy live in [0, 1], SCE in [0, 2/K] within [0, 1], multiclass Brier in [0, 2];
+# NLL is clipped at -log(NLL_EPS) by metrics.nll. A metric missing here gets no such check.
+_MAX_CHANGE = {
+    "ece": 1.0,
+    "ece_mass": 1.0,
+    "mce": 1.0,
+    "sce": 1.0,
+    "debiased_ece": 1.0,
+    "debiased_sce": 1.0,
+    "accuracy": 1.0,
+    "brier": 2.0,
+    "nll": -math.log(NLL_EPS),
+}
+
+
+class ThresholdsError(CalibChecksError, ValueError):
+    """thresholds.toml cannot be used as written; the message names the file, the key and the fix."""
+
+
+def max_change(metric: str) -> float:
+    """The largest worsening `metric` can show (math.inf when not known)."""
+    return _MAX_CHANGE.get(metric, math.inf)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The resolved rule of one case (field meanings: module docstring and docs/GATE.md).
+
+    `source` names the tables that set its fields, most specific first, e.g. `[metric.sce] > [default]`
+    (`built-in` for fields no table set); `origins` maps each field to the table it came from.
+    """
+
+    max_increase: float
+    max_relative_increase: float | None = None
+    estimate: str = "lower"
+    interval: str = "basic"
+    confidence: float = 0.95
+    n_resamples: int = 1000
+    min_items: int = 200
+    n_bins: int = 15
+    gate: bool = True
+    source: str = "built-in"
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The rule's fields (RULE_FIELDS order), JSON-able; `source` travels separately (CaseResult.rule_source)."""
+        return {name: getattr(self, name) for name in RULE_FIELDS}
+
+    def describe(self, metric: str) -> str:
+        """One phrase: when a case under this rule fails, e.g.
+        `fail when the lower end of the 95% basic interval of the ECE increase > 0.01`."""
+        spec = METRICS.get(metric)
+        name = spec.display_name if spec else metric
+        direction = "increase" if (spec is None or spec.higher_is_worse) else "decrease"
+        if self.estimate == "point":
+            what = f"the {name} {direction}"
+        else:
+            end = "lower" if self.estimate == "lower" else "upper"
+            what = f"the {end} end of the {self.confidence:.0%} {self.interval} interval of the {name} {direction}"
+        text = f"fail when {what} > {self.max_increase:g}"
+        if self.max_relative_increase is not None:
+            text += f" and > {self.max_relative_increase:g} x |base|"
+        return text
+
+
+#: Values of the fields no table sets (the Rule's defaults). `max_increase` has none: [default] must set it.
+BUILTIN: dict[str, Any] = {f.name: f.default for f in fields(Rule) if f.name in RULE_FIELDS[1:]}
+
+
+def _where(path: str, table: str, key: str | None = None) -> str:
+    return f"{path}: [{table}]" + (f" {key}" if key else "")
+
+
+def _suggest(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_number(path: str, table: str, key: str, value: Any, lo: float, lo_open: bool,
+                  hi: float = math.inf, hi_open: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ThresholdsError(f"{_where(path, table, key)}: expected a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    bad_lo = value <= lo if lo_open else value < lo
+    bad_hi = value >= hi if hi_open else value > hi
+    if not math.isfinite(value) or bad_lo or bad_hi:
+        rng = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+        hint = " (a fraction: write 0.95, not 95)" if key == "confidence" and value > 1 else ""
+        raise ThresholdsError(f"{_where(path, table, key)} = {value!r} is out of range {rng}{hint}")
+    return value
+
+
+def _check_int(path: str, table: str, key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ThresholdsError(
+            f"{_where(path, table, key)}: expected an integer, got {value!r} ({type(value).__name__})"
+        )
+    if not lo <= value <= hi:
+        raise ThresholdsError(f"{_where(path, table, key)} = {value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _check_choice(path: str, table: str, key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        hint = _suggest(value, choices) if isinstance(value, str) else ""
+        raise ThresholdsError(
+            f"{_where(path, table, key)} = {value!r} is not one of {', '.join(map(repr, choices))}{hint}"
+        )
+    return value
+
+
+def _check_field(path: str, table: str, key: str, value: Any) -> Any:
+    if key == "max_increase":
+        return _check_number(path, table, key, value, 0.0, False)
+    if key == "max_relative_increase":
+        return _check_number(path, table, key, value, 0.0, False)
+    if key == "estimate":
+        return _check_choice(path, table, key, value, ESTIMATES)
+    if key == "interval":
+        return _check_choice(path, table, key, value, INTERVALS)
+    if key == "confidence":
+        return _check_number(path, table, key, value, 0.5, False, 1.0, True)
+    if key == "n_resamples":
+        return _check_int(path, table, key, value, 100, 1_000_000)
+    if key == "min_items":
+        return _check_int(path, table, key, value, 1, 10**9)
+    if key == "n_bins":
+        return _check_int(path, table, key, value, 1, 10_000)
+    if key == "gate":
+        if not isinstance(value, bool):
+            raise ThresholdsError(f"{_where(path, table, key)}: expected true or false, got {value!r}")
+        return value
+    raise AssertionError(key)  # callers only pass RULE_FIELDS
+
+
+def _known_names() -> dict[str, tuple[str, ...]]:
+    from calib_checks.scoring import EXTRACTORS
+    from calib_checks.tasks import TASKS
+
+    return {"task": tuple(TASKS), "extractor": tuple(EXTRACTORS), "metric": tuple(METRICS)}
+
+
+@dataclass(frozen=True)
+class _Table:
+    match: tuple[tuple[str, str], ...]  # ((dimension, name), ...) in DIMENSIONS order
+    values: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return "default" if not self.match else ".".join(f"{d}.{n}" for d, n in self.match)
+
+    def applies(self, case: Mapping[str, str]) -> bool:
+        return all(case[d] == n for d, n in self.match)
+
+
+class Thresholds:
+    """A validated thresholds file; `rule_for(task, extractor, metric)` resolves one case's `Rule`."""
+
+    def __init__(self, tables: list[_Table], path: str, known: dict[str, tuple[str, ...]]) -> None:
+        self.path = path
+        self._tables = tables
+        self._known = known
+        self._rules: dict[tuple[str, str, str], Rule] = {}
+        # Resolve every combination now: conflicts and never-failing rules surface at load time.
+        for task in known["task"]:
+            for extractor in known["extractor"]:
+                for metric in known["metric"]:
+                    self._rules[(task, extractor, metric)] = self._resolve(task, extractor, metric)
+
+    def rule_for(self, task: str, extractor: str, metric: str) -> Rule:
+        """The rule of one case; raises ThresholdsError for a name the registries do not know."""
+        for dim, name in zip(DIMENSIONS, (task, extractor, metric)):
+            if name not in self._known[dim]:
+                raise ThresholdsError(f"unknown {dim} {name!r}{_suggest(name, self._known[dim])}; known: "
+                                      f"{', '.join(self._known[dim])}")
+        return self._rules[(task, extractor, metric)]
+
+    def _resolve(self, task: str, extractor: str, metric: str) -> Rule:
+        case = {"task": task, "extractor": extractor, "metric": metric}
+        matching = sorted((t for t in self._tables if t.applies(case)), key=lambda t: -len(t.match))
+        values: dict[str, Any] = {}
+        origins: dict[str, str] = {}
+        for key in RULE_FIELDS:
+            setters = [t for t in matching if key in t.values]
+            if not setters:
+                continue
+            best = [t for t in setters if len(t.match) == len(setters[0].match)]
+            if len({repr(t.values[key]) for t in best}) > 1:
+                dims = {d for t in best for d, _ in t.match}
+                decider = ".".join(f"{d}.{case[d]}" for d in DIMENSIONS if d in dims)
+                raise ThresholdsError(
+                    f"{self.path}: {' and '.join(f'[{t.name}]' for t in best)} both set {key} for task {task}, "
+                    f"extractor {extractor}, metric {metric} and are equally specific; add [{decider}] to decide"
+                )
+            values[key] = best[0].values[key]
+            origins[key] = best[0].name
+        for key, value in BUILTIN.items():
+            if key not in values:
+                values[key] = value
+                origins[key] = "built-in"
+        limit = max_change(metric)
+        if values["gate"] and values["max_increase"] >= limit:
+            raise ThresholdsError(
+                f"{_where(self.path, origins['max_increase'], 'max_increase')} = {values['max_increase']:g} can "
+                f"never fail for metric {metric} (its worsening is at most {limit:g}); lower it, or set gate = "
+                f"false to report the metric without gating it"
+            )
+        by_name = {t.name: t for t in matching}
+        used = sorted({name for name in origins.values() if name in by_name}, key=lambda n: (-len(by_name[n].match), n))
+        source = " > ".join(f"[{name}]" for name in used) or "built-in"
+        return Rule(**values, source=source, origins=origins)
+
+
+def _collect(data: Mapping[str, Any], path: str, known: dict[str, tuple[str, ...]],
+             match: tuple[tuple[str, str], ...], out: list[_Table]) -> None:
+    """Walk one table (`match` = the dimension keys leading to it) and its nested dimension tables."""
+    name = "default" if not match else ".".join(f"{d}.{n}" for d, n in match)
+    values: dict[str, Any] = {}
+    used = {d for d, _ in match}
+    for key, value in data.items():
+        if key in RULE_FIELDS:
+            values[key] = _check_field(path, name, key, value)
+        elif key in DIMENSIONS and match:
+            if key in used:
+                raise ThresholdsError(f"{_where(path, name)}: {key!r} appears twice in one table name")
+            _collect_dimension(key, value, path, known, match, out)
+        else:
+            allowed = list(RULE_FIELDS) + ([d for d in DIMENSIONS if d not in used] if match else [])
+            raise ThresholdsError(
+                f"{_where(path, name, key)}: unknown key{_suggest(key, allowed)}; allowed here: {', '.join(allowed)}"
+            )
+    if values or not match:
+        order = {d: i for i, d in enumerate(DIMENSIONS)}
+        out.append(_Table(tuple(sorted(match, key=lambda m: order[m[0]])), values))
+
+
+def _collect_dimension(dim: str, value: Any, path: str, known: dict[str, tuple[str, ...]],
+                       match: tuple[tuple[str, str], ...], out: list[_Table]) -> None:
+    prefix = ".".join(f"{d}.{n}" for d, n in match)
+    where = f"{prefix}.{dim}" if prefix else dim
+    if not isinstance(value, Mapping):
+        raise ThresholdsError(f"{path}: {where} must be tables like [{where}.<name>], got {value!r}")
+    for name, sub in value.items():
+        if name not in known[dim]:
+            raise ThresholdsError(
+                f"{path}: [{where}.{name}]: unknown {dim} {name!r}{_suggest(name, known[dim])}; known: "
+                f"{', '.join(known[dim])}"
+            )
+        if not isinstance(sub, Mapping):
+            raise ThresholdsError(f"{path}: {where}.{name} must be a table [{where}.{name}], got {sub!r}")
+        _collect(sub, path, known, (*match, (dim, name)), out)
+
+
+def parse_thresholds(data: Mapping[str, Any], path: str = "thresholds.toml") -> Thresholds:
+    """Validate parsed TOML `data` (as `tomllib.loads` returns it); `path` names the file in messages."""
+    known = _known_names()
+    tables: list[_Table] = []
+    if "default" not in data:
+        raise ThresholdsError(f"{path}: no [default] table; start the file with [default] and max_increase = ...")
+    for key, value in data.items():
+        if key == "default":
+            if not isinstance(value, Mapping):
+                raise ThresholdsError(f"{path}: default must be a table [default], got {value!r}")
+            _collect(value, path, known, (), tables)
+            if "max_increase" not in tables[-1].values:
+                raise ThresholdsError(f"{_where(path, 'default')}: max_increase is required (the largest allowed "
+                                      "worsening, e.g. max_increase = 0.01)")
+        elif key in DIMENSIONS:
+            _collect_dimension(key, value, path, known, (), tables)
+        else:
+            allowed = ["default", *DIMENSIONS]
+            raise ThresholdsError(
+                f"{path}: unknown top-level key {key!r}{_suggest(key, allowed)}; allowed: [default], "
+                "[task.<name>], [extractor.<name>], [metric.<name>] and their combinations"
+            )
+    seen: dict[tuple[tuple[str, str], ...], str] = {}
+    for table in tables:
+        if table.match in seen:  # e.g. [task.x.metric.y] and [metric.y.task.x]
+            raise ThresholdsError(f"{path}: [{table.name}] is given twice (the order of keys in a table name does "
+                                  "not matter); merge them")
+        seen[table.match] = table.name
+    return Thresholds(tables, path, known)
+
+
+def load_thresholds(path: str | Path) -> Thresholds:
+    """Read and validate a thresholds file; raises ThresholdsError naming the file and the key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ThresholdsError(f"thresholds file {str(path)!r} not found: pass --thresholds PATH, or copy the "
+                              "shipped thresholds.toml (docs/GATE.md)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ThresholdsError(f"thresholds file {str(path)!r} cannot be read: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ThresholdsError(f"{path}: not valid TOML: {exc}") from None
+    return parse_thresholds(data, str(path))

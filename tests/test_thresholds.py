@@ -1,0 +1,180 @@
+"""thresholds.toml: schema, validation (fail closed, naming the key), most-specific-wins precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from calib_checks.thresholds import BUILTIN, Rule, ThresholdsError, load_thresholds, max_change, parse_thresholds
+
+SHIPPED = Path(__file__).resolve().parent.parent / "thresholds.toml"
+
+
+def load(tmp_path: Path, text: str):
+    path = tmp_path / "thresholds.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_thresholds(path)
+
+
+def error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ThresholdsError) as info:
+        load(tmp_path, text)
+    message = str(info.value)
+    assert "\n" not in message, "one line"
+    assert "thresholds.toml" in message, "names the file"
+    return message
+
+
+def test_shipped_file_loads_and_gates_ece_and_sce_only() -> None:
+    thresholds = load_thresholds(SHIPPED)
+    for task in ("arc_easy", "hellaswag", "medmcqa", "mmlu_stem", "mmlu_humanities", "piqa"):
+        for extractor in ("continuation-sum", "continuation-min", "continuation-mean", "choice"):
+            gated = {m for m in ("ece", "sce", "accuracy", "brier", "nll")
+                     if thresholds.rule_for(task, extractor, m).gate}
+            assert gated == {"ece", "sce"}
+    ece = thresholds.rule_for("piqa", "choice", "ece")
+    assert (ece.max_increase, ece.estimate, ece.interval, ece.confidence) == (0.01, "lower", "basic", 0.95)
+    assert thresholds.rule_for("piqa", "choice", "sce").max_increase == 0.005
+    assert thresholds.rule_for("piqa", "choice", "sce").source == "[metric.sce] > [default]"
+
+
+def test_most_specific_table_wins_field_by_field(tmp_path: Path) -> None:
+    thresholds = load(tmp_path, """
+[default]
+max_increase = 0.01
+min_items = 100
+[metric.sce]
+max_increase = 0.005
+[task.medmcqa]
+min_items = 400
+[task.medmcqa.extractor.choice]
+min_items = 800
+[metric.sce.task.medmcqa]
+max_increase = 0.02
+[task.medmcqa.extractor.choice.metric.sce]
+estimate = "point"
+""")
+    plain = thresholds.rule_for("arc_easy", "choice", "ece")
+    assert (plain.max_increase, plain.min_items, plain.estimate) == (0.01, 100, "lower")
+    assert plain.source == "[default]"
+    assert plain.origins["n_bins"] == "built-in" and plain.n_bins == BUILTIN["n_bins"]
+
+    deep = thresholds.rule_for("medmcqa", "choice", "sce")
+    assert (deep.max_increase, deep.min_items, deep.estimate) == (0.02, 800, "point")
+    assert deep.origins == {**deep.origins, "estimate": "task.medmcqa.extractor.choice.metric.sce",
+                            "min_items": "task.medmcqa.extractor.choice", "max_increase": "task.medmcqa.metric.sce"}
+    # [default] set nothing that survived, so it is not a source of this rule.
+    assert deep.source == ("[task.medmcqa.extractor.choice.metric.sce] > [task.medmcqa.extractor.choice] > "
+                           "[task.medmcqa.metric.sce]")
+    other = thresholds.rule_for("medmcqa", "continuation-sum", "sce")
+    assert (other.max_increase, other.min_items) == (0.02, 400)
+    assert thresholds.rule_for("piqa", "choice", "sce").max_increase == 0.005
+
+
+def test_equally_specific_tables_that_disagree_are_a_conflict(tmp_path: Path) -> None:
+    message = error(tmp_path, """
+[default]
+max_increase = 0.01
+[metric.ece]
+max_increase = 0.02
+[task.piqa]
+max_increase = 0.03
+""")
+    assert "[metric.ece]" in message and "[task.piqa]" in message and "max_increase" in message
+    assert "[task.piqa.metric.ece]" in message, "names the table that would decide"
+    # The deciding table resolves it; agreeing values are no conflict.
+    resolved = load(tmp_path, """
+[default]
+max_increase = 0.01
+[metric.ece]
+max_increase = 0.02
+[task.piqa]
+max_increase = 0.03
+[task.piqa.metric.ece]
+max_increase = 0.025
+""")
+    assert resolved.rule_for("piqa", "choice", "ece").max_increase == 0.025
+    agreeing = load(tmp_path, "[default]\nmax_increase = 0.01\n[metric.ece]\nmin_items = 50\n[task.piqa]\nmin_items = 50\n")
+    assert agreeing.rule_for("piqa", "choice", "ece").min_items == 50
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[default]\nmax_increse = 0.01\n", "did you mean 'max_increase'"),
+        ("[default]\nmax_increase = 0.01\n[metric.eec]\ngate = false\n", "did you mean 'ece'"),
+        ("[default]\nmax_increase = 0.01\n[task.arc_esay]\nmin_items = 5\n", "did you mean 'arc_easy'"),
+        ("[default]\nmax_increase = 0.01\n[extractor.choise]\nmin_items = 5\n", "did you mean 'choice'"),
+        ("[default]\nmax_increase = 0.01\n[metrics.ece]\ngate = false\n", "did you mean 'metric'"),
+        ("[default]\nmax_increase = 0.01\n[task.piqa.task.piqa]\ngate = false\n", "appears twice"),
+        ("[default]\nmax_increase = 0.01\n[task.piqa.metric.ece]\ngate = false\n[metric.ece.task.piqa]\ngate = true\n",
+         "given twice"),
+        ("[default]\nmax_increase = 'small'\n", "max_increase: expected a number"),
+        ("[default]\nmax_increase = true\n", "max_increase: expected a number"),
+        ("[default]\nmax_increase = -0.01\n", "out of range"),
+        ("[default]\nmax_increase = nan\n", "out of range"),
+        ("[default]\nmax_increase = 0.01\nconfidence = 95\n", "write 0.95"),
+        ("[default]\nmax_increase = 0.01\nconfidence = 1.0\n", "confidence"),
+        ("[default]\nmax_increase = 0.01\nestimate = 'lowr'\n", "did you mean 'lower'"),
+        ("[default]\nmax_increase = 0.01\ninterval = 'bca'\n", "interval"),
+        ("[default]\nmax_increase = 0.01\nn_resamples = 10\n", "n_resamples"),
+        ("[default]\nmax_increase = 0.01\nn_resamples = 1000.5\n", "expected an integer"),
+        ("[default]\nmax_increase = 0.01\nmin_items = 0\n", "min_items"),
+        ("[default]\nmax_increase = 0.01\ngate = 'yes'\n", "gate: expected true or false"),
+        ("[default]\nmax_increase = 0.01\nmax_relative_increase = -1\n", "max_relative_increase"),
+        ("[default]\nmin_items = 10\n", "max_increase is required"),
+        ("[metric.ece]\nmax_increase = 0.01\n", "no [default] table"),
+        ("[default]\nmax_increase = 0.01\ntask = 'piqa'\n", "unknown key"),
+        ("[default]\nmax_increase = 0.01\n[task]\npiqa = 3\n", "must be a table"),
+        ("[default]\nmax_increase = 0.01\n[metric.ece\n", "not valid TOML"),
+    ],
+)
+def test_invalid_files_name_the_key(tmp_path: Path, text: str, expected: str) -> None:
+    assert expected in error(tmp_path, text)
+
+
+@pytest.mark.parametrize(
+    ("text", "metric"),
+    [
+        ("[default]\nmax_increase = 1.0\n", "ece"),  # ECE cannot rise by more than 1
+        ("[default]\nmax_increase = 0.01\n[metric.brier]\nmax_increase = 2\n", "brier"),
+        ("[default]\nmax_increase = 0.01\n[metric.accuracy]\nmax_increase = 5\n", "accuracy"),
+        ("[default]\nmax_increase = 0.01\n[metric.nll]\nmax_increase = 1e9\n", "nll"),
+    ],
+)
+def test_gated_rule_that_can_never_fail_is_refused(tmp_path: Path, text: str, metric: str) -> None:
+    message = error(tmp_path, text)
+    assert "can never fail" in message and f"metric {metric}" in message
+
+
+def test_never_failing_limit_is_fine_when_report_only(tmp_path: Path) -> None:
+    thresholds = load(tmp_path, "[default]\nmax_increase = 0.01\n[metric.brier]\nmax_increase = 3\ngate = false\n")
+    assert thresholds.rule_for("piqa", "choice", "brier").gate is False
+    assert max_change("brier") == 2.0
+
+
+def test_missing_and_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(ThresholdsError, match="not found"):
+        load_thresholds(tmp_path / "nope.toml")
+    (tmp_path / "bad.toml").write_bytes(b"\xff\xfe[default]")
+    with pytest.raises(ThresholdsError, match="cannot be read"):
+        load_thresholds(tmp_path / "bad.toml")
+
+
+def test_rule_for_unknown_names_and_parse_from_dict() -> None:
+    thresholds = parse_thresholds({"default": {"max_increase": 0.02}}, "inline.toml")
+    rule = thresholds.rule_for("piqa", "choice", "ece")
+    assert rule == Rule(max_increase=0.02, source="[default]")
+    assert rule.origins == {**{key: "built-in" for key in BUILTIN}, "max_increase": "default"}
+    with pytest.raises(ThresholdsError, match="unknown metric 'eec'.*did you mean 'ece'"):
+        thresholds.rule_for("piqa", "choice", "eec")
+
+
+def test_describe_states_direction_estimate_and_relative_limit() -> None:
+    rule = Rule(max_increase=0.02, max_relative_increase=0.5, estimate="upper", confidence=0.9)
+    assert rule.describe("accuracy") == ("fail when the upper end of the 90% basic interval of the accuracy "
+                                         "decrease > 0.02 and > 0.5 x |base|")
+    assert Rule(max_increase=0.01, estimate="point").describe("ece") == "fail when the ECE increase > 0.01"
+    assert set(rule.to_json()) == {"max_increase", "max_relative_increase", "estimate", "interval", "confidence",
+                                   "n_resamples", "min_items", "n_bins", "gate"}
