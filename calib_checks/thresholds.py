@@ -72,8 +72,11 @@ INTERVALS = ("basic", "percentile")
 
 # The largest worsening each metric can show (the width of its range), for the "can never fail" check.
 # ECE-like errors and accuracy live in [0, 1], SCE in [0, 2/K] within [0, 1], multiclass Brier in [0, 2];
-# NLL is clipped at -log(NLL_EPS) by metrics.nll. A metric missing here gets no such check.
+# NLL is clipped at -log(NLL_EPS) by metrics.nll; the unclipped squared debiased errors lie in [-1/4, 1]
+# (a squared gap <= 1 minus a variance estimate <= 1/4). A metric missing here gets no such check.
 _MAX_CHANGE = {
+    "debiased_ece_sq": 1.25,
+    "debiased_sce_sq": 1.25,
     "ece": 1.0,
     "ece_mass": 1.0,
     "mce": 1.0,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,12 @@ def test_invalid_files_name_the_key(tmp_path: Path, text: str, expected: str) ->
 def test_gated_rule_that_can_never_fail_is_refused(tmp_path: Path, text: str, metric: str) -> None:
     message = error(tmp_path, text)
     assert "can never fail" in message and f"metric {metric}" in message
+
+
+def test_every_registered_metric_has_a_bounded_worsening() -> None:
+    from calib_checks.metrics import METRICS
+
+    assert {m: max_change(m) for m in METRICS if not math.isfinite(max_change(m))} == {}
 
 
 def test_never_failing_limit_is_fine_when_report_only(tmp_path: Path) -> None:

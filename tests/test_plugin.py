@@ -1,0 +1,233 @@
+"""The gate end to end: `pytest tests_models` in a subprocess (pytester), on a tiny real model and local data.
+
+Every run scores with real forward passes of the tiny random Llama (tests/tiny_models.py) on synthetic items
+in the hub's schema (a `--data-source` folder with arc_easy.jsonl / piqa.jsonl). The runs share one score cache
+per module (CALIB_CHECKS_CACHE, set in every test), except where a test must see an empty cache.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parent.parent
+N_ITEMS = 120
+WORDS = ("the sun is a star water boils at one hundred degrees plants need light to grow dog cat bird park ball "
+         "heat ice rock metal wood glass paper energy force motion gravity cell").split()
+PERMISSIVE = """
+[default]
+max_increase = 0.01
+min_items = 20
+[metric.sce]
+max_increase = 0.005
+[metric.accuracy]
+gate = false
+max_increase = 0.02
+[metric.brier]
+gate = false
+max_increase = 0.02
+[metric.nll]
+gate = false
+max_increase = 0.05
+"""
+
+
+def _phrase(rng: random.Random, lo: int, hi: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi)))
+
+
+def write_items(folder: Path, n: int) -> None:
+    """arc_easy.jsonl (4 options, gold spread evenly over A-D) and piqa.jsonl (2 options), hub schema."""
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "arc_easy.jsonl").open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            row = {"id": f"syn-{i}", "question": _phrase(rng, 4, 9) + "?", "answerKey": "ABCD"[i % 4],
+                   "choices": {"text": [_phrase(rng, 1, 3) for _ in range(4)], "label": list("ABCD")}}
+            fh.write(json.dumps(row) + "\n")
+    with (folder / "piqa.jsonl").open("w", encoding="utf-8") as fh:
+        for i in range(n):
+            row = {"goal": _phrase(rng, 4, 9), "sol1": _phrase(rng, 2, 4), "sol2": _phrase(rng, 2, 4), "label": i % 2}
+            fh.write(json.dumps(row) + "\n")
+
+
+@pytest.fixture(scope="module")
+def gate_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gate")
+    write_items(root / "data", N_ITEMS)
+    (root / "thresholds.toml").write_text(PERMISSIVE, encoding="utf-8")
+    return {"data": root / "data", "thresholds": root / "thresholds.toml", "cache": root / "shared-cache"}
+
+
+@pytest.fixture
+def gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, gate_files: dict[str, Path],
+         tiny_model_dir: Path):
+    """Run the gate in a subprocess: gate(*args, cache=..., cwd=...) -> (RunResult, report dir)."""
+
+    def run(*args: str, cache: Path | None = None, cwd: Path | None = None, thresholds: Path | None = None,
+            tests: str | None = None):
+        monkeypatch.setenv("CALIB_CHECKS_CACHE", str(cache or gate_files["cache"]))
+        report_dir = pytester.path / f"reports-{len(list(pytester.path.glob('reports-*')))}"
+        if cwd is not None:
+            monkeypatch.chdir(cwd)
+        base = [tests or str(REPO / "tests_models"), "-p", "no:cacheprovider",
+                "--data-source", str(gate_files["data"]), "--thresholds", str(thresholds or gate_files["thresholds"]),
+                "--report-dir", str(report_dir), "--seed", "0"]
+        result = pytester.runpytest_subprocess(*base, *args, timeout=300)
+        return result, report_dir
+
+    run.model = str(tiny_model_dir)
+    return run
+
+
+def load_run(report_dir: Path) -> dict:
+    return json.loads((report_dir / "latest" / "results.json").read_text(encoding="utf-8"))
+
+
+def verdicts(results: dict) -> dict[tuple[str, str, str, str], str]:
+    return {(c["pair"], c["task"], c["extractor"], c["metric"]): c["verdict"] for c in results["cases"]}
+
+
+def computed(results: dict) -> Counter:
+    """How many times each (model, task) was computed (not read from the cache) in the run, over all workers."""
+    return Counter((e["model"], e["task"]) for e in results["run"]["scoring"] if e["cache"] in ("miss", "off"))
+
+
+def test_identical_pair_passes_every_case_from_the_checkout(gate, tmp_path: Path) -> None:
+    m = gate.model
+    junit = tmp_path / "gate.xml"
+    result, reports = gate("--model-pair", f"same={m},{m}", "--tasks", "arc_easy", "--junitxml", str(junit),
+                           cwd=REPO, tests="tests_models")
+    assert result.ret == 0, result.stdout.str()
+    outcomes = result.parseoutcomes()
+    assert outcomes["passed"] == 6 and outcomes["skipped"] == 9  # ece+sce x 3 extractors gated; the rest reported
+    result.stdout.fnmatch_lines(["*calib-checks gate*", "pair same: * -> *  PASS*",
+                                 "*arc_easy*choice*SCE*+0.0000*PASS", "report: *report.html"])
+    results = load_run(reports)
+    assert results["verdict"] == "ship" and results["complete"] is True
+    assert {c["verdict"] for c in results["cases"] if c["rule"]["gate"]} == {"pass"}
+    assert all(c["change"] == 0.0 for c in results["cases"])
+    assert (reports / "latest" / "report.html").is_file()
+    assert (reports / "latest" / "records" / Path(m).name / "arc_easy.jsonl").is_file()
+    # JUnit XML for CI: every case, with its CaseResult as a property.
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("15", "0", "0")
+    cases = [json.loads(p.get("value")) for p in suite.iter("property") if p.get("name") == "calib_checks_case"]
+    assert len(cases) == 15 and {c["pair"] for c in cases} == {"same"}
+
+
+def test_sharpened_pair_fails_the_choice_ece_and_sce_cases(gate) -> None:
+    # Run from pytester's folder (not the checkout), loading the plugin by name as an installed user would.
+    m = gate.model
+    result, reports = gate("-p", "calib_checks.plugin", "--model-pair", f"hot={m},{m}:temperature=0.5",
+                           "--tasks", "arc_easy")
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines(["FAILED *test_calibration[[]hot:arc_easy:choice:ece[]]*",
+                                 "FAILED *test_calibration[[]hot:arc_easy:choice:sce[]]*"])
+    results = load_run(reports)
+    assert results["verdict"] == "regression"
+    by_case = {(c["extractor"], c["metric"]): c for c in results["cases"]}
+    for metric in ("ece", "sce"):
+        case = by_case[("choice", metric)]
+        assert case["verdict"] == "fail"
+        assert case["ci_low"] > case["rule"]["max_increase"], "the whole interval is beyond the limit"
+        for part in (f"{case['base_value']:.4f}", f"{case['aligned_value']:.4f}", f"{case['change']:+.4f}",
+                     f"n={N_ITEMS}", "lower end", case["rule_source"]):
+            assert part in case["message"]
+    assert {c["aligned"] for c in results["cases"]} == {Path(m).name + "@T0.5"}
+
+
+def test_broken_thresholds_stop_before_any_inference(gate, tmp_path: Path) -> None:
+    bad = tmp_path / "thresholds.toml"
+    bad.write_text("[default]\nmax_increase = 0.01\n[metric.eec]\ngate = false\n", encoding="utf-8")
+    cache = tmp_path / "cache"
+    result, reports = gate("--model-pair", f"{gate.model},{gate.model}", thresholds=bad, cache=cache)
+    assert result.ret == 4
+    errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
+    assert len(errors) == 1
+    assert "[metric.eec]" in errors[0] and "did you mean 'ece'" in errors[0] and str(bad) in errors[0]
+    assert "collected" not in result.stdout.str()
+    assert not cache.exists() and not reports.exists(), "nothing scored, nothing written"
+
+
+def test_without_model_pair_the_gate_says_how_to_give_one(gate) -> None:
+    result, _ = gate()
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["ERROR: no --model-pair given*pytest tests_models --model-pair *"])
+
+
+def test_unloadable_model_errors_its_cases_with_one_line_each(gate, tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-model"
+    result, reports = gate("--model-pair", f"gone={gate.model},{missing}", "--tasks", "arc_easy",
+                           "--extractors", "choice", "--metrics", "ece,sce")
+    assert result.ret == 1
+    assert result.parseoutcomes()["errors"] == 2
+    out = result.stdout.str()
+    assert "Traceback" not in out and "During handling" not in out
+    sections = out.split("ERROR at setup of")[1:]
+    assert len(sections) == 2
+    for section in sections:
+        body = section.split("\n", 1)[1].split("\n")[0]
+        assert "no-such-model" in body and "does not exist" in body
+    assert {c["verdict"] for c in load_run(reports)["cases"]} == {"error"}
+
+
+def test_every_gated_case_below_min_items_fails_the_session(gate, tmp_path: Path) -> None:
+    strict = tmp_path / "thresholds.toml"
+    strict.write_text("[default]\nmax_increase = 0.01\nmin_items = 100000\n", encoding="utf-8")
+    m = gate.model
+    result, reports = gate("--model-pair", f"{m},{m}", "--tasks", "arc_easy", "--extractors", "choice",
+                           "--metrics", "ece,sce", "-ra", thresholds=strict)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["pair *  NOT GATED: 0 fail, 0 error, 0 pass, 2 not-gated", "NO CASE WAS GATED*",
+                                 f"SKIPPED [[]2[]] *NOT GATED: n={N_ITEMS} < min_items=100000"])
+    assert load_run(reports)["verdict"] == "error"
+
+
+def test_xdist_gives_the_serial_verdicts_and_scores_each_model_once(gate, tmp_path: Path) -> None:
+    m = gate.model
+    args = ["--model-pair", f"same={m},{m}", "--model-pair", f"hot={m},{m}:temperature=0.5",
+            "--tasks", "arc_easy,piqa", "--extractors", "choice,continuation-sum", "--metrics", "ece,sce,accuracy"]
+    serial, serial_reports = gate(*args)
+    fresh = tmp_path / "fresh-cache"
+    parallel, parallel_reports = gate(*args, "-n", "2", cache=fresh)
+    assert serial.ret == parallel.ret == 1
+    one, two = load_run(serial_reports), load_run(parallel_reports)
+    assert verdicts(one) == verdicts(two) and len(verdicts(one)) == 2 * 2 * 2 * 3
+    assert verdicts(two)[("hot", "arc_easy", "choice", "ece")] == "fail"
+    numbers = ("base_value", "aligned_value", "change", "ci_low", "ci_high")
+    for a, b in zip(one["cases"], two["cases"]):
+        assert [a[k] for k in numbers] == pytest.approx([b[k] for k in numbers], abs=1e-9)
+    # The serial run dropped each model's weights after its last task, if it had loaded them (piqa: a miss).
+    released = {(e["model"], e["task"]) for e in one["run"]["scoring"] if e["released"]}
+    label = Path(m).name
+    assert released == {(label, "piqa"), (label + "@T0.5", "piqa")}
+    # The parallel run computed each of its 2 models x 2 tasks exactly once, each task on one worker.
+    assert computed(two) == Counter({(model, task): 1 for model in (label, label + "@T0.5")
+                                     for task in ("arc_easy", "piqa")})
+    workers = {e["task"]: {x["worker"] for x in two["run"]["scoring"] if x["task"] == e["task"]}
+               for e in two["run"]["scoring"]}
+    assert all(len(w) == 1 and w != {"main"} for w in workers.values()), workers
+    assert len(list(fresh.glob("scores/*/*.json.gz"))) == 4
+
+
+def test_plugin_is_inert_outside_the_gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("CALIB_CHECKS_CACHE", str(tmp_path / "cache"))
+    pytester.makepyfile(test_other="def test_ok():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "calib_checks.plugin", "-p", "no:cacheprovider",
+                                           "--model-pair", "a,b")
+    assert result.ret == 0
+    result.assert_outcomes(passed=1)
+    assert "calib-checks gate" not in result.stdout.str()
+    help_text = pytester.runpytest_subprocess("-p", "calib_checks.plugin", "--help").stdout.str()
+    for option in ("--model-pair", "--thresholds", "--report-dir", "--no-cache", "--extractors"):
+        assert option in help_text
+    assert not (tmp_path / "cache").exists()
