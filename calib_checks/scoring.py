@@ -1,0 +1,621 @@
+"""Per-option scores of multiple-choice items: one forward pass per context, four extractors.
+
+Extractors (``EXTRACTORS``), all read from per-token log-probabilities
+``log p(t_j | t_<j) = z[t_j] - logsumexp(z)``, where ``z = softcap(W h) / T`` is computed in float32:
+``W h`` is the model's output head applied to the final hidden state, ``softcap(x) = c * tanh(x / c)`` where the
+config sets ``final_logit_softcapping = c`` (Gemma 2/3) and the identity otherwise, and ``T`` is
+``LoadedModel.temperature`` (1.0 leaves the model untouched).
+
+- ``continuation-sum``: option k is the continuation ``" " + options[k]`` of ``item.context`` and scores
+  ``sum_j log p(c_j)`` over its n_k tokens: lm-evaluation-harness's loglikelihood.
+- ``continuation-min``: ``min_j log p(c_j)`` from the same forward pass.
+- ``continuation-mean``: ``sum_j log p(c_j) / n_k`` from the same forward pass (HELM's length-normalised score).
+- ``choice``: ``log p(letter_k)`` at the answer position of ``item.choice_prompt``, the letter read as the
+  continuation ``" " + letters[k]``, which must be exactly one token after the prompt (``"ĠA"`` in byte-level
+  BPE, ``"▁A"`` in SentencePiece); the ids read are recorded per item and in the stats.
+
+Per item and extractor, ``probs[k] = exp(s_k - max s) / sum_l exp(s_l - max s)`` (softmax across options,
+float64).
+
+Numerics: ``logsumexp`` in float32 is within ~1e-6 of the float64 value, while torch's float32 ``log_softmax``
+on CPU (what lm-eval calls) is biased by about -4e-6 per token (measured over a 49152-token vocabulary), which
+adds up to 5e-4 on a 58-token HellaSwag ending; so compare with lm-eval at ~1e-5 per token, not bit for bit.
+
+Tokenisation follows lm-eval v0.4 (reference facts, section 3): trailing whitespace of the context moves to the
+front of the continuation; ``context + continuation`` is encoded once and split at ``len(encode(context))``.
+Departure: lm-eval never checks that ``encode(context)`` is a prefix of the joint encoding; here, where it is
+not, the pair is encoded separately (``prefix_fallback``), so that every option of an item shares one context.
+When ``LoadedModel.add_bos`` is set, the BOS id is prepended to the context (lm-eval does so for Gemma). The
+scored input of an option is ``(context + continuation)[:-1]`` left-truncated to ``max_length`` tokens, as in
+lm-eval; options that need different truncations get their own copy of the truncated context.
+
+Efficiency (departure from lm-eval, same numbers): each context is forwarded once per item. Its row holds the
+context followed by every option's tokens but the last (the last token is only ever a target); a 4D block mask
+lets each option attend to the context and causally to itself, never to another option, and position ids restart
+every option at ``len(context)``. Only the scored positions go through the output head, in chunks, so no
+``[batch, seq, vocab]`` logits tensor exists. Rows are length-sorted and right-padded; padding is never attended.
+The KV-cache alternative (forward the context, then the options against its cache) needs a second forward per
+batch and a cache expanded per option; the packed row gets the same sharing in one call and batches freely.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from calib_checks.errors import CalibChecksError
+
+if TYPE_CHECKING:
+    import torch
+
+    from calib_checks.models import LoadedModel
+    from calib_checks.tasks import Item
+
+# Bump when a change alters any number written into a record: the result cache's key includes it.
+SCORING_VERSION = "1"
+
+EXTRACTORS = ("continuation-sum", "continuation-min", "continuation-mean", "choice")
+
+# Rows * padded length per batch when batch_size="auto"; halved on out-of-memory. A CPU gains little from
+# bigger batches, a GPU a lot.
+_AUTO_TOKEN_BUDGET = {"cuda": 1 << 16, "other": 1 << 12}
+# Float32 logits computed at once by the output head: positions per chunk = this // vocabulary size.
+_HEAD_CHUNK_ELEMENTS = 1 << 25
+# Attention implementations that apply a user-given 4D mask as is (transformers' masking_utils returns a 4D
+# mask unchanged); eager adds it to the scores, so it must be additive there.
+_MASKABLE_ATTENTION = ("sdpa", "eager")
+_PROBE_TOKENS = 16
+
+
+class ScoringError(CalibChecksError):
+    """A model or item that cannot be scored (tokenizer without letter tokens, NaN scores, out of memory)."""
+
+
+@dataclass
+class ItemRecord:
+    """Scores of one item under one model: what the metrics, the gate and the report read.
+
+    ``scores[extractor][k]`` and ``probs[extractor][k]`` are floats in the data set's option order;
+    ``n_tokens[k]`` counts option k's continuation tokens; ``letter_token_ids[k]`` is the token read for letter k.
+    """
+
+    id: str
+    gold: int
+    scores: dict[str, list[float]]
+    probs: dict[str, list[float]]
+    n_tokens: list[int]
+    letter_token_ids: list[int]
+    truncated: bool = False
+    prefix_fallback: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (one line of ``records/<model>/<task>.jsonl``)."""
+        return {
+            "id": self.id,
+            "gold": self.gold,
+            "scores": {name: [float(v) for v in values] for name, values in self.scores.items()},
+            "probs": {name: [float(v) for v in values] for name, values in self.probs.items()},
+            "n_tokens": [int(n) for n in self.n_tokens],
+            "letter_token_ids": [int(t) for t in self.letter_token_ids],
+            "truncated": bool(self.truncated),
+            "prefix_fallback": bool(self.prefix_fallback),
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ItemRecord:
+        """Inverse of `to_json`; raises `ScoringError` on a malformed record."""
+        try:
+            record = cls(
+                id=str(data["id"]),
+                gold=int(data["gold"]),
+                scores={str(k): [float(v) for v in vs] for k, vs in data["scores"].items()},
+                probs={str(k): [float(v) for v in vs] for k, vs in data["probs"].items()},
+                n_tokens=[int(n) for n in data["n_tokens"]],
+                letter_token_ids=[int(t) for t in data["letter_token_ids"]],
+                truncated=bool(data.get("truncated", False)),
+                prefix_fallback=bool(data.get("prefix_fallback", False)),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ScoringError(f"malformed item record {dict(data)!r:.200}: {exc!r}; re-score the item") from exc
+        n_options = len(record.n_tokens)
+        lengths = {len(v) for v in (*record.scores.values(), *record.probs.values())}
+        if lengths - {n_options} or not 0 <= record.gold < n_options:
+            raise ScoringError(
+                f"item record {record.id!r} is inconsistent: {n_options} options, gold {record.gold}, "
+                f"score lists of lengths {sorted(lengths)}; re-score the item"
+            )
+        return record
+
+
+@dataclass
+class TaskScores:
+    """All records of one model on one task, with the scoring stats (see `score_items`)."""
+
+    model_label: str
+    model_identity: dict[str, Any]
+    task: str
+    data_fingerprint: str
+    records: list[ItemRecord]
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def labels(self) -> np.ndarray:
+        """Gold option indices, shape (N,), int64."""
+        return np.array([r.gold for r in self.records], dtype=np.int64)
+
+    def probs(self, extractor: str) -> np.ndarray:
+        """Option probabilities, shape (N, K_max), float64; items with fewer options are padded with 0."""
+        if extractor not in EXTRACTORS:
+            raise ScoringError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
+        k_max = max((len(r.n_tokens) for r in self.records), default=0)
+        out = np.zeros((len(self.records), k_max), dtype=np.float64)
+        for i, record in enumerate(self.records):
+            row = record.probs[extractor]
+            out[i, : len(row)] = row
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model_label": self.model_label,
+            "model_identity": self.model_identity,
+            "task": self.task,
+            "data_fingerprint": self.data_fingerprint,
+            "records": [r.to_json() for r in self.records],
+            "stats": self.stats,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> TaskScores:
+        try:
+            return cls(
+                model_label=str(data["model_label"]),
+                model_identity=dict(data["model_identity"]),
+                task=str(data["task"]),
+                data_fingerprint=str(data["data_fingerprint"]),
+                records=[ItemRecord.from_json(r) for r in data["records"]],
+                stats=dict(data["stats"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ScoringError(f"malformed task scores: {exc!r}; re-score the task") from exc
+
+
+def encode_pairs(
+    tokenizer: Any, pairs: Sequence[tuple[str, str]]
+) -> list[tuple[list[int], list[int], bool]]:
+    """Token ids of (context, continuation) pairs the lm-eval way: ``[(context_ids, continuation_ids, fell_back)]``.
+
+    Trailing whitespace of the context moves to the front of the continuation; the joint string is encoded
+    once and split at ``len(encode(context))``. Where ``encode(context)`` is not a prefix of the joint encoding
+    (a merge across the boundary), the continuation is encoded on its own and ``fell_back`` is True, so that
+    ``context_ids == encode(context)`` always. No special tokens are added (BOS is the caller's business).
+    """
+    moved: list[tuple[str, str]] = []
+    for context, continuation in pairs:
+        stripped = context.rstrip()
+        moved.append((stripped, context[len(stripped) :] + continuation))
+    texts = sorted({c for c, _ in moved} | {c + x for c, x in moved})
+    ids = dict(zip(texts, _encode(tokenizer, texts)))
+    out = []
+    for context, continuation in moved:
+        context_ids, joint = ids[context], ids[context + continuation]
+        if joint[: len(context_ids)] == context_ids:
+            out.append((context_ids, joint[len(context_ids) :], False))
+        else:
+            out.append((context_ids, _encode(tokenizer, [continuation])[0], True))
+    return out
+
+
+def score_items(
+    model: LoadedModel,
+    items: Sequence[Item],
+    batch_size: int | Literal["auto"] = "auto",
+    progress: bool = True,
+) -> tuple[list[ItemRecord], dict[str, Any]]:
+    """Score every item with all `EXTRACTORS`; return the records in item order and the stats.
+
+    stats: ``tokens_forwarded`` (non-pad tokens run through the model by the scoring batches),
+    ``token_lower_bound`` (what any exact method must run: per item the context once, each option's tokens but
+    its last once, the lettered prompt once; for truncated items the least-truncated context),
+    ``probe_tokens`` (the one short forward that checks the output-head path against the model's own logits),
+    ``truncated`` and ``prefix_fallbacks`` (item counts), ``letter_tokens`` (``{letter: id}``, a sorted list of
+    ids where items disagree), ``seconds``, ``batch_size`` (most rows in one batch), ``token_budget`` (auto
+    mode's final rows * padded length, else None).
+    Scores depend on the batch size only through floating-point summation order (float32 sums on SmolLM2
+    moved by at most 3e-5 between batch sizes 1, 7 and auto); for a fixed batch size they are deterministic.
+    """
+    import torch
+
+    started = time.perf_counter()
+    if isinstance(batch_size, bool) or not (batch_size == "auto" or (isinstance(batch_size, int) and batch_size > 0)):
+        raise ScoringError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    if not model.temperature > 0 or not math.isfinite(model.temperature):
+        raise ScoringError(f"model {model.label}: temperature must be a positive number, got {model.temperature}")
+    plan = _Plan(model, items)
+    mask_kind = _mask_kind(model)
+
+    with torch.inference_mode():
+        probe_tokens = _check_output_head(model, plan.segments[0].prefix if plan.segments else [])
+        tokens_forwarded, most_rows, budget = _run_batches(model, plan, batch_size, mask_kind, progress)
+
+    records = plan.records(model)
+    stats = {
+        "tokens_forwarded": tokens_forwarded,
+        "token_lower_bound": plan.lower_bound,
+        "probe_tokens": probe_tokens,
+        "truncated": sum(r.truncated for r in records),
+        "prefix_fallbacks": sum(r.prefix_fallback for r in records),
+        "letter_tokens": plan.letter_tokens(),
+        "seconds": time.perf_counter() - started,
+        "batch_size": most_rows,
+        "token_budget": budget,
+    }
+    return records, stats
+
+
+@dataclass
+class _Segment:
+    """One row: a (possibly truncated) prefix and the options scored against it.
+
+    ``targets[j]`` are the continuation tokens of option ``options[j]``; the row holds
+    ``prefix + targets[0][:-1] + targets[1][:-1] + ...``. ``kind`` is "continuation" or "choice".
+    """
+
+    item: int
+    kind: str
+    prefix: list[int]
+    options: list[int]
+    targets: list[list[int]]
+
+    @property
+    def row_len(self) -> int:
+        return len(self.prefix) + sum(len(t) - 1 for t in self.targets)
+
+
+class _Plan:
+    """Tokenised items, the rows to forward, and the per-token log-probabilities as they come back."""
+
+    def __init__(self, model: LoadedModel, items: Sequence[Item]) -> None:
+        self.items = list(items)
+        self.segments: list[_Segment] = []
+        self.lower_bound = 0
+        label, max_len = model.label, model.max_length
+        bos: list[int] = []
+        if model.add_bos:
+            if model.tokenizer.bos_token_id is None:
+                raise ScoringError(f"model {label} asks for a BOS token but its tokenizer has none; fix add_bos")
+            bos = [int(model.tokenizer.bos_token_id)]
+        pairs: list[tuple[str, str]] = []
+        for item in self.items:
+            _check_item(item, label)
+            pairs += [(item.context, " " + option) for option in item.options]
+            pairs += [(item.choice_prompt, " " + letter) for letter in item.letters]
+        encoded = iter(encode_pairs(model.tokenizer, pairs))
+
+        self.n_tokens: list[list[int]] = []
+        self.letter_ids: list[list[int]] = []
+        self.truncated: list[bool] = []
+        self.fallback: list[bool] = []
+        for i, item in enumerate(self.items):
+            k = len(item.options)
+            options = [next(encoded) for _ in range(k)]
+            letters = [next(encoded) for _ in range(k)]
+            self.fallback.append(any(fb for *_, fb in options + letters))
+            for letter, (_, ids, _) in zip(item.letters, letters):
+                if len(ids) != 1:
+                    pieces = model.tokenizer.convert_ids_to_tokens(ids)
+                    raise ScoringError(
+                        f"model {label}: letter {letter!r} of item {item.id!r} (scored as {' ' + letter!r} after "
+                        f"the lettered prompt) is {len(ids)} tokens {pieces}, not one, so the choice extractor "
+                        f"cannot read it; score a model whose tokenizer has single-token letters "
+                        f"(byte-level 'ĠA', SentencePiece '▁A')"
+                    )
+            self.letter_ids.append([ids[0] for _, ids, _ in letters])
+            self.n_tokens.append([len(ids) for _, ids, _ in options])
+
+            if not options[0][0] or not letters[0][0]:
+                raise ScoringError(f"item {item.id!r} has an empty context or lettered prompt; fix the task's prompt")
+            # encode_pairs gives every option the same context ids (encode(context)), so the rows can share it.
+            context = bos + options[0][0]
+            prompt = bos + letters[0][0]
+            cuts: dict[int, list[int]] = {}
+            for option, (_, ids, _) in enumerate(options):
+                if not 1 <= len(ids) <= max_len:
+                    raise ScoringError(
+                        f"model {label}: option {option} of item {item.id!r} is {len(ids)} tokens, outside "
+                        f"1..max_length={max_len}; fix the item or use a model with a longer context"
+                    )
+                cuts.setdefault(max(0, len(context) + len(ids) - 1 - max_len), []).append(option)
+            for cut, group in sorted(cuts.items()):
+                self.segments.append(
+                    _Segment(i, "continuation", context[cut:], group, [options[o][1] for o in group])
+                )
+            prompt_cut = max(0, len(prompt) - max_len)
+            self.segments.append(
+                _Segment(i, "choice", prompt[prompt_cut:], list(range(k)), [[t] for t in self.letter_ids[i]])
+            )
+            self.truncated.append(max(cuts) > 0 or prompt_cut > 0)
+            self.lower_bound += len(context) - min(cuts) + sum(n - 1 for n in self.n_tokens[i])
+            self.lower_bound += len(prompt) - prompt_cut
+
+        self.token_logprobs: list[list[list[float] | None]] = [[None] * len(it.options) for it in self.items]
+        self.choice_logprobs: list[list[float | None]] = [[None] * len(it.options) for it in self.items]
+
+    def store(self, segment: _Segment, values: list[list[float]]) -> None:
+        for option, logprobs in zip(segment.options, values):
+            if segment.kind == "continuation":
+                self.token_logprobs[segment.item][option] = logprobs
+            else:
+                self.choice_logprobs[segment.item][option] = logprobs[0]
+
+    def records(self, model: LoadedModel) -> list[ItemRecord]:
+        out = []
+        for i, item in enumerate(self.items):
+            per_token = self.token_logprobs[i]
+            scores = {
+                "continuation-sum": [math.fsum(t) for t in per_token],
+                "continuation-min": [min(t) for t in per_token],
+                "continuation-mean": [math.fsum(t) / len(t) for t in per_token],
+                "choice": list(self.choice_logprobs[i]),
+            }
+            for name, values in scores.items():
+                if not all(math.isfinite(v) for v in values):
+                    raise ScoringError(
+                        f"model {model.label} gave a non-finite {name} score {values} on item {item.id!r}: its "
+                        f"logits hold NaN or inf; check the weights and dtype (fp16 overflows; try bf16 or fp32)"
+                    )
+            out.append(
+                ItemRecord(
+                    id=item.id,
+                    gold=item.gold,
+                    scores=scores,
+                    probs={name: _softmax(values) for name, values in scores.items()},
+                    n_tokens=self.n_tokens[i],
+                    letter_token_ids=self.letter_ids[i],
+                    truncated=self.truncated[i],
+                    prefix_fallback=self.fallback[i],
+                )
+            )
+        return out
+
+    def letter_tokens(self) -> dict[str, int | list[int]]:
+        seen: dict[str, set[int]] = {}
+        for item, ids in zip(self.items, self.letter_ids):
+            for letter, token in zip(item.letters, ids):
+                seen.setdefault(letter, set()).add(token)
+        return {letter: next(iter(ids)) if len(ids) == 1 else sorted(ids) for letter, ids in sorted(seen.items())}
+
+
+def _check_item(item: Item, label: str) -> None:
+    k = len(item.options)
+    if k == 0 or len(item.letters) != k or not 0 <= item.gold < k:
+        raise ScoringError(
+            f"item {item.id!r} has {k} options, {len(item.letters)} letters and gold {item.gold}; "
+            f"each option needs one letter and gold must index an option (scoring {label})"
+        )
+
+
+def _softmax(values: Sequence[float]) -> list[float]:
+    scores = np.asarray(values, dtype=np.float64)
+    weights = np.exp(scores - scores.max())
+    return (weights / weights.sum()).tolist()
+
+
+def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+
+
+def _progress_bar(total: int, label: str, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"scoring {label}", unit="row", disable=not (enabled and sys.stderr.isatty()))
+
+
+def _mask_kind(model: LoadedModel) -> str:
+    """The attention implementation, checked to honour a custom 4D mask, with layer types it can mask."""
+    config = model.model.get_decoder().config
+    kind = getattr(config, "_attn_implementation", None) or "eager"
+    if kind not in _MASKABLE_ATTENTION:
+        raise ScoringError(
+            f"model {model.label} uses attention implementation {kind!r}, which cannot take the block mask that "
+            f"scores all options against one pass of the context; load it with attn_implementation='sdpa'"
+        )
+    unsupported = set(getattr(config, "layer_types", None) or ()) - {"full_attention", "sliding_attention"}
+    if unsupported:
+        raise ScoringError(
+            f"model {model.label} has layers of type {sorted(unsupported)}, which the packed-options scoring "
+            f"cannot mask; only full and sliding-window attention are supported"
+        )
+    return kind
+
+
+def _run_batches(
+    model: LoadedModel, plan: _Plan, batch_size: int | Literal["auto"], mask_kind: str, progress: bool
+) -> tuple[int, int, int | None]:
+    """Forward every row of `plan` longest first; return (tokens forwarded, most rows in a batch, final budget).
+
+    A fixed batch size takes that many rows at a time. "auto" takes as many rows as fit ``budget`` tokens
+    (rows * longest row) and, on out-of-memory, halves the budget and re-runs the failed batch.
+    """
+    import torch
+
+    order = sorted(range(len(plan.segments)), key=lambda s: (-plan.segments[s].row_len, s))
+    auto = batch_size == "auto"
+    budget = _AUTO_TOKEN_BUDGET["cuda" if model.input_device.type == "cuda" else "other"] if auto else None
+    tokens_forwarded = most_rows = start = 0
+    with _progress_bar(len(order), model.label, progress) as bar:
+        while start < len(order):
+            if auto:
+                rows = max(1, min(len(order) - start, budget // plan.segments[order[start]].row_len))
+            else:
+                rows = batch_size
+            batch = [plan.segments[s] for s in order[start : start + rows]]
+            try:
+                logprobs = _forward_batch(model, batch, mask_kind)
+            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if "out of memory" not in str(exc).lower():
+                    raise
+                if model.input_device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if not auto or len(batch) == 1:
+                    raise ScoringError(
+                        f"model {model.label} ran out of memory on a batch of {len(batch)} rows of up to "
+                        f"{batch[0].row_len} tokens; use a smaller batch size (or 'auto'), a smaller dtype or "
+                        f"a bigger device"
+                    ) from exc
+                budget //= 2
+                continue
+            for segment, values in zip(batch, logprobs):
+                plan.store(segment, values)
+            tokens_forwarded += sum(s.row_len for s in batch)
+            most_rows = max(most_rows, len(batch))
+            start += len(batch)
+            bar.update(len(batch))
+    return tokens_forwarded, most_rows, budget
+
+
+def _forward_batch(model: LoadedModel, batch: Sequence[_Segment], mask_kind: str) -> list[list[list[float]]]:
+    """Per segment, per option, the float32 log-probabilities of its continuation tokens."""
+    import torch
+
+    width = max(s.row_len for s in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    positions = torch.zeros(len(batch), width, dtype=torch.long)
+    blocks = torch.full((len(batch), width), -1, dtype=torch.long)  # 0 prefix, j+1 option j, -1 padding
+    scored: list[int] = []  # flat index (row * width + column) of the position predicting each target
+    targets: list[int] = []
+    lengths: list[int] = []
+    for r, segment in enumerate(batch):
+        n = len(segment.prefix)
+        ids[r, :n] = torch.tensor(segment.prefix)
+        positions[r, :n] = torch.arange(n)
+        blocks[r, :n] = 0
+        column = n
+        for j, tokens in enumerate(segment.targets):
+            body = len(tokens) - 1
+            ids[r, column : column + body] = torch.tensor(tokens[:-1], dtype=torch.long)
+            positions[r, column : column + body] = torch.arange(n, n + body)
+            blocks[r, column : column + body] = j + 1
+            # The context's last token predicts every option's first token; option token i predicts i + 1.
+            scored += [r * width + n - 1] + [r * width + column + i for i in range(body)]
+            targets += tokens
+            lengths.append(len(tokens))
+            column += body
+
+    decoder = model.model.get_decoder()
+    device = model.input_device
+    positions, blocks = positions.to(device), blocks.to(device)
+    mask = _attention_mask(decoder.config, positions, blocks, mask_kind, model.dtype)
+    hidden = decoder(
+        input_ids=ids.to(device), attention_mask=mask, position_ids=positions, use_cache=False
+    ).last_hidden_state
+    flat = hidden.reshape(-1, hidden.shape[-1])
+    where, inverse = torch.unique(torch.tensor(scored, device=flat.device), return_inverse=True)
+    logprobs = _target_logprobs(model, flat[where], inverse, torch.tensor(targets)).tolist()
+
+    out: list[list[list[float]]] = []
+    offset = option = 0
+    for segment in batch:
+        per_option = []
+        for _ in segment.targets:
+            per_option.append(logprobs[offset : offset + lengths[option]])
+            offset += lengths[option]
+            option += 1
+        out.append(per_option)
+    return out
+
+
+def _attention_mask(
+    config: Any, positions: torch.Tensor, blocks: torch.Tensor, kind: str, dtype: torch.dtype
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The [batch, 1, seq, seq] mask: a query sees keys of its own row that are context or its own option, at
+    positions <= its own (and within the sliding window, on sliding layers); padding sees itself only.
+
+    Where the model mixes full and sliding-window layers (Gemma 3) and a row reaches past the window, the
+    layer types get their own masks in the dict those models accept; a model without ``layer_types`` but with
+    ``sliding_window`` (Mistral) slides on every layer.
+    """
+    import torch
+
+    query_pos, key_pos = positions[:, :, None], positions[:, None, :]
+    query_block, key_block = blocks[:, :, None], blocks[:, None, :]
+    allowed = (key_pos <= query_pos) & ((key_block == 0) | (key_block == query_block)) & (key_block >= 0)
+    allowed |= torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)
+
+    def convert(keep: torch.Tensor) -> torch.Tensor:
+        keep = keep[:, None]
+        if kind == "sdpa":
+            return keep
+        return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
+
+    window = getattr(config, "sliding_window", None)
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    if window is None or int(positions.max()) < window or layer_types == {"full_attention"}:
+        return convert(allowed)
+    sliding = convert(allowed & (query_pos - key_pos < window))
+    if not layer_types:
+        return sliding
+    masks = {"full_attention": convert(allowed), "sliding_attention": sliding}
+    return {name: masks[name] for name in layer_types}
+
+
+def _head_logits(model: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """float32 ``softcap(W h)`` for hidden states [n, d] (temperature not applied)."""
+    import torch
+
+    head = model.model.get_output_embeddings()
+    logits = head(hidden.to(head.weight.device)).float()
+    cap = getattr(model.model.config.get_text_config(), "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _target_logprobs(
+    model: LoadedModel, hidden: torch.Tensor, inverse: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """``log_softmax(head(hidden[inverse[i]]) / T)[targets[i]]`` for every i, chunked over the vocabulary's rows."""
+    import torch
+
+    weight = model.model.get_output_embeddings().weight
+    chunk = max(1, _HEAD_CHUNK_ELEMENTS // weight.shape[0])
+    inverse, targets = inverse.to(weight.device), targets.to(weight.device)
+    out = torch.empty(len(targets), dtype=torch.float32, device=weight.device)
+    for first in range(0, hidden.shape[0], chunk):
+        logits = _head_logits(model, hidden[first : first + chunk]) / model.temperature
+        log_norm = torch.logsumexp(logits, dim=-1)
+        here = (inverse >= first) & (inverse < first + chunk)
+        local = inverse[here] - first
+        out[here] = logits[local, targets[here]] - log_norm[local]
+    return out.cpu()
+
+
+def _check_output_head(model: LoadedModel, prefix: list[int]) -> int:
+    """Compare the hidden-state + head path with the model's own logits on a few tokens; return tokens run.
+
+    Catches output post-processing this module does not reproduce (a logit scale, an unknown cap), which
+    would otherwise shift every score silently.
+    """
+    import torch
+
+    if not prefix:
+        return 0
+    ids = torch.tensor([prefix[:_PROBE_TOKENS]], device=model.input_device)
+    mine = _head_logits(model, model.model.get_decoder()(input_ids=ids).last_hidden_state[0, -1:])
+    theirs = model.model(input_ids=ids).logits[0, -1:].float().to(mine.device)
+    tolerance = 1e-4 if model.dtype == torch.float32 else 2e-2
+    error = float((mine - theirs).abs().max())
+    # Non-finite logits are reported per item by the scoring itself, with the item's id.
+    if torch.isfinite(theirs).all() and not error <= tolerance * (1 + float(theirs.abs().max())):
+        raise ScoringError(
+            f"model {model.label}: logits from its hidden states and output head differ from its own logits by "
+            f"{error:.3g}; it post-processes logits in a way scoring does not reproduce (supported: "
+            f"final_logit_softcapping); report this model"
+        )
+    return 2 * ids.shape[1]

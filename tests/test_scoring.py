@@ -1,0 +1,345 @@
+"""Scoring against a naive lm-eval-style reference: one full forward per option, full logits, fp32 log-softmax.
+
+Every model here runs for real (tiny random Llama / Gemma 3 / Cohere built in the test, SmolLM2 in the slow
+test); nothing fakes a model's output.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from calib_checks.models import LoadedModel, load_model
+from calib_checks.scoring import (
+    EXTRACTORS,
+    ItemRecord,
+    ScoringError,
+    TaskScores,
+    encode_pairs,
+    score_items,
+)
+from calib_checks.tasks import Item
+
+
+def loaded(model, tokenizer, label: str, add_bos: bool = False) -> LoadedModel:
+    """A `LoadedModel` around a model built in the test (no checkpoint folder, so no spec)."""
+    return LoadedModel(
+        spec=None, label=label, model=model.eval(), tokenizer=tokenizer, temperature=1.0,
+        input_device=torch.device("cpu"), dtype=next(model.parameters()).dtype, add_bos=add_bos,
+        max_length=model.config.max_position_embeddings, identity={"label": label},
+    )  # fmt: skip
+
+
+def item(id: str, question: str, options: list[str], gold: int, context: str | None = None) -> Item:
+    letters = tuple("ABCDE"[: len(options)])
+    lettered = "".join(f"\n{letter}. {option}" for letter, option in zip(letters, options))
+    return Item(
+        id=id,
+        gold=gold,
+        options=tuple(options),
+        context=context if context is not None else f"Question: {question}\nAnswer:",
+        choice_prompt=f"Question: {question}{lettered}\nAnswer:",
+        letters=letters,
+    )
+
+
+TINY_ITEMS = [
+    item("two", "what is the sun?", ["a star", "a cat"], 0),
+    item("three", "water boils at?", ["one hundred degrees", "ice", "the park with a ball"], 0),
+    item("four", "plants need?", ["light to grow", "a dog", "metal, wood, glass", "gravity"], 2),
+    item("five", "which is a force?", ["gravity", "paper", "cell", "motion and energy", "rock"], 4),
+    # Trailing whitespace: it moves to the front of each continuation, as lm-eval does.
+    item("space", "heat?", ["energy", "ice, rock"], 1, context="Question: heat is?\nAnswer: "),
+    item("newline", "x?", ["1000 kg", "10 m", "100 s"], 1, context="The following are questions.\n\n"),
+]
+
+
+def naive_option(lm: LoadedModel, context: str, continuation: str, memo: dict) -> list[float]:
+    """lm-eval's loglikelihood for one request: its tokenisation, one forward per option over the model's own
+    full logits divided by T; per-token log-probabilities in the continuation's order."""
+    tok = lm.tokenizer
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = tok(context + continuation, add_special_tokens=False).input_ids
+    context_ids = tok(context, add_special_tokens=False).input_ids
+    continuation_ids = whole[len(context_ids) :]
+    context_ids = ([tok.bos_token_id] if lm.add_bos else []) + whole[: len(context_ids)]
+    inputs = (context_ids + continuation_ids)[-(lm.max_length + 1) :][:-1]
+    key = tuple(inputs)
+    if key not in memo:  # the letters of one prompt share one input, as in lm-eval's one-token logits cache
+        with torch.no_grad():
+            logits = lm.model(torch.tensor([inputs])).logits[0].float() / lm.temperature
+        # The float32 logits are normalised in float64: torch's float32 log_softmax on CPU is biased by about
+        # -4e-6 per token (measured against float64 on 49152 logits), which sums to 5e-4 over a 58-token
+        # HellaSwag ending; the scorer's float32 logsumexp is within ~1e-6 of the float64 value.
+        memo[key] = torch.log_softmax(logits.double(), dim=-1)
+    logprobs = memo[key][len(inputs) - len(continuation_ids) :]
+    return logprobs.gather(1, torch.tensor(continuation_ids)[:, None])[:, 0].tolist()
+
+
+def naive_scores(lm: LoadedModel, it: Item) -> dict[str, list[float]]:
+    memo: dict[tuple[int, ...], torch.Tensor] = {}
+    per_token = [naive_option(lm, it.context, " " + option, memo) for option in it.options]
+    return {
+        "continuation-sum": [sum(t) for t in per_token],
+        "continuation-min": [min(t) for t in per_token],
+        "continuation-mean": [sum(t) / len(t) for t in per_token],
+        "choice": [naive_option(lm, it.choice_prompt, " " + letter, memo)[0] for letter in it.letters],
+    }
+
+
+def assert_matches_naive(lm: LoadedModel, items: list[Item], records: list[ItemRecord], tol: float) -> float:
+    worst = 0.0
+    for it, record in zip(items, records, strict=True):
+        assert record.id == it.id and record.gold == it.gold
+        reference = naive_scores(lm, it)
+        for name in EXTRACTORS:
+            ours, theirs = np.array(record.scores[name]), np.array(reference[name])
+            worst = max(worst, float(np.abs(ours - theirs).max()))
+            np.testing.assert_allclose(ours, theirs, rtol=0, atol=tol, err_msg=f"{it.id} {name}")
+            assert int(np.argmax(ours)) == int(np.argmax(theirs)), (it.id, name)
+    return worst
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir: Path) -> LoadedModel:
+    lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    assert lm.model.config._attn_implementation == "sdpa" and not lm.add_bos
+    return lm
+
+
+@pytest.fixture(scope="module")
+def tiny_scored(tiny: LoadedModel) -> tuple[list[ItemRecord], dict]:
+    return score_items(tiny, TINY_ITEMS, batch_size=3, progress=False)
+
+
+def test_tiny_model_equals_naive_reference(tiny: LoadedModel, tiny_scored) -> None:
+    records, stats = tiny_scored
+    worst = assert_matches_naive(tiny, TINY_ITEMS, records, tol=5e-4)
+    assert worst < 2e-5, worst  # float32 forward on both paths: ~1e-6 expected, 5e-4 is the contract
+    for it, record in zip(TINY_ITEMS, records):
+        moved = it.context[len(it.context.rstrip()) :]  # trailing whitespace joins the continuation
+        encoded = [tiny.tokenizer(moved + " " + o, add_special_tokens=False).input_ids for o in it.options]
+        assert record.n_tokens == [len(ids) for ids in encoded]
+        assert record.letter_token_ids == tiny.tokenizer.convert_tokens_to_ids(["Ġ" + x for x in it.letters])
+        for name in EXTRACTORS:
+            probs = np.array(record.probs[name])
+            assert probs.sum() == pytest.approx(1.0, abs=1e-12)
+            expected = np.exp(record.scores[name]) / np.exp(record.scores[name]).sum()
+            np.testing.assert_allclose(probs, expected, rtol=1e-9)
+    assert any(n > 1 for r in records for n in r.n_tokens)  # multi-token options were exercised
+    assert stats["letter_tokens"] == {x: tiny.tokenizer.convert_tokens_to_ids("Ġ" + x) for x in "ABCDE"}
+    assert stats["truncated"] == 0 and stats["prefix_fallbacks"] == 0
+
+
+def test_tokens_forwarded_is_the_lower_bound(tiny: LoadedModel, tiny_scored) -> None:
+    _, stats = tiny_scored
+    encode = lambda s: tiny.tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
+    # Counted here from the tokenizer alone: each context once, each option once without its last token (never
+    # an input), each lettered prompt once. lm-eval would forward context + option once per option.
+    expected = sum(
+        len(encode(it.context.rstrip()))
+        + sum(len(encode(it.context[len(it.context.rstrip()) :] + " " + o)) - 1 for o in it.options)
+        + len(encode(it.choice_prompt))
+        for it in TINY_ITEMS
+    )
+    assert stats["token_lower_bound"] == expected
+    assert stats["tokens_forwarded"] == expected  # exactly, not within 5 %
+    lm_eval_tokens = sum(
+        len(encode(it.context + " " + o)) - 1 for it in TINY_ITEMS for o in it.options
+    ) + sum(len(encode(it.choice_prompt)) for it in TINY_ITEMS for _ in it.letters)
+    assert stats["tokens_forwarded"] < lm_eval_tokens
+
+
+def test_scores_do_not_depend_on_batch_size(tiny: LoadedModel, tiny_scored) -> None:
+    by_size = {3: tiny_scored[0]}
+    for size in (1, "auto"):
+        by_size[size], stats = score_items(tiny, TINY_ITEMS, batch_size=size, progress=False)
+        assert [r.id for r in by_size[size]] == [it.id for it in TINY_ITEMS]
+    assert stats["batch_size"] > 3  # auto put more rows in a batch than the fixed sizes
+    for size in (1, "auto"):
+        for a, b in zip(by_size[3], by_size[size]):
+            for name in EXTRACTORS:
+                np.testing.assert_allclose(a.scores[name], b.scores[name], rtol=0, atol=1e-4)
+
+
+def test_temperature_divides_logits(tiny: LoadedModel, tiny_scored) -> None:
+    hot = replace(tiny, label="tiny@T0.5", temperature=0.5)
+    records, _ = score_items(hot, TINY_ITEMS[:3], batch_size=2, progress=False)
+    assert_matches_naive(hot, TINY_ITEMS[:3], records, tol=5e-4)
+    # Sharper: the top option's probability grows (or stays at 1) for every item and extractor.
+    for cold, warm in zip(tiny_scored[0], records):
+        for name in EXTRACTORS:
+            assert max(warm.probs[name]) >= max(cold.probs[name]) - 1e-12
+            assert warm.scores[name] != cold.scores[name]
+
+
+def test_truncation_keeps_the_scored_tail(tiny: LoadedModel) -> None:
+    short = replace(tiny, max_length=10)
+    items = TINY_ITEMS[1:4]
+    records, stats = score_items(short, items, batch_size=2, progress=False)
+    assert all(r.truncated for r in records) and stats["truncated"] == len(items)
+    assert_matches_naive(short, items, records, tol=5e-4)
+    # Options of different lengths need differently truncated contexts: more than the lower bound is run.
+    assert stats["tokens_forwarded"] > stats["token_lower_bound"]
+    # An option longer than the window cannot be scored whole (lm-eval would silently drop its first tokens).
+    with pytest.raises(ScoringError, match=r"option 2 of item 'three' is 9 tokens, outside 1..max_length=8"):
+        score_items(replace(tiny, max_length=8), items, progress=False)
+
+
+def test_nan_weights_raise_naming_model_and_item(tiny_model_dir: Path) -> None:
+    lm = replace(load_model(str(tiny_model_dir), device="cpu", dtype="float32"), label="broken-llama")
+    with torch.no_grad():
+        lm.model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ScoringError, match=r"broken-llama.*non-finite.*'two'"):
+        score_items(lm, TINY_ITEMS[:2], progress=False)
+
+
+# A hand-made BPE over characters with no pre-tokenizer, so merges can cross the space after the context
+# (byte-level BPE splits before every space, so it never does).
+_CHARS = list("abcdefghijklmnopqrstuvwxyzABCDE .:?\n")
+
+
+def char_tokenizer(merges: list[tuple[str, str]]):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate(["<s>", "<unk>", *_CHARS])}
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token="<unk>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", unk_token="<unk>")
+
+
+def char_model(tokenizer, seed: int = 1, attention: str = "sdpa"):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, attn_implementation=attention,
+    )  # fmt: skip
+    return LlamaForCausalLM(config)
+
+
+LETTER_MERGES = [(" ", x) for x in "ABCDE"]
+
+
+def test_encode_pairs_falls_back_where_the_context_is_not_a_prefix() -> None:
+    tok = char_tokenizer([*LETTER_MERGES, ("b", " "), ("b ", "c")])
+    ids = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    assert ids("ab c")[: len(ids("ab"))] != ids("ab")  # the joint encoding merged "b c" across the boundary
+    (context, continuation, fell_back), (_, plain, plain_fell_back) = encode_pairs(tok, [("ab", " c"), ("a", " c")])
+    assert fell_back and context == ids("ab") and continuation == ids(" c")
+    assert not plain_fell_back and plain == ids("a c")[len(ids("a")) :]
+    # Trailing whitespace moves into the continuation before the split.
+    [(context, continuation, _)] = encode_pairs(tok, [("a  ", "B")])
+    assert context == ids("a") and continuation == ids("  B")
+
+
+def test_prefix_fallback_is_scored_and_counted() -> None:
+    tok = char_tokenizer([*LETTER_MERGES, ("b", " "), ("b ", "c")])
+    lm = loaded(char_model(tok), tok, label="char-llama")
+    items = [item("merge", "ab", ["cd", "dd"], 0, context="ab"), item("plain", "a", ["cd", "e"], 1, context="ax")]
+    records, stats = score_items(lm, items, progress=False)
+    assert [r.prefix_fallback for r in records] == [True, False] and stats["prefix_fallbacks"] == 1
+    # The fallback scores " cd" encoded on its own after encode("ab"): one forward over those ids.
+    ids = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
+    context, option = ids("ab"), ids(" cd")
+    with torch.no_grad():
+        logits = lm.model(torch.tensor([context + option[:-1]])).logits[0].float()
+    expected = torch.log_softmax(logits, -1)[len(context) - 1 :].gather(1, torch.tensor(option)[:, None]).sum()
+    assert records[0].scores["continuation-sum"][0] == pytest.approx(float(expected), abs=5e-4)
+    assert_matches_naive(lm, items[1:], records[1:], tol=5e-4)
+
+
+def test_letters_that_are_not_one_token_raise() -> None:
+    tok = char_tokenizer([])  # " A" is two tokens: " " and "A"
+    lm = loaded(char_model(tok), tok, label="char-llama")
+    with pytest.raises(ScoringError, match=r"char-llama.*letter 'A'.*2 tokens"):
+        score_items(lm, [item("q", "ab", ["cd", "dd"], 0)], progress=False)
+
+
+def test_attention_without_custom_masks_is_refused() -> None:
+    tok = char_tokenizer(LETTER_MERGES)
+    lm = loaded(char_model(tok, attention="flex_attention"), tok, label="flex-llama")
+    with pytest.raises(ScoringError, match=r"flex-llama.*'flex_attention'.*attn_implementation='sdpa'"):
+        score_items(lm, [item("q", "ab", ["cd", "dd"], 0)], progress=False)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: str) -> None:
+    """Gemma 3 mixes sliding and full layers and caps its logits; a window of 4 tokens makes both matter."""
+    from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=3.0, max_position_embeddings=256, bos_token_id=0, eos_token_id=0, pad_token_id=0,
+        attn_implementation=attention,
+    )  # fmt: skip
+    torch.manual_seed(2)
+    model = Gemma3ForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(8.0)
+    lm = loaded(model, tok, label="tiny-gemma3", add_bos=True)
+    records, stats = score_items(lm, TINY_ITEMS[:4], batch_size=2, progress=False)
+    assert_matches_naive(lm, TINY_ITEMS[:4], records, tol=5e-4)
+    assert stats["tokens_forwarded"] == stats["token_lower_bound"]
+
+
+def test_unreproduced_logit_scaling_is_refused(tiny_model_dir: Path) -> None:
+    """Cohere multiplies its logits by logit_scale after the head: the head probe must notice."""
+    from transformers import AutoTokenizer, CohereConfig, CohereForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    config = CohereConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, logit_scale=0.25, max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
+        pad_token_id=0,
+    )  # fmt: skip
+    torch.manual_seed(3)
+    lm = loaded(CohereForCausalLM(config), tok, label="tiny-cohere")
+    with pytest.raises(ScoringError, match=r"tiny-cohere.*differ from its own logits"):
+        score_items(lm, TINY_ITEMS[:1], progress=False)
+
+
+def test_records_round_trip_through_json(tiny_scored) -> None:
+    records, stats = tiny_scored
+    scores = TaskScores("tiny", {"path": "x"}, "arc_easy", "f" * 64, records, stats)
+    back = TaskScores.from_json(json.loads(json.dumps(scores.to_json())))
+    assert back == scores
+    assert all(isinstance(v, float) for r in back.records for vs in r.scores.values() for v in vs)
+    probs = back.probs("choice")
+    assert probs.shape == (len(records), 5) and probs.dtype == np.float64
+    assert probs[0, 2:].tolist() == [0.0, 0.0, 0.0]  # two-option item padded to K_max = 5
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    assert back.labels().tolist() == [it.gold for it in TINY_ITEMS]
+    with pytest.raises(ScoringError, match="unknown extractor"):
+        back.probs("continuation-max")
+    broken = records[0].to_json() | {"gold": 7}
+    with pytest.raises(ScoringError, match="inconsistent"):
+        ItemRecord.from_json(broken)
+
+
+@pytest.mark.slow
+def test_smollm2_equals_naive_reference(smollm2_model: LoadedModel) -> None:
+    from calib_checks.data import load_task
+
+    tasks = ("arc_easy", "hellaswag", "piqa", "mmlu_stem", "medmcqa")
+    items = [it for task in tasks for it in load_task(task, limit=2).items]
+    records, stats = score_items(smollm2_model, items, batch_size="auto", progress=False)
+    worst = assert_matches_naive(smollm2_model, items, records, tol=5e-4)
+    assert stats["tokens_forwarded"] == stats["token_lower_bound"]
+    assert stats["letter_tokens"]["A"] == smollm2_model.tokenizer.convert_tokens_to_ids("ĠA")
+    print(
+        f"SmolLM2: worst |ours - naive| {worst:.2e}; {len(items) / stats['seconds']:.2f} items/s; "
+        f"tokens forwarded {stats['tokens_forwarded']} = lower bound {stats['token_lower_bound']}"
+    )
