@@ -3,7 +3,8 @@
 Registered by the root conftest.py (source checkout) and by the `pytest11` entry point (installed package),
 both under the name `calib_checks.plugin`, so it is never registered twice. It adds the gate's options to
 every pytest run but acts only when the gate's folder is collected: `tests_models/conftest.py` calls
-`configure_gate` from its `pytest_configure`. In the library's own test runs every hook here returns at once.
+`configure_gate` from its `pytest_configure`, which registers the session hooks (`_SessionHooks`). In the
+library's own test runs they are never registered and the plugin does nothing.
 
 What a gate run does:
 - `configure_gate` (pytest_configure, before collection and before any model is touched) parses and checks
@@ -23,12 +24,11 @@ What a gate run does:
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 
@@ -111,6 +111,10 @@ class Case:
     def id(self) -> str:
         return f"{self.pair}:{self.task}:{self.extractor}:{self.metric}"
 
+    @property
+    def key(self) -> tuple[str, str, str, str]:
+        return (self.pair, self.task, self.extractor, self.metric)
+
 
 @dataclass(frozen=True)
 class Pair:
@@ -169,7 +173,8 @@ def _parse_pair(text: str) -> tuple[str | None, str, str]:
     if len(parts) != 2 or not all(p.strip() for p in parts):
         raise pytest.UsageError(
             f"--model-pair {text!r}: expected BASE,ALIGNED (two model specs separated by one comma), optionally "
-            "NAME=BASE,ALIGNED, e.g. --model-pair smollm2=HuggingFaceTB/SmolLM2-135M,HuggingFaceTB/SmolLM2-135M-Instruct"
+            "NAME=BASE,ALIGNED, e.g. --model-pair "
+            "smollm2=HuggingFaceTB/SmolLM2-135M,HuggingFaceTB/SmolLM2-135M-Instruct"
         )
     return name, parts[0].strip(), parts[1].strip()
 
@@ -207,6 +212,8 @@ class Gate:
         # Filled from test reports in every process; only the controller writes them out.
         self.results: dict[tuple[str, str, str, str], dict] = {}
         self.scored: dict[tuple[str, str, str], dict] = {}
+        self.unjudged: dict[Case, str] = {}
+        self._known_cases = set(self.cases())
         self.results_path: Path | None = None
         self.write_error: str | None = None
         self.nothing_gated = False
@@ -229,7 +236,7 @@ class Gate:
         batch = str(config.getoption("batch_size"))
         if batch != "auto" and not (batch.isdigit() and int(batch) >= 1):
             raise pytest.UsageError(f"--batch-size must be a positive integer or auto, got {batch!r}")
-        self.batch_size: int | str = batch if batch == "auto" else int(batch)
+        self.batch_size: int | Literal["auto"] = "auto" if batch == "auto" else int(batch)
         self.device: str = config.getoption("device")
         self.dtype: str = config.getoption("dtype")
         if self.worker is None and (self.device, self.dtype) != ("auto", "auto"):
@@ -338,7 +345,7 @@ class Gate:
             from calib_checks.engine import Scorer
 
             self._scorers[model.text] = Scorer(
-                model.spec, device=self._device(), dtype=self.dtype, batch_size=self.batch_size,  # type: ignore[arg-type]
+                model.spec, device=self._device(), dtype=self.dtype, batch_size=self.batch_size,
                 cache=ScoreCache() if self.use_cache else None,
                 progress=self.config.getoption("capture") == "no",
             )
@@ -456,6 +463,13 @@ class Gate:
     # ------------------------------------------------------------------------------------------ session end
 
     def collect(self, report: pytest.TestReport) -> None:
+        """Keep the CaseResults and scoring events a report carries, and the failures of cases that carry none."""
+        case = case_of_nodeid(report.nodeid)
+        if report.failed and case is not None and case in self._known_cases:
+            crash = getattr(report.longrepr, "reprcrash", None)
+            lines = report.longreprtext.strip().splitlines() or ["failed"]
+            line = (crash.message.splitlines() or lines)[0] if crash is not None else lines[-1]
+            self.unjudged.setdefault(case, line)
         for name, value in report.user_properties:
             if name == CASE_PROPERTY:
                 data = json.loads(value)
@@ -467,6 +481,10 @@ class Gate:
     def finish(self, session: pytest.Session, exitstatus: int) -> None:
         from calib_checks.verdicts import CaseResult
 
+        # A case that failed without recording a verdict (a crashed xdist worker, an unexpected exception)
+        # must not vanish from results.json: it becomes an error case.
+        for case, line in self.unjudged.items():
+            self.results.setdefault(case.key, self.error_result(case, f"no verdict recorded: {line}").to_json())
         cases = [CaseResult.from_json(self.results[key]) for key in sorted(self.results, key=self._order)]
         if not cases:
             return
@@ -509,8 +527,7 @@ class Gate:
                 self.metrics.index(metric))
 
     def summary_lines(self, verbose: bool) -> list[str]:
-        from calib_checks.metrics import METRICS
-
+        """The terminal summary: per pair, one row per case (report-only cases with -v), then the report path."""
         lines: list[str] = []
         cases = [self.results[key] for key in sorted(self.results, key=self._order)]
         for pair in self.pairs:
@@ -524,20 +541,13 @@ class Gate:
                          f"{state}: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
             lines.append(f"  {'task':<16} {'extractor':<17} {'metric':<9} {'base':>8} {'aligned':>8} "
                          f"{'change':>8}  {'interval':<20} verdict")
-            hidden = 0
-            for c in mine:
-                if not verbose and not c["rule"].get("gate", True):
-                    hidden += 1
-                    continue
-
-                def num(value: float | None) -> str:
-                    return "-" if value is None else f"{value:.4f}"
-
-                change = "-" if c["change"] is None else f"{c['change']:+.4f}"
+            shown = [c for c in mine if verbose or c["rule"].get("gate", True)]
+            hidden = len(mine) - len(shown)
+            for c in shown:
                 interval = "" if c["ci_low"] is None else f"[{c['ci_low']:+.4f},{c['ci_high']:+.4f}]"
-                name = METRICS[c["metric"]].display_name if c["metric"] in METRICS else c["metric"]
-                lines.append(f"  {c['task']:<16} {c['extractor']:<17} {name:<9} {num(c['base_value']):>8} "
-                             f"{num(c['aligned_value']):>8} {change:>8}  {interval:<20} {c['verdict'].upper()}")
+                lines.append(f"  {c['task']:<16} {c['extractor']:<17} {c['metric']:<9} {_num(c['base_value']):>8} "
+                             f"{_num(c['aligned_value']):>8} {_num(c['change'], '+'):>8}  {interval:<20} "
+                             f"{c['verdict'].upper()}")
             if hidden:
                 lines.append(f"  ({hidden} report-only case(s) not shown; -v shows them; all are in the report)")
         if self.nothing_gated:
@@ -598,11 +608,15 @@ def calib_scores(calib_case: Case, calib_gate: Gate, request: pytest.FixtureRequ
     return calib_gate.pair_scores(calib_case, request.node)
 
 
-def task_of_nodeid(nodeid: str) -> str | None:
-    """The task of a gate case's node id (`...::test_calibration[PAIR:TASK:EXTRACTOR:METRIC]...`), else None."""
+def _num(value: float | None, sign: str = "") -> str:
+    return "-" if value is None else f"{value:{sign}.4f}"
+
+
+def case_of_nodeid(nodeid: str) -> Case | None:
+    """The gate case of a node id (`...::test_calibration[PAIR:TASK:EXTRACTOR:METRIC]...`), else None."""
     match = _CASE_NODEID.search(nodeid)
     parts = match["id"].split(":") if match else []
-    return parts[1] if len(parts) == 4 else None
+    return Case(*parts) if len(parts) == 4 else None
 
 
 def _task_scheduling(config: pytest.Config, log: Any) -> Any:
@@ -616,8 +630,8 @@ def _task_scheduling(config: pytest.Config, log: Any) -> Any:
 
     class TaskScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            task = task_of_nodeid(nodeid)
-            return nodeid if task is None else f"calib-checks-task:{task}"
+            case = case_of_nodeid(nodeid)
+            return nodeid if case is None else f"calib-checks-task:{case.task}"
 
     return TaskScheduling(config, log)
 

@@ -109,7 +109,7 @@ def test_identical_pair_passes_every_case_from_the_checkout(gate, tmp_path: Path
     outcomes = result.parseoutcomes()
     assert outcomes["passed"] == 6 and outcomes["skipped"] == 9  # ece+sce x 3 extractors gated; the rest reported
     result.stdout.fnmatch_lines(["*calib-checks gate*", "pair same: * -> *  PASS*",
-                                 "*arc_easy*choice*SCE*+0.0000*PASS", "report: *report.html"])
+                                 "*arc_easy*choice*sce*+0.0000*PASS", "report: *report.html"])
     results = load_run(reports)
     assert results["verdict"] == "ship" and results["complete"] is True
     assert {c["verdict"] for c in results["cases"] if c["rule"]["gate"]} == {"pass"}
@@ -231,3 +231,19 @@ def test_plugin_is_inert_outside_the_gate(pytester: pytest.Pytester, monkeypatch
     for option in ("--model-pair", "--thresholds", "--report-dir", "--no-cache", "--extractors"):
         assert option in help_text
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_case_that_crashes_without_a_verdict_is_an_error_in_the_results(gate, pytester: pytest.Pytester) -> None:
+    # A bug in judging (simulated by a plugin that breaks judge_case) must not drop the case from results.json.
+    pytester.makepyfile(break_judge="import calib_checks.verdicts as v\n\n"
+                                    "def judge_case(*args, **kwargs):\n    raise RuntimeError('judge exploded')\n\n"
+                                    "v.judge_case = judge_case\n")
+    m = gate.model
+    result, reports = gate("-p", "break_judge", "--model-pair", f"{m},{m}", "--tasks", "arc_easy",
+                           "--extractors", "choice", "--metrics", "ece")
+    assert result.ret == 1
+    results = load_run(reports)
+    assert results["verdict"] == "error"
+    [case] = results["cases"]
+    assert case["verdict"] == "error" and "no verdict recorded" in case["message"]
+    assert "judge exploded" in case["message"]

@@ -80,7 +80,7 @@ def figures() -> dict[tuple[str, str, int], float]:
         for n, reps in POWER_SIZES.items():
             out[(metric, "sharpened", n)] = rate(metric, n, reps, "sharpened", seed=300 + n + i)
     rules = {m: load_thresholds(SHIPPED).rule_for("arc_easy", "choice", m) for m in ("ece", "sce")}
-    print(f"\nshipped rules: " + "; ".join(f"{m}: {r.describe(m)}" for m, r in rules.items()))
+    print("\nshipped rules: " + "; ".join(f"{m}: {r.describe(m)}" for m, r in rules.items()))
     print(f"{'metric':<6} {'scenario':<26} " + " ".join(f"{n:>6}" for n in sorted({n for _, _, n in out})))
     for metric in ("ece", "sce"):
         for scenario, label in (("identical", "false alarm, identical"), ("independent", "false alarm, independent"),

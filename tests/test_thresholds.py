@@ -96,7 +96,8 @@ max_increase = 0.03
 max_increase = 0.025
 """)
     assert resolved.rule_for("piqa", "choice", "ece").max_increase == 0.025
-    agreeing = load(tmp_path, "[default]\nmax_increase = 0.01\n[metric.ece]\nmin_items = 50\n[task.piqa]\nmin_items = 50\n")
+    agreeing = load(tmp_path, "[default]\nmax_increase = 0.01\n[metric.ece]\nmin_items = 50\n"
+                              "[task.piqa]\nmin_items = 50\n")
     assert agreeing.rule_for("piqa", "choice", "ece").min_items == 50
 
 
