@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from calib_checks.fileio import read_jsonl
 from calib_checks.tasks import LETTERS, MMLU_CATEGORY, PROMPT_VERSION, DataError, Item, TaskSpec, get_task
 
 __all__ = ["DataError", "TaskData", "fingerprint_items", "load_task", "sample_items"]
@@ -400,7 +401,7 @@ def _from_path(spec: TaskSpec, folder: Path, split: str) -> tuple[tuple[Item, ..
     elif path.suffix == ".parquet":
         rows = _read_parquet(spec, path)
     else:
-        rows = _read_jsonl(spec, path)
+        rows = read_jsonl(path, DataError, f"task {spec.name!r}")
     where = f"path:{path} (split {split})"
     return _to_items(spec, _path_chunks(spec, rows, pooled=stem != spec.name), split, where), where
 
@@ -423,19 +424,6 @@ def _path_chunks(spec: TaskSpec, rows: list[Mapping[str, Any]], pooled: bool) ->
                             f"{spec.name} (it is {MMLU_CATEGORY.get(subject, 'not an MMLU subject')})")
         by_subject.setdefault(subject, []).append(row)
     return [(s, by_subject[s]) for s in spec.subjects if s in by_subject]
-
-
-def _read_jsonl(spec: TaskSpec, path: Path) -> list[Mapping[str, Any]]:
-    rows = []
-    with path.open(encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"task {spec.name!r}: {path}:{line_no} is not valid JSON ({exc})") from None
-    return rows
 
 
 def _read_parquet(spec: TaskSpec, path: Path) -> list[Mapping[str, Any]]:

@@ -19,8 +19,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from calib_checks.cache import ScoreCache, atomic_write_bytes
+from calib_checks.cache import ScoreCache
 from calib_checks.errors import CalibChecksError
+from calib_checks.fileio import atomic_write_bytes
 from calib_checks.models import (
     LoadedModel,
     ModelLoadError,

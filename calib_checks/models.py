@@ -46,8 +46,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from filelock import FileLock
 
-from calib_checks.cache import atomic_write_bytes, cache_dir, canonical_json
+from calib_checks.cache import cache_dir
 from calib_checks.errors import CalibChecksError
+from calib_checks.fileio import atomic_write_bytes, canonical_json
 
 if TYPE_CHECKING:
     import torch

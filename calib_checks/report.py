@@ -26,11 +26,11 @@ import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from calib_checks import metrics
+from calib_checks.fileio import atomic_write_text
 from calib_checks.recalibration import RecalibrationError, TemperatureFit, cross_fit, regime
 from calib_checks.results import (
     REPORT_FILE,
     ResultsError,
-    atomic_write_text,
     load_items,
     load_records,
     load_results,

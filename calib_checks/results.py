@@ -32,7 +32,6 @@ import re
 import secrets
 import shutil
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from importlib import metadata
@@ -42,6 +41,7 @@ from typing import Any, Iterable
 from filelock import FileLock
 
 from calib_checks.errors import CalibChecksError
+from calib_checks.fileio import atomic_write_text, read_jsonl
 
 SCHEMA_VERSION = 1
 """Bumped on any change a reader of results.json must know about (renamed/removed field, changed meaning)."""
@@ -77,24 +77,6 @@ def safe_name(value: str, what: str) -> str:
             f"not starting with a dot (model labels come from models.LoadedModel.label)"
         )
     return value
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a unique temporary file in the same folder and `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is an artifact others (CI, a team) must read
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _dumps(value: Any, what: str, indent: int | None = None) -> str:
@@ -428,7 +410,7 @@ def load_records(run_dir: str | Path, model: str, task: str) -> list[dict] | Non
     path = Path(run_dir) / "records" / safe_name(model, "model label") / f"{safe_name(task, 'task name')}.jsonl"
     if not path.is_file():
         return None
-    return _read_jsonl(path, "records")
+    return read_jsonl(path, ResultsError, "records")
 
 
 def load_items(run_dir: str | Path, task: str) -> dict[str, dict] | None:
@@ -436,17 +418,6 @@ def load_items(run_dir: str | Path, task: str) -> dict[str, dict] | None:
     path = Path(run_dir) / "items" / f"{safe_name(task, 'task name')}.jsonl"
     if not path.is_file():
         return None
-    return {item["id"]: item for item in _read_jsonl(path, "items")}
+    return {item["id"]: item for item in read_jsonl(path, ResultsError, "items")}
 
 
-def _read_jsonl(path: Path, what: str) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ResultsError(f"{what} file {path} line {number} is not JSON ({exc})") from None
-    return rows
