@@ -66,7 +66,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TASKS = ("arc_easy", "hellaswag", "medmcqa", "mmlu", "piqa")
-DEFAULT_LIMIT = 40
+DEFAULT_LIMIT = 20
 DEFAULT_WORKDIR = REPO / "build" / "bench"
 
 TARGETS = {
@@ -131,6 +131,18 @@ def items_lower_bound(tokenizer: Any, items: Sequence[Any], add_bos: bool) -> in
         k = len(item.options)
         total += item_lower_bound(len(enc[0][0]) + bos, [len(e[1]) for e in enc[:k]], len(enc[k][0]) + bos)
     return total
+
+
+def extractor_scores(per_option: Sequence[Sequence[float]], k: int) -> dict[str, list[float]]:
+    """The four extractors from per-token log-probabilities: ``per_option[:k]`` are the k options' continuation
+    tokens, ``per_option[k:]`` the k letters' single tokens (calib_checks.scoring's definitions)."""
+    conts, letters = per_option[:k], per_option[k:]
+    return {
+        "continuation-sum": [math.fsum(t) for t in conts],
+        "continuation-min": [min(t) for t in conts],
+        "continuation-mean": [math.fsum(t) / len(t) for t in conts],
+        "choice": [t[0] for t in letters],
+    }
 
 
 def max_abs_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
@@ -226,6 +238,11 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
             out["agreement"].setdefault(e, {})["max_abs_diff_calib_vs_naive"] = max_abs_diff(c[e], nv[e])
         for e, values in le.items():
             out["agreement"][e]["max_abs_diff_naive_vs_lmeval"] = max_abs_diff(nv[e], values)
+        if "float64" in naive["items"][0]:
+            ref = {e: [it["float64"][e] for it in naive["items"]] for e in le}
+            for e, values in le.items():
+                out["agreement"][e]["max_abs_diff_calib_vs_float64"] = max_abs_diff(c[e], ref[e])
+                out["agreement"][e]["max_abs_diff_lmeval_vs_float64"] = max_abs_diff(values, ref[e])
     out["verdicts"] = task_verdicts(out)
     return out
 
@@ -291,8 +308,9 @@ def format_report(results: Mapping[str, Any]) -> str:
             for e in ("continuation-sum", "choice"):
                 a = fig["agreement"][e]
                 extra = ""
-                if "max_abs_diff_calib_vs_naive" in a:
-                    extra = f"; vs naive {a['max_abs_diff_calib_vs_naive']:.2e}"
+                if "max_abs_diff_calib_vs_float64" in a:
+                    extra = (f"; vs float64 reference: calib {a['max_abs_diff_calib_vs_float64']:.2e}, "
+                             f"lm-eval {a['max_abs_diff_lmeval_vs_float64']:.2e}")
                 lines.append(
                     f"{'':<10} {e:<17} max |dlogL| calib vs lm-eval {a['max_abs_diff_calib_vs_lmeval']:.2e}{extra}; "
                     f"argmax differs on {a['argmax_differs_calib_vs_lmeval']} item(s); "
@@ -556,7 +574,7 @@ def _worker_naive(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"tasks": {}}
     for task, data in tasks:
         per_task_peak = reset_peak()
-        items, tokens = [], 0
+        items, tokens, reference_seconds = [], 0, 0.0
         started = time.perf_counter()
         with torch.inference_mode():
             for item in data.items:
@@ -565,7 +583,7 @@ def _worker_naive(args: argparse.Namespace) -> int:
                     [(item.context, " " + o) for o in item.options]
                     + [(item.choice_prompt, " " + x) for x in item.letters],
                 )
-                per_option = []
+                per_option, reference = [], []
                 for context, cont, _ in enc:
                     ids = (bos + context + cont)[-(max_len + 1):][:-1]
                     tokens += len(ids)
@@ -573,16 +591,18 @@ def _worker_naive(args: argparse.Namespace) -> int:
                     logp = torch.log_softmax(logits.float(), dim=-1)[-len(cont):]
                     target = torch.tensor(cont, device=logp.device)[:, None]
                     per_option.append(logp.gather(1, target)[:, 0].tolist())
+                    # Untimed: the same logits' log-softmax in float64, the arbiter of float32 rounding (on CPU
+                    # torch's float32 log_softmax over a large vocabulary is biased by ~1e-5 per token).
+                    t0 = time.perf_counter()
+                    exact = torch.log_softmax(logits[-len(cont):].double(), dim=-1).gather(1, target)[:, 0]
+                    reference.append(exact.tolist())
+                    reference_seconds += time.perf_counter() - t0
                 k = len(item.options)
-                conts, letters = per_option[:k], per_option[k:]
-                items.append({"id": item.id, "gold": item.gold, "scores": {
-                    "continuation-sum": [math.fsum(t) for t in conts],
-                    "continuation-min": [min(t) for t in conts],
-                    "continuation-mean": [math.fsum(t) / len(t) for t in conts],
-                    "choice": [t[0] for t in letters],
-                }})
-        out["tasks"][task] = {"task": task, "seconds": time.perf_counter() - started, "tokens_forwarded": tokens,
-                              "peak_rss_mib": peak_mib(), "per_task_peak": per_task_peak, "items": items}
+                items.append({"id": item.id, "gold": item.gold, "scores": extractor_scores(per_option, k),
+                              "float64": extractor_scores(reference, k)})
+        out["tasks"][task] = {"task": task, "seconds": time.perf_counter() - started - reference_seconds,
+                              "tokens_forwarded": tokens, "peak_rss_mib": peak_mib(), "per_task_peak": per_task_peak,
+                              "items": items}
     _write_json(Path(args.out), out)
     return 0
 

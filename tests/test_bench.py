@@ -57,6 +57,12 @@ def test_items_lower_bound_matches_the_engines_count(tiny_model_dir):
         assert stats["tokens_forwarded"] == stats["token_lower_bound"]
 
 
+def test_extractor_scores_from_per_token_logprobs():
+    scores = bench.extractor_scores([[-1.0, -3.0], [-2.0], [-0.5], [-0.25]], k=2)
+    assert scores == {"continuation-sum": [-4.0, -2.0], "continuation-min": [-3.0, -2.0],
+                      "continuation-mean": [-2.0, -2.0], "choice": [-0.5, -0.25]}
+
+
 def test_max_abs_diff_and_shapes():
     assert bench.max_abs_diff([[1.0, 2.0], [3.0]], [[1.5, 2.0], [2.0]]) == 1.0
     with pytest.raises(bench.BenchError, match="different shapes"):
@@ -90,7 +96,8 @@ def _worker_outputs(shift: float = 0.0):
         "loglikelihood_seconds": 6.0, "evaluate_seconds": 9.0, "tokens_forwarded": 150, "tokens_padded": 160,
         "peak_rss_mib": 1000.0, "batch_size": 4, "add_bos_token": False, "tokenizer_default_adds_bos": False,
     }
-    naive = {"items": items, "seconds": 12.0, "tokens_forwarded": 300, "peak_rss_mib": 800.0}
+    naive = {"items": [dict(it, float64=it["scores"]) for it in items], "seconds": 12.0, "tokens_forwarded": 300,
+             "peak_rss_mib": 800.0}
     return calib, lmeval, naive
 
 
@@ -103,6 +110,8 @@ def test_compare_task_figures_and_verdicts():
     assert fig["naive"]["speedup_vs_lmeval"] == pytest.approx(0.5)
     assert fig["agreement"]["continuation-sum"]["max_abs_diff_calib_vs_lmeval"] == pytest.approx(2e-4)
     assert fig["agreement"]["choice"]["argmax_differs_calib_vs_lmeval"] == 0
+    assert fig["agreement"]["continuation-sum"]["max_abs_diff_calib_vs_float64"] == 0.0
+    assert fig["agreement"]["continuation-sum"]["max_abs_diff_lmeval_vs_float64"] == pytest.approx(2e-4)
     assert fig["calib"]["accuracy"]["continuation-sum"] == 0.5
     assert all(fig["verdicts"].values())
 
