@@ -187,6 +187,7 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
         "n_items": n,
         "calib": {
             "tokens_forwarded": calib["stats"]["tokens_forwarded"],
+            "tokens_padded": calib["tokens_padded"],
             "token_lower_bound": calib["lower_bound"],
             "engine_lower_bound": calib["stats"]["token_lower_bound"],
             "seconds": calib["seconds"],
@@ -280,27 +281,37 @@ def format_report(results: Mapping[str, Any]) -> str:
     for model, mres in results["models"].items():
         lines.append("")
         lines.append(f"== {model}: {mres['description']}")
-        header = f"{'task':<10} {'contender':<13} {'items':>5} {'tokens':>8} {'bound':>8} {'tok/bnd':>7} " \
-                 f"{'wall s':>7} {'items/s':>7} {'peak MiB':>8} {'speed vs lm-eval':>16} {'RSS vs lm-eval':>14}"
+        lm = mres["lmeval"]
+        lines.append(
+            f"   BOS: calib-checks {'prepends' if mres['add_bos'] else 'adds no'} BOS; lm-eval was given "
+            f"add_bos_token={lm['add_bos_token']} to match (its own default, the tokenizer's, would "
+            f"{'add' if lm['tokenizer_default_adds_bos'] else 'not add'} one). Batches: calib-checks "
+            f"{results['config']['batch_size']}, lm-eval {lm['batch_size']} (one-token logits cache "
+            f"{'on' if lm['logits_cache'] else 'off'}); lm-eval {lm['lm_eval_version']}"
+        )
+        header = f"{'task':<10} {'contender':<13} {'items':>5} {'tokens':>8} {'padded':>8} {'bound':>8} " \
+                 f"{'tok/bnd':>7} {'wall s':>7} {'items/s':>7} {'peak MiB':>8} {'speed vs lm-eval':>16} " \
+                 f"{'RSS vs lm-eval':>14}"
         lines.append(header)
         lines.append("-" * len(header))
         for task, fig in mres["tasks"].items():
             n = fig["n_items"]
             c, le = fig["calib"], fig["lmeval"]
             lines.append(
-                f"{task:<10} {'calib-checks':<13} {n:>5} {c['tokens_forwarded']:>8} {c['token_lower_bound']:>8} "
+                f"{task:<10} {'calib-checks':<13} {n:>5} {c['tokens_forwarded']:>8} {c['tokens_padded']:>8} "
+                f"{c['token_lower_bound']:>8} "
                 f"{c['tokens_over_bound']:>7.3f} {_fmt_seconds(c['seconds']):>7} {c['items_per_second']:>7.2f} "
                 f"{c['peak_rss_mib']:>8.0f} {c['speedup_vs_lmeval']:>15.2f}x {c['peak_rss_ratio_vs_lmeval']:>13.2f}x"
             )
             lines.append(
-                f"{'':<10} {'lm-eval':<13} {n:>5} {le['tokens_forwarded']:>8} {'':>8} "
+                f"{'':<10} {'lm-eval':<13} {n:>5} {le['tokens_forwarded']:>8} {le['tokens_padded']:>8} {'':>8} "
                 f"{le['tokens_forwarded'] / c['token_lower_bound']:>7.3f} {_fmt_seconds(le['seconds']):>7} "
                 f"{le['items_per_second']:>7.2f} {le['peak_rss_mib']:>8.0f} {1.0:>15.2f}x {1.0:>13.2f}x"
             )
             if "naive" in fig:
                 nv = fig["naive"]
                 lines.append(
-                    f"{'':<10} {'naive':<13} {n:>5} {nv['tokens_forwarded']:>8} {'':>8} "
+                    f"{'':<10} {'naive':<13} {n:>5} {nv['tokens_forwarded']:>8} {nv['tokens_forwarded']:>8} {'':>8} "
                     f"{nv['tokens_forwarded'] / c['token_lower_bound']:>7.3f} {_fmt_seconds(nv['seconds']):>7} "
                     f"{nv['items_per_second']:>7.2f} {nv['peak_rss_mib']:>8.0f} {nv['speedup_vs_lmeval']:>15.2f}x "
                     f"{nv['peak_rss_ratio_vs_lmeval']:>13.2f}x"
@@ -354,6 +365,20 @@ def model_totals(tasks: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         "lmeval_peak_rss_mib": max(f["lmeval"]["peak_rss_mib"] for f in figs),
         "all_targets_met": all(all(f["verdicts"].values()) for f in figs),
     }
+
+
+def check_lmeval_requests(items: Sequence[Any], formulations: Mapping[str, Sequence[Mapping[str, Any]]]) -> None:
+    """Check that lm-eval scored exactly calib-checks' prompts: per item, its first request is
+    ``(context, " " + options[0])`` and ``(choice_prompt, " " + letters[0])``, with one score per option."""
+    for kind, (prompt, choices) in {"cont": ("context", "options"), "choice": ("choice_prompt", "letters")}.items():
+        for item, sample in zip(items, formulations[kind], strict=True):
+            expected = [getattr(item, prompt), " " + getattr(item, choices)[0]]
+            if list(sample["arguments"]) != expected or len(sample["loglik"]) != len(item.options):
+                raise BenchError(
+                    f"lm-eval's {kind} request for item {item.id!r} is {sample['arguments']!r} with "
+                    f"{len(sample['loglik'])} options, not {expected!r} with {len(item.options)}: the generated "
+                    f"task does not reproduce calib-checks' prompt"
+                )
 
 
 def lmeval_task_yaml(task: str, kind: str, data_file: Path) -> str:
@@ -538,9 +563,17 @@ def _worker_calib(args: argparse.Namespace) -> int:
     loaded = load_model(args.model_dir, device=args.device, dtype=args.dtype)
     batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
     warm_up(loaded.model, loaded.tokenizer, tasks[0][1].items[0].context, loaded.input_device)
+    padded = [0]
+
+    def count_padded(module: Any, args: tuple, kwargs: dict) -> None:
+        # Every row of every batch, padding included (score_items' stats count non-pad tokens only).
+        padded[0] += (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).numel()
+
+    loaded.model.get_decoder().register_forward_pre_hook(count_padded, with_kwargs=True)
     out: dict[str, Any] = {"add_bos": loaded.add_bos, "max_length": loaded.max_length, "tasks": {}}
     for task, data in tasks:
         per_task_peak = reset_peak()
+        padded[0] = 0
         started = time.perf_counter()
         records, stats = score_items(loaded, data.items, batch_size=batch, progress=False)
         seconds = time.perf_counter() - started
@@ -549,6 +582,7 @@ def _worker_calib(args: argparse.Namespace) -> int:
             "seconds": seconds,
             "peak_rss_mib": peak_mib(),
             "per_task_peak": per_task_peak,
+            "tokens_padded": padded[0],
             "stats": stats,
             "lower_bound": items_lower_bound(loaded.tokenizer, data.items, loaded.add_bos),
             "items": [{"id": r.id, "gold": r.gold, "scores": r.scores} for r in records],
@@ -623,10 +657,10 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[str
     folder = prep["folder"]
 
     plan: dict[str, Any] = {"data_source": args.data_source, "limit": args.limit, "seed": args.seed, "tasks": []}
-    sources = {}
+    sources, items_by_task = {}, {}
     for task in args.tasks:
         data = load_task(task, source=args.data_source, limit=args.limit, seed=args.seed)
-        sources[task] = data.source
+        sources[task], items_by_task[task] = data.source, data.items
         items_file = workdir / "items" / f"{task}.jsonl"
         items_file.parent.mkdir(parents=True, exist_ok=True)
         items_file.write_text("".join(
@@ -668,13 +702,14 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[str
     lmeval_meta = {k: v for k, v in lmeval.items() if k != "tasks"}
     tasks = {}
     for task in args.tasks:
+        check_lmeval_requests(items_by_task[task], lmeval["tasks"][task]["formulations"])
         fig = compare_task(
             calib["tasks"][task] | {"add_bos": calib["add_bos"]},
             lmeval["tasks"][task] | lmeval_meta,
             None if naive is None else naive["tasks"][task],
         )
         tasks[task] = fig | {"source": sources[task]}
-    return {"description": prep["description"], "folder": folder, "lmeval": lmeval_meta,
+    return {"description": prep["description"], "folder": folder, "add_bos": calib["add_bos"], "lmeval": lmeval_meta,
             "process_peak_rss_mib": process_rss, "tasks": tasks, "totals": model_totals(tasks)}
 
 

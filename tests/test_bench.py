@@ -83,7 +83,7 @@ def _worker_outputs(shift: float = 0.0):
                                            "continuation-mean": [-1.0, -2.0], "choice": [-1.5, -0.3]}},
     ]
     calib = {"task": "piqa", "items": items, "seconds": 2.0, "lower_bound": 100, "add_bos": False,
-             "peak_rss_mib": 900.0,
+             "peak_rss_mib": 900.0, "tokens_padded": 120,
              "stats": {"tokens_forwarded": 100, "token_lower_bound": 100, "batch_size": 2, "truncated": 0,
                        "prefix_fallbacks": 0}}
     lmeval = {
@@ -137,19 +137,42 @@ def test_format_report_prints_figures_targets_and_machine():
     fig = bench.compare_task(calib, lmeval, naive)
     results = {
         "targets": bench.TARGETS,
+        "config": {"batch_size": "auto"},
         "machine": {"cpu": "Test CPU", "cores": 2, "torch": "2.x", "torch_threads": 2, "load_before": [0.5, 0, 0],
                     "load_after": [1.5, 0, 0]},
-        "models": {"smollm2": {"description": "a test model", "tasks": {"piqa": fig},
+        "models": {"smollm2": {"description": "a test model", "add_bos": False, "tasks": {"piqa": fig},
+                               "lmeval": {"add_bos_token": False, "tokenizer_default_adds_bos": True,
+                                          "batch_size": 4, "logits_cache": True, "lm_eval_version": "0.4.13"},
                                "totals": bench.model_totals({"piqa": fig})}},
     }
     text = bench.format_report(results)
+    assert "BOS: calib-checks adds no BOS; lm-eval was given add_bos_token=False" in text
+    assert "(its own default, the tokenizer's, would add one)" in text
     assert "targets: |logL(calib) - logL(lm-eval)| <= 0.001" in text
     assert "2.5x faster" in text
     calib_line = next(line for line in text.splitlines() if line.startswith("piqa"))
-    assert calib_line.split()[2:6] == ["2", "100", "100", "1.000"]
+    assert calib_line.split()[2:7] == ["2", "100", "120", "100", "1.000"]
     assert "3.00x" in calib_line and "0.90x" in calib_line
     assert "targets: all met" in text
     assert "Test CPU (2 cores)" in text and "load average 0.50 before / 1.50 after" in text
+
+
+def _item(**overrides):
+    from calib_checks.tasks import Item
+
+    fields = dict(id="q1", gold=0, options=("yes", "no"), context="Question: Is it?\nAnswer:",
+                  choice_prompt="Question: Is it?\nA. yes\nB. no\nAnswer:", letters=("A", "B"), subject=None)
+    return Item(**(fields | overrides))
+
+
+def test_check_lmeval_requests_accepts_calib_checks_prompts_only():
+    item = _item()
+    good = {"cont": [{"arguments": [item.context, " yes"], "loglik": [-1.0, -2.0]}],
+            "choice": [{"arguments": [item.choice_prompt, " A"], "loglik": [-1.0, -2.0]}]}
+    bench.check_lmeval_requests([item], good)
+    bad = {"cont": [{"arguments": [item.context + " ", "yes"], "loglik": [-1.0, -2.0]}], "choice": good["choice"]}
+    with pytest.raises(bench.BenchError, match="does not reproduce calib-checks' prompt"):
+        bench.check_lmeval_requests([item], bad)
 
 
 def test_lmeval_task_yaml_points_at_the_items(tmp_path):
