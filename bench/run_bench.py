@@ -495,22 +495,8 @@ def _worker_prepare(args: argparse.Namespace) -> int:
     """Make the transformers checkpoint folder every contender loads; print its description as JSON."""
     out = Path(args.out)
     if args.model == "random-llama-1b":
-        import torch
-        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-        folder = Path(args.workdir) / "models" / "random-llama-1b"
-        if not (folder / "config.json").is_file():
-            tok_src = _prepare_gguf(_smollm2_gguf(), args)[0]
-            tokenizer = AutoTokenizer.from_pretrained(tok_src)
-            config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                 eos_token_id=tokenizer.eos_token_id, **RANDOM_LLAMA)
-            torch.manual_seed(0)
-            model = LlamaForCausalLM(config)
-            tmp = folder.with_name(folder.name + ".tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-            os.replace(tmp, folder)
+        tokenizer_dir = _prepare_gguf(_smollm2_gguf(), args)[0]
+        folder = build_random_llama(tokenizer_dir, Path(args.workdir) / "models", RANDOM_LLAMA)
         description = f"random-weight Llama built from a config ({RANDOM_LLAMA}), SmolLM2's tokenizer"
     else:
         gguf = _smollm2_gguf() if args.model == "smollm2" else assemble_gemma(
@@ -518,6 +504,29 @@ def _worker_prepare(args: argparse.Namespace) -> int:
         folder, description = _prepare_gguf(gguf, args)
     _write_json(out, {"folder": str(folder), "description": description})
     return 0
+
+
+def build_random_llama(tokenizer_dir: Path, models_dir: Path, dims: Mapping[str, Any]) -> Path:
+    """A Llama checkpoint folder with seeded random weights, `dims` and the tokenizer of `tokenizer_dir`:
+    built once per `dims` (the folder name holds their hash), written to a temporary name and renamed."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tag = hashlib.sha256(json.dumps(dict(dims), sort_keys=True).encode()).hexdigest()[:12]
+    folder = models_dir / f"random-llama-{tag}"
+    if (folder / "config.json").is_file():
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, **dims)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, folder)
+    return folder
 
 
 def _smollm2_gguf() -> Path:

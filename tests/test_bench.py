@@ -200,3 +200,17 @@ def test_assemble_gemma_checks_the_hash(tmp_path):
 def test_assemble_gemma_names_the_missing_wheel(tmp_path):
     with pytest.raises(bench.BenchError, match="part1 not found"):
         bench.assemble_gemma(tmp_path, tmp_path / "out")
+
+
+def test_random_llama_for_gpu_timing_loads_and_scores(tiny_model_dir, tmp_path):
+    from calib_checks.models import load_model
+    from calib_checks.scoring import score_items
+
+    dims = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "max_position_embeddings": 256, "tie_word_embeddings": True}
+    folder = bench.build_random_llama(tiny_model_dir, tmp_path, dims)
+    assert bench.build_random_llama(tiny_model_dir, tmp_path, dims) == folder  # built once per dims
+    loaded = load_model(str(folder), device="cpu", dtype="float32")
+    assert loaded.model.config.hidden_size == 32
+    records, stats = score_items(loaded, [_item()], progress=False)
+    assert len(records[0].scores["choice"]) == 2 and stats["tokens_forwarded"] == stats["token_lower_bound"]
