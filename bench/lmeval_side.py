@@ -54,7 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-
     from peak_rss import peak_mib, reset_peak
 
     plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))

@@ -51,10 +51,12 @@ SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SIMULATED_TEMPERATURE = 0.5
 SAME_PAIR = "SmolLM2-vs-itself"
 SIMULATED_PAIR = "SmolLM2-vs-T0.5-simulated"
-# Items per task. Measured (2 cores): the whole `make demo` from a fresh clone takes MEASURED_MINUTES at this
-# limit; scoring is most of it, about linear in the limit. Keep it under DEMO_BUDGET_MINUTES.
+# Items per task. Measured: the whole `make demo` from a fresh clone (venv, GGUF conversion, scoring both
+# models on 6 tasks) took MEASURED at this limit on this project's 2-core machine while it was quiet; scoring
+# is most of it and grows linearly with the limit; other jobs on the same cores slow it down proportionally
+# (up to 4x was seen here). DEMO_BUDGET_MINUTES is the promise.
 DEMO_LIMIT = 100
-MEASURED_MINUTES = None
+MEASURED = "6.6 min (2 cores, Intel Xeon, 2026-11-23)"
 DEMO_BUDGET_MINUTES = 15
 # The cases the simulated release must fail on every task (the extractor and metrics where sharpening a
 # near-chance model shows most; continuation extractors are reported and gated too, without an expectation).
@@ -239,16 +241,16 @@ def run_cli(args: argparse.Namespace) -> int:
     print("          release. No registry package ships a base model with its aligned sibling and the hub is out")
     print("          of reach offline, so no real base/aligned pair can be had here; the gate must catch it.")
     print(f"  rules   {thresholds.name} (the shipped rules, min_items lowered to the demo's limit)")
-    budget = f"under {DEMO_BUDGET_MINUTES} minutes on 2 cores"
-    measured = f" (measured: {MEASURED_MINUTES} min)" if MEASURED_MINUTES else ""
-    print(f"  time    the whole `make demo` from a fresh clone stays {budget}{measured}; the first run converts")
-    print("          the GGUF once (about a minute); the base model is scored once for both pairs", flush=True)
+    print(f"  time    the whole `make demo` from a fresh clone stays under {DEMO_BUDGET_MINUTES} minutes on 2 cores at "
+          f"{DEMO_LIMIT} items per task")
+    print(f"          (measured: {MEASURED}, longer while other jobs share the cores); the first run converts")
+    print("          the GGUF once (under a minute); the base model is scored once for both pairs", flush=True)
 
     before = {p.name for p in report_dir.iterdir()} if report_dir.is_dir() else set()
     cmd = pytest_command(gguf, tasks, args.limit, thresholds, report_dir, args.device, args.no_cache)
     shown = " ".join(cmd[1:]).replace(str(gguf), "$GGUF").replace(str(REPO) + os.sep, "")
     print(f"\n$ GGUF={gguf}\n$ python {shown}\n", flush=True)
-    status = subprocess.run(cmd, cwd=REPO, env=dict(os.environ)).returncode
+    status = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), check=False).returncode
     run_dir = _new_run_dir(report_dir, before, tasks)
 
     from calib_checks.results import load_results

@@ -72,6 +72,10 @@ def test_max_abs_diff_and_shapes():
 def test_argmax_takes_the_first_of_ties_and_agreement_counts_items():
     assert bench.argmax([0.1, 0.5, 0.5]) == 1
     assert bench.prediction_agreement([[0, 1], [2, 1], [1, 1]], [[0, 2], [1, 2], [1, 1]]) == 1
+    # A tie broken differently (both wrong) changes the argmax, not the item's correctness.
+    assert bench.prediction_agreement([[1.0, 1.0, 0.0]], [[1.0, 1.0 + 1e-6, 0.0]]) == 1
+    assert bench.correctness_agreement([[1.0, 1.0, 0.0]], [[1.0, 1.0 + 1e-6, 0.0]], [2]) == 0
+    assert bench.correctness_agreement([[1.0, 0.0]], [[0.0, 1.0]], [0]) == 1
     assert bench.accuracy([[0, 1], [2, 1]], [1, 1]) == 0.5
 
 
@@ -121,7 +125,7 @@ def test_compare_task_flags_misses():
     lmeval["loglikelihood_seconds"] = 3.0  # only 1.5x
     lmeval["peak_rss_mib"] = 850.0
     fig = bench.compare_task(calib, lmeval, naive)
-    assert fig["verdicts"] == {"loglik_within_1e-3": False, "same_argmax": False, "tokens_within_5pct": True,
+    assert fig["verdicts"] == {"loglik_within_1e-3": False, "same_accuracy_per_item": False, "tokens_within_5pct": True,
                                "speedup_2.5x": False, "peak_rss_le_lmeval": False}
 
 
@@ -160,8 +164,8 @@ def test_format_report_prints_figures_targets_and_machine():
 def _item(**overrides):
     from calib_checks.tasks import Item
 
-    fields = dict(id="q1", gold=0, options=("yes", "no"), context="Question: Is it?\nAnswer:",
-                  choice_prompt="Question: Is it?\nA. yes\nB. no\nAnswer:", letters=("A", "B"), subject=None)
+    fields = {"id": "q1", "gold": 0, "options": ("yes", "no"), "context": "Question: Is it?\nAnswer:",
+              "choice_prompt": "Question: Is it?\nA. yes\nB. no\nAnswer:", "letters": ("A", "B"), "subject": None}
     return Item(**(fields | overrides))
 
 
@@ -181,7 +185,8 @@ def test_lmeval_task_yaml_points_at_the_items(tmp_path):
     assert config["task"] == "bench_arc_easy_choice"
     assert config["dataset_path"] == "json"
     assert config["dataset_kwargs"]["data_files"]["test"] == str(data)
-    assert (config["doc_to_text"], config["doc_to_choice"], config["doc_to_target"]) == ("choice_prompt", "letters", "gold")
+    fields = (config["doc_to_text"], config["doc_to_choice"], config["doc_to_target"])
+    assert fields == ("choice_prompt", "letters", "gold")
     assert config["target_delimiter"] == " " and config["num_fewshot"] == 0
     assert json.loads(bench.lmeval_task_yaml("arc_easy", "cont", data))["doc_to_text"] == "context"
 
