@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-    from peak_rss import peak_mib, reset_peak
+    from peak_rss import gpu_peak_mib, peak_mib, reset_gpu_peak, reset_peak
 
     plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
     counts = {"tokens_forwarded": 0, "tokens_padded": 0, "forward_calls": 0}
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             counts[key] = 0
         timing.update(loglikelihood_seconds=0.0, requests=0)
         per_task_peak = reset_peak()
+        reset_gpu_peak(args.device)
         t0 = time.perf_counter()
         results = lm_eval.simple_evaluate(
             model=lm,
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "evaluate_seconds": evaluate_seconds,
             "peak_rss_mib": peak_mib(),
             "per_task_peak": per_task_peak,
+            "peak_gpu_mib": gpu_peak_mib(args.device),
             **timing,
             **counts,
             "formulations": formulations,

@@ -202,6 +202,7 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
             "seconds": calib["seconds"],
             "items_per_second": n / calib["seconds"],
             "peak_rss_mib": calib["peak_rss_mib"],
+            "peak_gpu_mib": calib.get("peak_gpu_mib"),
             "batch_size": calib["stats"]["batch_size"],
             "truncated": calib["stats"]["truncated"],
             "prefix_fallbacks": calib["stats"]["prefix_fallbacks"],
@@ -215,6 +216,7 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
             "evaluate_seconds": lmeval["evaluate_seconds"],
             "items_per_second": n / lmeval_seconds,
             "peak_rss_mib": lmeval["peak_rss_mib"],
+            "peak_gpu_mib": lmeval.get("peak_gpu_mib"),
             "batch_size": lmeval["batch_size"],
             "add_bos_token": lmeval["add_bos_token"],
             "tokenizer_default_adds_bos": lmeval["tokenizer_default_adds_bos"],
@@ -242,6 +244,7 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
             "seconds": naive["seconds"],
             "items_per_second": n / naive["seconds"],
             "peak_rss_mib": naive["peak_rss_mib"],
+            "peak_gpu_mib": naive.get("peak_gpu_mib"),
             "speedup_vs_lmeval": lmeval_seconds / naive["seconds"],
             "peak_rss_ratio_vs_lmeval": naive["peak_rss_mib"] / lmeval["peak_rss_mib"],
         }
@@ -342,6 +345,10 @@ def format_report(results: Mapping[str, Any]) -> str:
                     f"{a['correctness_differs_calib_vs_lmeval']}; "
                     f"acc calib {c['accuracy'][e]:.3f} lm-eval {le['accuracy'][e]:.3f}"
                 )
+            if c.get("peak_gpu_mib") is not None:
+                lines.append(f"{'':<10} peak GPU memory MiB: calib-checks {c['peak_gpu_mib']:.0f}, lm-eval "
+                             f"{le['peak_gpu_mib']:.0f}"
+                             + (f", naive {fig['naive']['peak_gpu_mib']:.0f}" if "naive" in fig else ""))
             missed = [name for name, ok in fig["verdicts"].items() if not ok]
             lines.append(f"{'':<10} targets: {'all met' if not missed else 'MISSED ' + ', '.join(missed)}")
         tot = mres["totals"]
@@ -577,7 +584,7 @@ def _plan_items(plan: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 def _worker_calib(args: argparse.Namespace) -> int:
-    from peak_rss import peak_mib, reset_peak
+    from peak_rss import gpu_peak_mib, peak_mib, reset_gpu_peak, reset_peak
 
     from calib_checks.models import load_model
     from calib_checks.scoring import score_items
@@ -597,6 +604,7 @@ def _worker_calib(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"add_bos": loaded.add_bos, "max_length": loaded.max_length, "tasks": {}}
     for task, data in tasks:
         per_task_peak = reset_peak()
+        reset_gpu_peak(args.device)
         padded[0] = 0
         started = time.perf_counter()
         records, stats = score_items(loaded, data.items, batch_size=batch, progress=False)
@@ -606,6 +614,7 @@ def _worker_calib(args: argparse.Namespace) -> int:
             "seconds": seconds,
             "peak_rss_mib": peak_mib(),
             "per_task_peak": per_task_peak,
+            "peak_gpu_mib": gpu_peak_mib(args.device),
             "tokens_padded": padded[0],
             "stats": stats,
             "lower_bound": items_lower_bound(loaded.tokenizer, data.items, loaded.add_bos),
@@ -618,7 +627,7 @@ def _worker_calib(args: argparse.Namespace) -> int:
 def _worker_naive(args: argparse.Namespace) -> int:
     """One full forward per option: ``(context + option)[:-1]``, all logits, fp32 log-softmax (lm-eval's way)."""
     import torch
-    from peak_rss import peak_mib, reset_peak
+    from peak_rss import gpu_peak_mib, peak_mib, reset_gpu_peak, reset_peak
 
     from calib_checks.models import load_model
     from calib_checks.scoring import encode_pairs
@@ -632,6 +641,7 @@ def _worker_naive(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {"tasks": {}}
     for task, data in tasks:
         per_task_peak = reset_peak()
+        reset_gpu_peak(args.device)
         items, tokens, reference_seconds = [], 0, 0.0
         started = time.perf_counter()
         with torch.inference_mode():
@@ -660,7 +670,7 @@ def _worker_naive(args: argparse.Namespace) -> int:
                               "float64": extractor_scores(reference, k)})
         out["tasks"][task] = {"task": task, "seconds": time.perf_counter() - started - reference_seconds,
                               "tokens_forwarded": tokens, "peak_rss_mib": peak_mib(), "per_task_peak": per_task_peak,
-                              "items": items}
+                              "peak_gpu_mib": gpu_peak_mib(args.device), "items": items}
     _write_json(Path(args.out), out)
     return 0
 

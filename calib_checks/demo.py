@@ -160,7 +160,9 @@ def check_results(results: Mapping[str, Any], tasks: Sequence[str]) -> tuple[lis
             problems.append(f"pair {SIMULATED_PAIR}: {c['task']}:{c['extractor']}:{c['metric']} errored "
                             f"({c.get('message', '')})")
     caught: list[str] = []
+    tasks_caught = 0
     for task in tasks:
+        before = len(caught)
         for extractor, metric in EXPECTED_FAILURES:
             match = [c for c in simulated if (c["task"], c["extractor"], c["metric"]) == (task, extractor, metric)]
             name = f"{task}:{extractor}:{metric}"
@@ -171,6 +173,7 @@ def check_results(results: Mapping[str, Any], tasks: Sequence[str]) -> tuple[lis
                                 f"({match[0].get('message', '')})")
             else:
                 caught.append(name)
+        tasks_caught += len(caught) - before == len(EXPECTED_FAILURES)
     summary = {
         "same_gated": len(gated_same),
         "same_passed": sum(c["verdict"] == "pass" for c in gated_same),
@@ -178,11 +181,12 @@ def check_results(results: Mapping[str, Any], tasks: Sequence[str]) -> tuple[lis
                                    if c["verdict"] == "fail"),
         "simulated_gated": sum(c["verdict"] != "not-gated" for c in simulated),
         "expected_caught": caught,
+        "tasks_caught": tasks_caught,
     }
     return problems, summary
 
 
-def _new_run_dir(report_dir: Path, before: set[str], tasks: Sequence[str]) -> Path:
+def _new_run_dir(report_dir: Path, before: set[str]) -> Path:
     """The run directory this demo's gate session wrote: new since `before`, holding both demo pairs."""
     from calib_checks.results import ResultsError, load_results
 
@@ -240,7 +244,11 @@ def run_cli(args: argparse.Namespace) -> int:
     print("          THIS SECOND MODEL IS A SIMULATION: its logits are divided by 0.5, a controlled over-confident")
     print("          release. No registry package ships a base model with its aligned sibling and the hub is out")
     print("          of reach offline, so no real base/aligned pair can be had here; the gate must catch it.")
-    print(f"  rules   {thresholds.name} (the shipped rules, min_items lowered to the demo's limit)")
+    if thresholds.resolve() == DEMO_THRESHOLDS.resolve():
+        print(f"  rules   {thresholds.name}: thresholds.toml's rules with min_items lowered to {DEMO_LIMIT}, so that")
+        print("          these cases are gated (the shipped file gates from 200 items per case)")
+    else:
+        print(f"  rules   {thresholds}")
     print(f"  time    the whole `make demo` from a fresh clone stays under {DEMO_BUDGET_MINUTES} minutes on 2 cores at "
           f"{DEMO_LIMIT} items per task")
     print(f"          (measured: {MEASURED}, longer while other jobs share the cores); the first run converts")
@@ -251,7 +259,7 @@ def run_cli(args: argparse.Namespace) -> int:
     shown = " ".join(cmd[1:]).replace(str(gguf), "$GGUF").replace(str(REPO) + os.sep, "")
     print(f"\n$ GGUF={gguf}\n$ python {shown}\n", flush=True)
     status = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), check=False).returncode
-    run_dir = _new_run_dir(report_dir, before, tasks)
+    run_dir = _new_run_dir(report_dir, before)
 
     from calib_checks.results import load_results
 
@@ -261,8 +269,7 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"demo: pytest exited {status} (1 is expected: the simulated release fails its cases)")
     print(f"demo: {SAME_PAIR}: {summary['same_passed']} of {summary['same_gated']} gated cases passed")
     print(f"demo: {SIMULATED_PAIR}: {len(summary['simulated_failed'])} of {summary['simulated_gated']} gated cases "
-          f"failed, including choice ECE and SCE on {len(summary['expected_caught']) // len(EXPECTED_FAILURES)} of "
-          f"{len(tasks)} tasks")
+          f"failed, including choice ECE and SCE on {summary['tasks_caught']} of {len(tasks)} tasks")
     print(f"demo: gate session and checks took {minutes:.1f} min")
     if problems:
         print("demo: the suite did NOT behave as expected:")

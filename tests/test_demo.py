@@ -92,7 +92,7 @@ def test_check_results_accepts_the_expected_behaviour():
     problems, summary = demo.check_results(_results(["arc_easy", "piqa"]), ["arc_easy", "piqa"])
     assert problems == []
     assert summary["same_gated"] == summary["same_passed"] == 8
-    assert len(summary["expected_caught"]) == 4
+    assert len(summary["expected_caught"]) == 4 and summary["tasks_caught"] == 2
 
 
 def test_check_results_flags_a_failing_identical_pair_and_a_missed_regression():
@@ -103,7 +103,8 @@ def test_check_results_flags_a_failing_identical_pair_and_a_missed_regression():
         if case["pair"] == demo.SIMULATED_PAIR and (case["task"], case["extractor"], case["metric"]) == (
                 "arc_easy", "choice", "sce"):
             case["verdict"] = "pass"
-    problems, _ = demo.check_results(results, ["arc_easy", "piqa"])
+    problems, summary = demo.check_results(results, ["arc_easy", "piqa"])
+    assert summary["tasks_caught"] == 1
     assert any("SmolLM2-vs-itself: piqa:continuation-sum:ece is fail" in p for p in problems)
     assert any("arc_easy:choice:sce is pass, expected fail" in p for p in problems)
 
