@@ -15,8 +15,10 @@ distribution (a simulated over-confident release), T > 1 flattens it, T = 1 leav
 It is part of the model's identity and label, so cached scores never mix temperatures.
 
 Loading follows lm-evaluation-harness's HFLM where it matters for the numbers (reference facts, section 3):
-- BOS is prepended only for the Gemma family (`"gemma" in config.model_type`), as HFLM forces
-  `add_bos_token=True` there and otherwise leaves it False;
+- BOS is prepended only for the Gemma family (`"gemma" in config.model_type`), as older lm-eval 0.4.x HFLM
+  forced `add_bos_token=True` there; lm-eval 0.4.13 instead leaves BOS to the tokenizer's default, which
+  adds one for Gemma and not for Llama-style byte-level BPE (SmolLM2), so both rules agree on the models
+  measured in bench/RESULTS.md;
 - `max_length` is the first of the config's `n_positions`, `max_position_embeddings`, `n_ctx`, else the
   tokenizer's `model_max_length` unless it is the "infinite" sentinel, else 2048.
 Departures: dtype `auto` means bf16 on CUDA and fp32 on CPU (HFLM's `auto` keeps the checkpoint's dtype),
