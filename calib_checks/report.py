@@ -36,7 +36,11 @@ from calib_checks.results import (
     load_results,
     resolve_run_dir,
 )
-from calib_checks.scoring import ItemRecord  # imports no torch: scoring loads it lazily, for forward passes
+from calib_checks.scoring import (  # imports no torch: scoring loads it lazily, for forward passes
+    LETTER_MASS_FLOOR,
+    ItemRecord,
+    letter_mass_summary,
+)
 from calib_checks.tasks import LETTERS
 from calib_checks.thresholds import Rule
 
@@ -675,6 +679,32 @@ def _overview(pair_cases: list[dict], tasks: list[str], extractors: list[str], m
     }
 
 
+# ----------------------------------------------------------------------------------------------- letter mass
+
+
+def _letter_mass_rows(run_dir: Path, models: Sequence[str], tasks: Sequence[str]) -> list[dict]:
+    """Per model, per task: the mean letter mass of its records (scoring.letter_mass_summary), flagged ``low``
+    below `LETTER_MASS_FLOOR`, where the choice extractor's numbers describe the model poorly. A cell is None
+    where the model has no records on the task or they predate letter mass."""
+    rows = []
+    for model in models:
+        cells = []
+        for task in tasks:
+            records = _load_model_records(run_dir, model, task)
+            summary = letter_mass_summary(list(records.values())) if records else None
+            cells.append(
+                None if summary is None else {
+                    "mean": f"{summary['mean']:.3f}",
+                    "low": summary["mean"] < LETTER_MASS_FLOOR,
+                    "tip": f"least {summary['min']:.3g}; {summary['below_floor']:.0%} of {len(records)} items "
+                    f"below {LETTER_MASS_FLOOR}",
+                }
+            )
+        if any(cells):
+            rows.append({"model": model, "cells": cells})
+    return rows
+
+
 _RUN_SHOWN = ("started_at", "finished_at", "duration_s", "argv", "dtype", "device", "thresholds", "versions")
 
 
@@ -732,6 +762,8 @@ def build_context(run_dir: Path, results: dict) -> dict:
         "flagged": flagged,
         "ranking": _ranking(results, tasks, extractors) if len(results["pairs"]) > 1 else [],
         "tasks": tasks,
+        "letter_mass": _letter_mass_rows(run_dir, list(results["models"]), tasks),
+        "letter_mass_floor": LETTER_MASS_FLOOR,
     }
 
 

@@ -17,6 +17,12 @@ config sets ``final_logit_softcapping = c`` (Gemma 2/3) and the identity otherwi
 Per item and extractor, ``probs[k] = exp(s_k - max s) / sum_l exp(s_l - max s)`` (softmax across options,
 float64).
 
+Letter mass: the choice extractor renormalises over the letters, so a model that would rather answer "The ..."
+after "Answer:" still gets confident letter probabilities. Each record keeps ``letter_mass = sum_k
+p(letter_k)`` under the full-vocabulary softmax at the answer position (temperature applied), i.e.
+``exp(logsumexp_k choice_k)``; the stats summarise it per model and task (`letter_mass_summary`), and
+`score_items` warns (`LowLetterMassWarning`) when the mean is below `LETTER_MASS_FLOOR`.
+
 Numerics: ``logsumexp`` in float32 is within ~1e-6 of the float64 value, while torch's float32 ``log_softmax``
 on CPU (what lm-eval calls) is biased by about -4e-6 per token (measured over a 49152-token vocabulary), which
 adds up to 5e-4 on a 58-token HellaSwag ending; so compare with lm-eval at ~1e-5 per token, not bit for bit.
@@ -43,6 +49,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -58,7 +65,7 @@ if TYPE_CHECKING:
     from calib_checks.tasks import Item
 
 # Bump when a change alters any number written into a record: the result cache's key includes it.
-SCORING_VERSION = "1"
+SCORING_VERSION = "2"  # 2: records carry letter_mass
 
 EXTRACTORS = ("continuation-sum", "continuation-min", "continuation-mean", "choice")
 
@@ -72,9 +79,22 @@ _HEAD_CHUNK_ELEMENTS = 1 << 25
 _MASKABLE_ATTENTION = ("sdpa", "eager")
 _PROBE_TOKENS = 16
 
+LETTER_MASS_FLOOR = 0.5
+"""Mean letter mass below which the choice extractor's numbers describe the model poorly.
+
+Below one half the model puts more probability on answers that are not a letter than on the letters, so the
+renormalised choice probabilities are drawn from the minority of its belief: their calibration says more about
+the prompt format than about the model (an instruct model answering in words, a base model continuing the list).
+Above it the letters are what the model mostly answers, and the renormalisation changes confidences by less than
+a factor of two."""
+
 
 class ScoringError(CalibChecksError):
     """A model or item that cannot be scored (tokenizer without letter tokens, NaN scores, out of memory)."""
+
+
+class LowLetterMassWarning(UserWarning):
+    """A model's mean letter mass on a task is below `LETTER_MASS_FLOOR`: read its choice numbers with care."""
 
 
 @dataclass
@@ -82,7 +102,9 @@ class ItemRecord:
     """Scores of one item under one model: what the metrics, the gate and the report read.
 
     ``scores[extractor][k]`` and ``probs[extractor][k]`` are floats in the data set's option order;
-    ``n_tokens[k]`` counts option k's continuation tokens; ``letter_token_ids[k]`` is the token read for letter k.
+    ``n_tokens[k]`` counts option k's continuation tokens; ``letter_token_ids[k]`` is the token read for letter k;
+    ``letter_mass`` is ``sum_k p(letter_k)`` under the full-vocabulary softmax at the answer position (None in
+    records written before it existed).
     """
 
     id: str
@@ -93,6 +115,7 @@ class ItemRecord:
     letter_token_ids: list[int]
     truncated: bool = False
     prefix_fallback: bool = False
+    letter_mass: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (one line of ``records/<model>/<task>.jsonl``)."""
@@ -105,6 +128,7 @@ class ItemRecord:
             "letter_token_ids": [int(t) for t in self.letter_token_ids],
             "truncated": bool(self.truncated),
             "prefix_fallback": bool(self.prefix_fallback),
+            "letter_mass": None if self.letter_mass is None else float(self.letter_mass),
         }
 
     @classmethod
@@ -120,6 +144,7 @@ class ItemRecord:
                 letter_token_ids=[int(t) for t in data["letter_token_ids"]],
                 truncated=bool(data.get("truncated", False)),
                 prefix_fallback=bool(data.get("prefix_fallback", False)),
+                letter_mass=None if data.get("letter_mass") is None else float(data["letter_mass"]),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ScoringError(f"malformed item record {dict(data)!r:.200}: {exc!r}; re-score the item") from exc
@@ -184,6 +209,19 @@ class TaskScores:
             raise ScoringError(f"malformed task scores: {exc!r}; re-score the task") from exc
 
 
+def letter_mass_summary(records: Sequence[ItemRecord]) -> dict[str, float] | None:
+    """``{"mean", "min", "below_floor"}`` of the records' letter masses (``below_floor``: the share of items
+    under `LETTER_MASS_FLOOR`); None when no record has one (records scored before letter mass existed)."""
+    masses = np.array([r.letter_mass for r in records if r.letter_mass is not None], dtype=np.float64)
+    if not len(masses):
+        return None
+    return {
+        "mean": float(masses.mean()),
+        "min": float(masses.min()),
+        "below_floor": float((masses < LETTER_MASS_FLOOR).mean()),
+    }
+
+
 def encode_pairs(
     tokenizer: Any, pairs: Sequence[tuple[str, str]]
 ) -> list[tuple[list[int], list[int], bool]]:
@@ -223,7 +261,8 @@ def score_items(
     its last once, the lettered prompt once; for truncated items the least-truncated context),
     ``probe_tokens`` (the one short forward that checks the output-head path against the model's own logits),
     ``truncated`` and ``prefix_fallbacks`` (item counts), ``letter_tokens`` (``{letter: id}``, a sorted list of
-    ids where items disagree), ``seconds``, ``batch_size`` (most rows in one batch), ``token_budget`` (auto
+    ids where items disagree), ``letter_mass`` (`letter_mass_summary`; a `LowLetterMassWarning` when its mean
+    is below `LETTER_MASS_FLOOR`), ``seconds``, ``batch_size`` (most rows in one batch), ``token_budget`` (auto
     mode's final rows * padded length, else None).
     Scores depend on the batch size only through floating-point summation order (float32 sums on SmolLM2
     moved by at most 3e-5 between batch sizes 1, 7 and auto); for a fixed batch size they are deterministic.
@@ -243,6 +282,17 @@ def score_items(
         tokens_forwarded, most_rows, budget = _run_batches(model, plan, batch_size, mask_kind, progress)
 
     records = plan.records(model)
+    letter_mass = letter_mass_summary(records)
+    if letter_mass is not None and letter_mass["mean"] < LETTER_MASS_FLOOR:
+        warnings.warn(
+            f"model {model.label}: the letters get {letter_mass['mean']:.3f} of the probability at the answer "
+            f"position on average over {len(records)} items (least {letter_mass['min']:.3g}; "
+            f"{letter_mass['below_floor']:.0%} of items below {LETTER_MASS_FLOOR}): the model mostly answers "
+            f"something else than a letter, so its choice-extractor probabilities (renormalised over the letters) "
+            f"say little about it",
+            LowLetterMassWarning,
+            stacklevel=2,
+        )
     stats = {
         "tokens_forwarded": tokens_forwarded,
         "token_lower_bound": plan.lower_bound,
@@ -250,6 +300,7 @@ def score_items(
         "truncated": sum(r.truncated for r in records),
         "prefix_fallbacks": sum(r.prefix_fallback for r in records),
         "letter_tokens": plan.letter_tokens(),
+        "letter_mass": letter_mass,
         "seconds": time.perf_counter() - started,
         "batch_size": most_rows,
         "token_budget": budget,
@@ -378,6 +429,9 @@ class _Plan:
                     letter_token_ids=self.letter_ids[i],
                     truncated=self.truncated[i],
                     prefix_fallback=self.fallback[i],
+                    # The choice scores are full-vocabulary log-probabilities at one position, so their
+                    # logsumexp is the log of the letters' total probability.
+                    letter_mass=float(np.exp(np.logaddexp.reduce(np.asarray(scores["choice"], dtype=np.float64)))),
                 )
             )
         return out

@@ -7,6 +7,7 @@ test); nothing fakes a model's output.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,13 +18,19 @@ import torch
 from calib_checks.models import LoadedModel, load_model
 from calib_checks.scoring import (
     EXTRACTORS,
+    LETTER_MASS_FLOOR,
     ItemRecord,
+    LowLetterMassWarning,
     ScoringError,
     TaskScores,
     encode_pairs,
+    letter_mass_summary,
     score_items,
 )
 from calib_checks.tasks import Item
+
+# The tiny random models put almost no probability on the letters; the tests that check the warning catch it.
+pytestmark = pytest.mark.filterwarnings("ignore::calib_checks.scoring.LowLetterMassWarning")
 
 
 def loaded(model, tokenizer, label: str, add_bos: bool = False) -> LoadedModel:
@@ -362,3 +369,71 @@ def test_same_choice_treats_near_ties_as_ties() -> None:
     assert_same_choice(np.array([-6.85385609, -6.85385609]), np.array([-6.8538556, -6.85385554]), 5e-4, "tie")
     with pytest.raises(AssertionError, match="best on one side"):
         assert_same_choice(np.array([-1.0, -2.0]), np.array([-2.0, -1.0]), 5e-4, "real disagreement")
+
+
+def test_letter_mass_is_the_letters_share_of_the_full_vocabulary(tiny: LoadedModel, tiny_scored) -> None:
+    records, stats = tiny_scored
+    for it, record in zip(TINY_ITEMS, records):
+        letters = np.array(naive_scores(tiny, it)["choice"])  # full-vocabulary float64 log-softmax
+        expected = float(np.exp(np.logaddexp.reduce(letters)))
+        assert record.letter_mass == pytest.approx(expected, rel=1e-4)
+    masses = [r.letter_mass for r in records]
+    assert stats["letter_mass"] == {
+        "mean": pytest.approx(np.mean(masses)), "min": min(masses),
+        "below_floor": sum(m < LETTER_MASS_FLOOR for m in masses) / len(masses),
+    }  # fmt: skip
+    # Records written before letter mass existed still load; they have none and summarise to None.
+    old = {k: v for k, v in records[0].to_json().items() if k != "letter_mass"}
+    assert ItemRecord.from_json(old).letter_mass is None
+    assert letter_mass_summary([ItemRecord.from_json(old)]) is None
+
+
+def letter_loving(tiny_model_dir: Path) -> LoadedModel:
+    """The tiny Llama with an output head biased towards " A" and " B" (letters every item has): a model that
+    answers with a letter."""
+    lm = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    old = lm.model.lm_head
+    head = torch.nn.Linear(old.in_features, old.out_features, bias=True)
+    letters = lm.tokenizer.convert_tokens_to_ids(["ĠA", "ĠB"])
+    with torch.no_grad():
+        head.weight.copy_(old.weight)
+        head.bias.zero_()
+        head.bias[letters] = 40.0
+    lm.model.lm_head = head
+    return replace(lm, label="letter-llama")
+
+
+def test_low_letter_mass_warns(tiny: LoadedModel, tiny_model_dir: Path) -> None:
+    with pytest.warns(LowLetterMassWarning, match=r"model tiny-llama.*letters get 0\.0\d\d .*6 items.*100% of items"):
+        score_items(replace(tiny, label="tiny-llama"), TINY_ITEMS, progress=False)
+    lm = letter_loving(tiny_model_dir)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", LowLetterMassWarning)
+        records, stats = score_items(lm, TINY_ITEMS, progress=False)
+    assert stats["letter_mass"]["mean"] > 0.9
+    assert_matches_naive(lm, TINY_ITEMS, records, tol=5e-4)
+    # The same model at a high temperature spreads its answer over the whole vocabulary.
+    with pytest.warns(LowLetterMassWarning, match=r"letter-llama@T50"):
+        _, hot = score_items(replace(lm, label="letter-llama@T50", temperature=50.0), TINY_ITEMS, progress=False)
+    assert hot["letter_mass"]["mean"] < LETTER_MASS_FLOOR
+
+
+def test_report_shows_letter_mass(tiny: LoadedModel, tiny_scored, tiny_model_dir: Path, tmp_path: Path) -> None:
+    from calib_checks.report import render_report
+    from calib_checks.results import RunWriter
+
+    writer = RunWriter(tmp_path, "run-1")
+    models = {"tiny": tiny, "letter-llama": letter_loving(tiny_model_dir)}
+    for label, lm in models.items():
+        records, stats = score_items(lm, TINY_ITEMS, progress=False)
+        writer.write_records(TaskScores(label, {"label": label}, "arc_easy", "f" * 64, records, stats))
+    pairs = [{"name": "p", "base": "tiny", "aligned": "letter-llama"}]
+    writer.finish({"models": {label: {} for label in models}}, pairs, {"arc_easy": {}}, [], complete=True)
+    html = render_report(writer.run_dir).read_text()
+    section = html[html.index('id="letter-mass"') :]
+    section = section[: section.index("</table>")]
+    rows = {row.split("</b>")[0]: row for row in section.split("<tr><td><b>")[1:]}
+    assert set(rows) == {"tiny", "letter-llama"}
+    mean = tiny_scored[1]["letter_mass"]["mean"]
+    assert f"{mean:.3f} (low)" in rows["tiny"] and "mass-low" in rows["tiny"]  # far below the floor
+    assert "mass-low" not in rows["letter-llama"] and "(low)" not in rows["letter-llama"]
