@@ -9,6 +9,12 @@ Spec grammar (`parse_model_spec`)::
 
 A path that exists is a path, even when it looks like a hub id (transformers does the same).
 
+A hub id's branch or tag (none = `main`) is resolved to a commit by the hub whenever it can be asked, even
+when the local HF cache holds a snapshot: the local ref is only what was downloaded last, and a freshly
+pushed aligned candidate must not be judged as the old one. Offline (HF_HUB_OFFLINE) or with the hub
+unreachable, the local ref is used with a `StaleRevisionWarning`; a full 40-hex commit needs no hub call
+when its snapshot is local. The identity always names the full commit, and loading pins it.
+
 The temperature transform is a documented, controlled perturbation: the scorer divides the model's logits
 by T before its fp32 log-softmax, so log p_T(token) = log_softmax(logits / T). T < 1 sharpens every
 distribution (a simulated over-confident release), T > 1 flattens it, T = 1 leaves the model untouched.
@@ -42,6 +48,8 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -75,6 +83,11 @@ _IDENTITY_FILES = re.compile(
     r"|added_tokens\.json|vocab\..*|merges\.txt|.*\.model|.*\.tiktoken|.*\.py)$"
 )
 _HASH_CHUNK = 8 << 20
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# A blob name in the HF cache: the LFS sha256, or the git blob sha1 of a file kept in git.
+_ETAG = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+# The attention implementations load_model asks for, in order (the second when a model class lacks the first).
+_ATTENTION = ("sdpa", "eager")
 _GGUF_MAGIC = b"GGUF"
 _GGUF_MARKER = "calib_checks_gguf.json"
 # HFLM's fallback when neither config nor tokenizer gives a length, and the tokenizer's "no limit" sentinel.
@@ -266,37 +279,66 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "auto") -> to
 # ---------------------------------------------------------------------------------------------- identity
 
 
+class StaleRevisionWarning(UserWarning):
+    """A hub model's branch or tag was read from the local HF cache without asking the hub (offline, or the
+    hub unreachable): a commit pushed since would not be seen, so the gate may be judging an old model."""
+
+
 def _hash_cache_path(path: Path) -> Path:
     return cache_dir() / "hashes" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:32]}.json"
 
 
+def _file_state(path: Path, stat: os.stat_result) -> dict:
+    """What must be unchanged for a remembered hash to still hold. Size and mtime alone are not enough: a
+    file replaced with the same size and mtime (`cp --preserve`, a restore, `os.utime`) gets a new inode or
+    a new ctime, and ctime cannot be set back from user space."""
+    return {
+        "path": str(path),
+        "device": stat.st_dev,
+        "inode": stat.st_ino,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+    }
+
+
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file's bytes, streamed; remembered per (real path, size, mtime) so big files hash once.
+    """sha256 of a file's bytes, streamed; remembered per (real path, device, inode, size, mtime, ctime) so
+    big files hash once.
 
     A file inside the HF hub cache is content-addressed: its blob's name already is its sha256.
     """
     path = Path(path).resolve()
     if path.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", path.name):
         return path.name
-    stat = path.stat()
+    state = _file_state(path, path.stat())
     memo = _hash_cache_path(path)
     try:
         saved = json.loads(memo.read_text())
-        if saved["path"] == str(path) and saved["size"] == stat.st_size and saved["mtime_ns"] == stat.st_mtime_ns:
+        if {name: saved.get(name) for name in state} == state:
             return str(saved["sha256"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass  # no memo yet, or an unreadable one: hash again
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     sha = digest.hexdigest()
-    record = {"path": str(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha}
     try:
-        atomic_write_bytes(memo, json.dumps(record).encode())
+        atomic_write_bytes(memo, json.dumps({**state, "sha256": sha}).encode())
     except OSError as exc:  # a read-only cache only costs re-hashing next time
         log.debug("could not remember the hash of %s: %s", path, exc)
     return sha
+
+
+def _manifest_fingerprint(manifest: list[dict], where: str) -> str:
+    """sha256 of a checkpoint's file manifest (one dict per identity file), refusing one without weights."""
+    if not any(item["name"].endswith((".safetensors", ".bin")) for item in manifest):
+        raise ModelLoadError(
+            f"no weights (*.safetensors or pytorch_model*.bin) in {where}: pass a transformers checkpoint "
+            "(config.json + weights)"
+        )
+    return hashlib.sha256(canonical_json(sorted(manifest, key=lambda item: item["name"])).encode()).hexdigest()
 
 
 def _folder_fingerprint(folder: Path) -> str:
@@ -304,15 +346,46 @@ def _folder_fingerprint(folder: Path) -> str:
     tokenizer, remote code). Content-based: a checkpoint retrained in place gets a new fingerprint."""
     manifest = [
         {"name": entry.name, "size": entry.stat().st_size, "sha256": file_sha256(entry)}
-        for entry in sorted(folder.iterdir())
+        for entry in folder.iterdir()
         if entry.is_file() and _IDENTITY_FILES.match(entry.name)
     ]
-    if not any(item["name"].endswith((".safetensors", ".bin")) for item in manifest):
-        raise ModelLoadError(
-            f"no weights (*.safetensors or pytorch_model*.bin) in {str(folder)!r}: pass a transformers "
-            "checkpoint folder (config.json + weights)"
-        )
-    return hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
+    return _manifest_fingerprint(manifest, repr(str(folder)))
+
+
+def _snapshot_manifest(spec: ModelSpec, snapshot: Path) -> list[dict]:
+    """(name, size, etag) of the identity files of a local HF cache snapshot.
+
+    huggingface_hub stores each file once as `blobs/<etag>` (the LFS sha256, or the git blob sha1 of a
+    small file) and links `snapshots/<commit>/<name>` to it, so the etags are read from the links: the
+    same values the hub reports (`_hub_manifest`), without hashing gigabytes.
+    """
+    manifest = []
+    for entry in snapshot.iterdir():
+        if not (entry.is_file() and _IDENTITY_FILES.match(entry.name)):
+            continue
+        blob = Path(os.path.realpath(entry))
+        if blob.parent.name != "blobs" or not _ETAG.match(blob.name):
+            raise ModelLoadError(
+                f"model {spec.text!r}: {entry} in the local Hugging Face cache is not a link to its blob "
+                "(blobs/<etag>), so its hub fingerprint is unknown: re-download it with huggingface_hub, or "
+                "pass the snapshot folder as a local folder"
+            )
+        manifest.append({"name": entry.name, "size": blob.stat().st_size, "etag": blob.name})
+    return manifest
+
+
+def _hub_manifest(info: Any) -> list[dict]:
+    """(name, size, etag) of a hub commit's top-level identity files, from `model_info(files_metadata=True)`:
+    the LFS sha256 for LFS files, else the git blob id, i.e. the names of the blobs a download creates."""
+    return [
+        {
+            "name": s.rfilename,
+            "size": s.lfs.size if s.lfs else s.size,
+            "etag": s.lfs.sha256 if s.lfs else s.blob_id,
+        }
+        for s in info.siblings or []
+        if "/" not in s.rfilename and _IDENTITY_FILES.match(s.rfilename)
+    ]
 
 
 def _hub_offline() -> bool:
@@ -329,41 +402,79 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> Path | None:
     return Path(cached).parent if isinstance(cached, str) else None
 
 
-def _resolve_hub(spec: ModelSpec) -> tuple[str, str]:
-    """(commit sha, weights fingerprint) for a hub spec: from the local HF cache when the revision is
-    there, else asked of the hub. Loading then pins that commit, so the identity is what gets scored."""
-    snapshot = _hub_snapshot(spec.name, spec.revision)
-    if snapshot is not None:
-        return snapshot.name, _folder_fingerprint(snapshot)
-    where = f"{spec.name}@{spec.revision}" if spec.revision else spec.name
-    if _hub_offline():
+def _full_commit(spec: ModelSpec, commit: str) -> str:
+    if not _COMMIT.match(commit):
         raise ModelLoadError(
-            f"model {spec.text!r}: {where} is not in the local Hugging Face cache and the hub is offline "
-            "(HF_HUB_OFFLINE): download it first, unset HF_HUB_OFFLINE, or pass a local folder"
+            f"model {spec.text!r} resolved to {commit!r}, which is not a full 40-hex commit sha: pin "
+            "SPEC@<full commit> or re-download the model"
         )
-    from huggingface_hub import HfApi
+    return commit
 
-    try:
-        info = HfApi().model_info(spec.name, revision=spec.revision, files_metadata=True)
-    except Exception as exc:  # noqa: BLE001 - any hub failure (network, 404, gated) is a load failure
-        raise ModelLoadError(
-            f"model {spec.text!r}: cannot reach {where} on the Hugging Face hub ({_first_line(exc)}); check the "
-            "id and your network, or pass a local folder (a local folder that does not exist is read as a hub id)"
-        ) from None
-    manifest = [
-        {"name": s.rfilename, "size": s.size, "sha256": s.lfs.sha256 if s.lfs else s.blob_id}
-        for s in sorted(info.siblings or [], key=lambda s: s.rfilename)
-        if "/" not in s.rfilename and _IDENTITY_FILES.match(s.rfilename)
-    ]
-    return str(info.sha), hashlib.sha256(canonical_json(manifest).encode()).hexdigest()
+
+def _resolve_hub(spec: ModelSpec) -> tuple[str, str]:
+    """(full commit sha, weights fingerprint) of a hub spec; loading then pins that commit.
+
+    A full commit in the spec needs no hub call when its snapshot is local. A branch or tag (or none:
+    `main`) is resolved by the hub whenever it can be asked, even when a snapshot is local, because the
+    local ref is only what was last downloaded: a freshly pushed candidate must not be judged as the old
+    one. Only offline (HF_HUB_OFFLINE) or with the hub unreachable is the local ref used, with a
+    `StaleRevisionWarning`. Both ways the fingerprint is taken over the same (name, size, etag) manifest,
+    so one commit gives one identity whichever way it was resolved. (A snapshot that lacks some of the
+    commit's top-level identity files, a partial download, fingerprints differently offline: a cache miss,
+    never a wrong hit.)
+    """
+    where = f"{spec.name}@{spec.revision}" if spec.revision else spec.name
+    snapshot = _hub_snapshot(spec.name, spec.revision)
+    if snapshot is not None and spec.revision is not None and _COMMIT.match(spec.revision):
+        return spec.revision, _manifest_fingerprint(_snapshot_manifest(spec, snapshot), f"{where} (local)")
+    if _hub_offline():
+        if snapshot is None:
+            raise ModelLoadError(
+                f"model {spec.text!r}: {where} is not in the local Hugging Face cache and the hub is offline "
+                "(HF_HUB_OFFLINE): download it first, unset HF_HUB_OFFLINE, or pass a local folder"
+            )
+        why = "HF_HUB_OFFLINE is set"
+    else:
+        from huggingface_hub import HfApi
+        from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+        try:
+            info = HfApi().model_info(spec.name, revision=spec.revision, files_metadata=True)
+        except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+            # The hub answered: a local copy of a deleted or renamed revision is not what the spec names.
+            raise ModelLoadError(
+                f"model {spec.text!r}: the Hugging Face hub has no {where} ({_first_line(exc)}); check the id "
+                "and revision, and log in (hf auth login) if the model is private or gated"
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - network, timeout, server error: the hub could not be asked
+            if snapshot is None:
+                raise ModelLoadError(
+                    f"model {spec.text!r}: cannot reach {where} on the Hugging Face hub ({_first_line(exc)}); "
+                    "check the id and your network, or pass a local folder (a local folder that does not "
+                    "exist is read as a hub id)"
+                ) from None
+            why = f"the hub could not be reached: {_first_line(exc)}"
+        else:
+            commit = _full_commit(spec, str(info.sha))
+            return commit, _manifest_fingerprint(_hub_manifest(info), f"{spec.name}@{commit} on the hub")
+    commit = _full_commit(spec, snapshot.name)
+    warnings.warn(
+        f"model {spec.text!r}: scoring {spec.name}@{commit}, the local Hugging Face cache's "
+        f"{spec.revision or 'main'!r}, which could not be checked against the hub ({why}); a newer push would "
+        "not be seen: run online or pin SPEC@<full commit>",
+        StaleRevisionWarning,
+        stacklevel=3,
+    )
+    return commit, _manifest_fingerprint(_snapshot_manifest(spec, snapshot), f"{spec.name}@{commit} (local)")
 
 
 def model_identity(spec: ModelSpec | str, dtype: str | torch.dtype = "auto", device: str = "auto") -> dict:
     """What a model's scores depend on, WITHOUT loading its weights (the cache key's model part).
 
-    `{"source", "name" (hub id or absolute path), "revision" (hub commit sha, else None), "weights"
-    (content fingerprint: sha256 of the GGUF file, or of the folder's weight/index/config/tokenizer files),
-    "dtype" (resolved; device matters only through it), "temperature"}`.
+    `{"source", "name" (hub id or absolute path), "revision" (full hub commit sha, else None), "weights"
+    (fingerprint: sha256 of the GGUF file; of the folder's weight/index/config/tokenizer files' contents;
+    for a hub commit, of those files' hub etags, see `_resolve_hub`), "dtype" (resolved; device matters
+    only through it), "temperature"}`. The software it is scored with is `software_stack`'s business.
     """
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
     revision = None
@@ -383,6 +494,51 @@ def model_identity(spec: ModelSpec | str, dtype: str | torch.dtype = "auto", dev
         "weights": weights,
         "dtype": str(torch_dtype).removeprefix("torch."),
         "temperature": spec.temperature,
+    }
+
+
+def describe_identity(identity: Mapping[str, Any]) -> str:
+    """A short human name for what was scored, for failure messages and the report, e.g.
+    `HuggingFaceTB/SmolLM2-135M@0123456789ab` or `folder /abs/path (weights 0123456789ab)`, plus
+    `at temperature T` when T is not 1. Tolerates identities read back from older files (missing keys)."""
+    source, name = identity.get("source"), identity.get("name", "?")
+    if source == "hub":
+        text = f"{name}@{str(identity.get('revision'))[:12]}"
+    elif source in ("folder", "gguf"):
+        text = f"{source} {name} (weights {str(identity.get('weights'))[:12]})"
+    else:
+        text = str(name)
+    temperature = identity.get("temperature", 1.0)
+    if temperature != 1.0:
+        text += f" at temperature {temperature:g}"
+    return text
+
+
+def software_stack(device: str = "auto") -> dict:
+    """The software and hardware kind the scores are computed with, known without loading any weights
+    (the cache key's `stack` part, and `TaskScores.stats["stack"]`): an upgrade of torch, transformers
+    or tokenizers, of calib-checks, a CPU run against a CUDA run, must not reuse or be compared as if it
+    were the other's scores.
+
+    `{"calib_checks", "torch", "transformers", "tokenizers" (versions), "device" ("cpu", "cuda", ...:
+    the type, not the index), "attention"}`. `attention` is the implementations `load_model` asks for, in
+    order (`sdpa`, else `eager` for a model class without an sdpa kernel): which one a model gets is decided
+    by transformers from the model's own files and the transformers version, both already in the key, and
+    knowing it before loading would mean importing the model class (remote code included).
+    """
+    import tokenizers
+    import torch
+    import transformers
+
+    from calib_checks import __version__
+
+    return {
+        "calib_checks": __version__,
+        "torch": str(torch.__version__),
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "device": torch.device(resolve_device(device)).type,
+        "attention": list(_ATTENTION),
     }
 
 
@@ -520,13 +676,14 @@ def _needs_device_map(folder: Path | None, dtype: torch.dtype) -> bool:
 def _from_pretrained(source: str, kwargs: dict) -> Any:
     from transformers import AutoModelForCausalLM
 
+    preferred, fallback = _ATTENTION
     try:
-        return AutoModelForCausalLM.from_pretrained(source, attn_implementation="sdpa", **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source, attn_implementation=preferred, **kwargs)
     except ValueError as exc:
-        if "sdpa" not in str(exc) and "scaled_dot_product" not in str(exc):
+        if preferred not in str(exc) and "scaled_dot_product" not in str(exc):
             raise
-        log.warning("%s has no sdpa attention; using eager attention", source)
-        return AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager", **kwargs)
+        log.warning("%s has no %s attention; using %s attention", source, preferred, fallback)
+        return AutoModelForCausalLM.from_pretrained(source, attn_implementation=fallback, **kwargs)
 
 
 def load_model(

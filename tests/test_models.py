@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing
+import os
 import re
 import shutil
 import time
+import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -16,12 +20,15 @@ from calib_checks import models
 from calib_checks.cache import cache_dir
 from calib_checks.models import (
     ModelLoadError,
+    StaleRevisionWarning,
+    describe_identity,
     file_sha256,
     load_model,
     model_identity,
     parse_model_spec,
     resolve_device,
     resolve_dtype,
+    software_stack,
 )
 
 PROBE = "Question: What is the answer?\nAnswer: A"
@@ -289,46 +296,248 @@ def test_identity_needs_no_weights_and_tracks_temperature_dtype_and_content(
     assert model_identity(str(copy), "float32", "cpu")["weights"] != base["weights"]
 
 
-def test_file_hash_is_remembered_by_path_size_and_mtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_file_hash_is_remembered_by_path_inode_size_mtime_and_ctime(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("CALIB_CHECKS_CACHE", str(tmp_path / "cache"))
     blob = tmp_path / "blob.bin"
     blob.write_bytes(b"a" * 1000)
     first = file_sha256(blob)
-    assert first == __import__("hashlib").sha256(b"a" * 1000).hexdigest()
-    memos = list((tmp_path / "cache" / "hashes").iterdir())
-    assert len(memos) == 1 and json.loads(memos[0].read_text())["sha256"] == first
-    # The memo is what a second call reads: make it lie and see it believed while size and mtime match.
-    memo = json.loads(memos[0].read_text())
-    memos[0].write_text(json.dumps({**memo, "sha256": "remembered"}))
+    assert first == hashlib.sha256(b"a" * 1000).hexdigest()
+    (memo_path,) = (tmp_path / "cache" / "hashes").iterdir()
+    memo = json.loads(memo_path.read_text())
+    assert memo["sha256"] == first and memo["inode"] == blob.stat().st_ino
+    # The memo is what a second call reads: make it lie and see it believed while the file is untouched.
+    memo_path.write_text(json.dumps({**memo, "sha256": "remembered"}))
     assert file_sha256(blob) == "remembered"
-    blob.write_bytes(b"b" * 1001)  # new size (and mtime): hashed again
-    assert file_sha256(blob) == __import__("hashlib").sha256(b"b" * 1001).hexdigest()
+
+    # Rewritten in place with the same size, mtime set back (as `cp --preserve` or a restore does): only the
+    # ctime tells, and it is hashed again. ctime ticks with the kernel's coarse clock: wait for a new tick.
+    before = blob.stat()
+    blob.write_bytes(b"b" * 1000)
+    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+    while blob.stat().st_ctime_ns == before.st_ctime_ns:
+        time.sleep(0.01)
+        os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = blob.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert file_sha256(blob) == hashlib.sha256(b"b" * 1000).hexdigest()
+
+    # Replaced by another file (a new inode) of the same size and mtime, its ctime made to match: hashed again.
+    memo = json.loads(memo_path.read_text())
+    replacement = tmp_path / "replacement.bin"
+    replacement.write_bytes(b"c" * 1000)
+    os.utime(replacement, ns=(after.st_atime_ns, after.st_mtime_ns))
+    os.replace(replacement, blob)
+    memo_path.write_text(json.dumps({**memo, "ctime_ns": blob.stat().st_ctime_ns}))
+    assert blob.stat().st_ino != after.st_ino
+    assert file_sha256(blob) == hashlib.sha256(b"c" * 1000).hexdigest()
 
 
-def test_identity_of_a_hub_id_comes_from_the_local_hf_cache_and_loads_offline(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+# ---------------------------------------------------------------------------------------------- hub identity
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+NEWER = "fedcba9876543210fedcba9876543210fedcba98"
+
+
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def _fake_hf_cache(checkpoint: Path, hub: Path, repo_id: str, commit: str, ref: str | None = "main") -> list:
+    """Lay `checkpoint` out as huggingface_hub does: `blobs/<etag>` (LFS sha256 for weights, git blob sha1
+    otherwise), `snapshots/<commit>/<name>` linking to them, `refs/<ref>`; return the matching hub siblings."""
+    from huggingface_hub.hf_api import BlobLfsInfo, RepoSibling
+
+    repo = hub / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir(exist_ok=True)
+    siblings = []
+    for path in sorted(checkpoint.iterdir()):
+        data = path.read_bytes()
+        lfs = path.suffix == ".safetensors"
+        etag = hashlib.sha256(data).hexdigest() if lfs else _git_blob_sha1(data)
+        (repo / "blobs" / etag).write_bytes(data)
+        (snapshot / path.name).symlink_to(Path("..", "..", "blobs", etag))
+        pointer = b"version https://git-lfs.github.com/spec/v1\noid sha256:" + etag.encode()
+        siblings.append(
+            RepoSibling(
+                rfilename=path.name,
+                size=len(data),
+                blob_id=_git_blob_sha1(pointer) if lfs else etag,  # an LFS file's git blob is its pointer
+                lfs=BlobLfsInfo(size=len(data), sha256=etag, pointer_size=len(pointer)) if lfs else None,
+            )
+        )
+    siblings.append(RepoSibling(rfilename="onnx/model.onnx", size=1, blob_id="0" * 40))  # not an identity file
+    if ref is not None:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return siblings
+
+
+class _FakeHub:
+    """`HfApi.model_info` answering from a dict revision -> (commit, siblings), counting its calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, answers: dict, error: Exception | None = None) -> None:
+        import huggingface_hub
+
+        self.answers, self.error, self.calls = answers, error, []
+
+        def model_info(api, repo_id: str, revision: str | None = None, files_metadata: bool = False, **kwargs):
+            self.calls.append((repo_id, revision))
+            if self.error is not None:
+                raise self.error
+            assert files_metadata
+            commit, siblings = self.answers[revision]
+            return types.SimpleNamespace(id=repo_id, sha=commit, siblings=siblings)
+
+        monkeypatch.setattr(huggingface_hub.HfApi, "model_info", model_info)
+
+
+def _use_hub_cache(monkeypatch: pytest.MonkeyPatch, hub: Path, offline: bool) -> None:
     from huggingface_hub import constants
 
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--acme--tiny-llama"
-    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline)
+    if offline:
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    else:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
 
-    identity = model_identity("acme/tiny-llama", "float32", "cpu")
+
+def test_identity_of_a_hub_id_offline_comes_from_the_local_ref_with_a_warning_and_loads(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_hf_cache(tiny_model_dir, tmp_path / "hub", "acme/tiny-llama", COMMIT)
+    _use_hub_cache(monkeypatch, tmp_path / "hub", offline=True)
+    hub = _FakeHub(monkeypatch, {}, error=AssertionError("offline: the hub must not be asked"))
+
+    with pytest.warns(StaleRevisionWarning) as caught:
+        identity = model_identity("acme/tiny-llama", "float32", "cpu")
+    (warning,) = caught
+    message = str(warning.message)
+    assert "'acme/tiny-llama'" in message and COMMIT in message and "could not be checked against the hub" in message
+    assert "HF_HUB_OFFLINE" in message and "\n" not in message
     assert identity["source"] == "hub" and identity["name"] == "acme/tiny-llama"
-    assert identity["revision"] == commit
-    assert identity["weights"] == model_identity(str(tiny_model_dir), "float32", "cpu")["weights"]
-    assert model_identity(f"acme/tiny-llama@{commit}", "float32", "cpu")["revision"] == commit
+    assert identity["revision"] == COMMIT
 
-    loaded = load_model("acme/tiny-llama", device="cpu")
-    assert loaded.label == "tiny-llama"
+    # A pinned full commit is checked against nothing: no warning, no hub call, the same identity.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleRevisionWarning)
+        assert model_identity(f"acme/tiny-llama@{COMMIT}", "float32", "cpu") == identity
+        loaded = load_model(f"acme/tiny-llama@{COMMIT}", device="cpu")
+    assert hub.calls == []
+    assert loaded.label == "tiny-llama@0123456789ab" and loaded.identity == identity
     reference = load_model(str(tiny_model_dir), device="cpu")
     assert torch.equal(_logits(loaded), _logits(reference))
+    with pytest.warns(StaleRevisionWarning):
+        assert load_model("acme/tiny-llama", device="cpu").identity == identity
+
+
+def test_one_commit_gives_one_identity_from_the_local_snapshot_or_the_hub(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    siblings = _fake_hf_cache(tiny_model_dir, tmp_path / "hub", "acme/tiny-llama", COMMIT)
+    _use_hub_cache(monkeypatch, tmp_path / "hub", offline=False)
+    hub = _FakeHub(monkeypatch, {None: (COMMIT, siblings), COMMIT: (COMMIT, siblings)})
+    from_hub = model_identity("acme/tiny-llama", "float32", "cpu")
+    assert hub.calls == [("acme/tiny-llama", None)]  # asked although the snapshot is local
+    from_snapshot = model_identity(f"acme/tiny-llama@{COMMIT}", "float32", "cpu")
+    assert hub.calls == [("acme/tiny-llama", None)]  # pinned and local: not asked
+    assert from_snapshot == from_hub and from_hub["revision"] == COMMIT
+
+    # The same commit, not downloaded: the hub's etags give the same fingerprint as the snapshot's blobs.
+    shutil.rmtree(tmp_path / "hub")
+    assert model_identity(f"acme/tiny-llama@{COMMIT}", "float32", "cpu") == from_hub
+    assert hub.calls[-1] == ("acme/tiny-llama", COMMIT)
+
+
+def test_online_a_newer_commit_on_the_hub_wins_over_the_local_ref(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_hf_cache(tiny_model_dir, tmp_path / "hub", "acme/tiny-llama", COMMIT)
+    _use_hub_cache(monkeypatch, tmp_path / "hub", offline=True)
+    with pytest.warns(StaleRevisionWarning):
+        old = model_identity("acme/tiny-llama", "float32", "cpu")
+
+    # The aligned candidate was pushed again: new weights under a new commit, the local refs/main still old.
+    retrained = shutil.copytree(tiny_model_dir, tmp_path / "retrained")
+    data = bytearray((retrained / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (retrained / "model.safetensors").write_bytes(bytes(data))
+    newer = _fake_hf_cache(retrained, tmp_path / "elsewhere", "acme/tiny-llama", NEWER)
+    _use_hub_cache(monkeypatch, tmp_path / "hub", offline=False)
+    _FakeHub(monkeypatch, {None: (NEWER, newer)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StaleRevisionWarning)
+        identity = model_identity("acme/tiny-llama", "float32", "cpu")
+    assert identity["revision"] == NEWER and identity["weights"] != old["weights"]
+    assert (tmp_path / "hub" / "models--acme--tiny-llama" / "refs" / "main").read_text() == COMMIT
+
+
+def test_an_unreachable_hub_falls_back_to_the_local_ref_but_a_missing_revision_does_not(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import httpx2
+    from huggingface_hub.errors import RevisionNotFoundError
+
+    _fake_hf_cache(tiny_model_dir, tmp_path / "hub", "acme/tiny-llama", COMMIT)
+    _use_hub_cache(monkeypatch, tmp_path / "hub", offline=False)
+    _FakeHub(monkeypatch, {}, error=httpx2.ConnectError("[Errno -3] Temporary failure in name resolution"))
+    with pytest.warns(StaleRevisionWarning, match=r"could not be checked against the hub \(the hub could not be"):
+        assert model_identity("acme/tiny-llama", "float32", "cpu")["revision"] == COMMIT
+    with pytest.raises(ModelLoadError, match="cannot reach acme/other on the Hugging Face hub"):
+        model_identity("acme/other")
+
+    request = httpx2.Request("GET", "https://huggingface.co/api/models/acme/tiny-llama/revision/main")
+    response = httpx2.Response(404, request=request)
+    missing = RevisionNotFoundError("404 Client Error: revision main not found", response=response)
+    _FakeHub(monkeypatch, {}, error=missing)
+    with pytest.raises(ModelLoadError) as info:
+        model_identity("acme/tiny-llama")
+    assert "the Hugging Face hub has no acme/tiny-llama" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_snapshot_that_is_not_linked_to_blobs_is_refused(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / COMMIT)  # plain copies: no etags to read
+    _use_hub_cache(monkeypatch, tmp_path / "hub", offline=True)
+    with pytest.raises(ModelLoadError, match="is not a link to its blob"):
+        model_identity(f"acme/tiny-llama@{COMMIT}")
+
+
+def test_describe_identity_is_one_short_line(tiny_model_dir: Path) -> None:
+    hub = {"source": "hub", "name": "HuggingFaceTB/SmolLM2-135M", "revision": COMMIT, "weights": "ab" * 32,
+           "dtype": "float32", "temperature": 1.0}  # fmt: skip
+    assert describe_identity(hub) == "HuggingFaceTB/SmolLM2-135M@0123456789ab"
+    hot = describe_identity({**hub, "temperature": 0.5})
+    assert hot == "HuggingFaceTB/SmolLM2-135M@0123456789ab at temperature 0.5"
+    folder = model_identity(str(tiny_model_dir), "float32", "cpu")
+    assert describe_identity(folder) == f"folder {tiny_model_dir.resolve()} (weights {folder['weights'][:12]})"
+    assert describe_identity({"name": "base"}) == "base"  # an identity read back from an older file
+
+
+def test_software_stack_names_versions_device_and_attention(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tokenizers
+    import transformers
+
+    import calib_checks
+
+    stack = software_stack("cpu")
+    assert stack == {
+        "calib_checks": calib_checks.__version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "device": "cpu",
+        "attention": ["sdpa", "eager"],
+    }
+    assert software_stack("auto")["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(torch, "__version__", "9.9.9+cpu")
+    assert software_stack("cpu") == {**stack, "torch": "9.9.9+cpu"}
 
 
 # ---------------------------------------------------------------------------------------------- failures
