@@ -5,11 +5,14 @@ Layout under the cache root (`cache_dir()`, or the `root` given to `ScoreCache`)
     scores/<key[:2]>/<key>.json.gz   one entry: header + stats + records, gzip-compressed JSON
     locks/<key>.lock                 file lock held while one process computes that key
     models/<sha256>/                 GGUF checkpoints converted to safetensors (see `models.py`)
-    hashes/                          sha256 of large files, keyed by path + size + mtime (see `models.py`)
+    hashes/                          sha256 of large files, keyed by path, inode, size, mtime and ctime
+                                     (see `models.file_sha256`)
 
 An entry's key is the sha256 of the canonical JSON of everything the scores depend on (model identity,
-task, data fingerprint, item ids in order, prompt version, scoring version) and of nothing pair-specific,
-so a new aligned candidate run against the same base reuses the base's entries.
+task, data fingerprint, item ids in order, prompt version, scoring version, and the software stack:
+torch / transformers / tokenizers / calib-checks versions, device type, attention implementation, see
+`models.software_stack`) and of nothing pair-specific, so a new aligned candidate run against the same base
+reuses the base's entries, while scores made by other software are never served as this software's.
 
 Safety: entries are JSON (never pickle), written to a temporary file in the same folder and renamed into
 place (`os.replace`), so a reader sees either no entry or a whole one. On read, an entry is trusted only
@@ -69,7 +72,7 @@ class ScoreCache:
 
     Usage, so that concurrent processes filling the same key compute it once::
 
-        key = cache.key(identity, task, fingerprint, item_ids, PROMPT_VERSION, SCORING_VERSION)
+        key = cache.key(identity, task, fingerprint, item_ids, PROMPT_VERSION, SCORING_VERSION, stack=stack)
         with cache.lock(key):
             hit = cache.get(key)
             if hit is None:
@@ -89,8 +92,14 @@ class ScoreCache:
         item_ids: Sequence[str],
         prompt_version: str | int,
         scoring_version: str | int,
+        *,
+        stack: dict,
     ) -> str:
-        """sha256 (hex) of the canonical JSON of the inputs; `put` records them in the entry's header."""
+        """sha256 (hex) of the canonical JSON of the inputs; `put` records them in the entry's header.
+
+        `stack` is the software the scores are computed with (`models.software_stack`); required, so that
+        no caller can forget it and reuse scores made by another torch or transformers.
+        """
         inputs = {
             "model_identity": model_identity,
             "task": task,
@@ -98,6 +107,7 @@ class ScoreCache:
             "item_ids": list(item_ids),
             "prompt_version": prompt_version,
             "scoring_version": scoring_version,
+            "stack": stack,
         }
         key = hashlib.sha256(canonical_json(inputs).encode("utf-8")).hexdigest()
         self._inputs[key] = inputs

@@ -1,10 +1,11 @@
 """Glue: a model spec + a task's items -> `TaskScores`, through the result cache, loading the model lazily.
 
 `Scorer.score` computes the cache key from the model's identity (`models.model_identity`, which reads no
-weights), the task, the data fingerprint, the item ids, `PROMPT_VERSION` and `SCORING_VERSION`. On a hit it
-returns the stored records: no model load, no forward pass. On a miss it loads the model (once per `Scorer`),
-scores the items and stores the result. The key holds nothing about the other model of a pair, so a new
-aligned candidate run against the same base reuses the base's entries.
+weights), the task, the data fingerprint, the item ids, `PROMPT_VERSION`, `SCORING_VERSION` and the software
+stack (`models.software_stack`: library versions, device type, attention). On a hit it returns the stored
+records: no model load, no forward pass. On a miss it loads the model (once per `Scorer`), scores the items
+and stores the result. The key holds nothing about the other model of a pair, so a new aligned candidate run
+against the same base reuses the base's entries.
 
 Also the `score` subcommand: `python -m calib_checks score --model SPEC --task TASK --out FILE` writes one
 JSON object per item (data set order): `id`, `gold`, `scores` and `probs` (each extractor's name -> one number
@@ -29,6 +30,7 @@ from calib_checks.models import (
     load_model,
     model_identity,
     parse_model_spec,
+    software_stack,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +67,7 @@ class Scorer:
         self.progress = progress
         self.forward_calls = 0
         self._identity: dict | None = None
+        self._stack: dict | None = None
         self._model: LoadedModel | None = None
 
     @property
@@ -78,6 +81,13 @@ class Scorer:
         if self._identity is None:
             self._identity = model_identity(self.spec, self.dtype, self.device)
         return self._identity
+
+    @property
+    def stack(self) -> dict:
+        """The software stack the scores are (or were, on a hit) computed with (see `models.software_stack`)."""
+        if self._stack is None:
+            self._stack = software_stack(self.device)
+        return self._stack
 
     @property
     def loaded(self) -> bool:
@@ -108,7 +118,9 @@ class Scorer:
     def score(self, task_data: TaskData) -> TaskScores:
         """Scores of every item of `task_data`, from the cache when the key matches, else computed.
 
-        `stats["cache"]` says `"hit"`, `"miss"` (computed and stored) or `"off"` (no cache).
+        `stats["cache"]` says `"hit"`, `"miss"` (computed and stored) or `"off"` (no cache); `stats["stack"]`
+        is `self.stack` (part of the key, so a hit's scores were made by the same stack), for the gate to
+        refuse a pair scored on different stacks.
         """
         from calib_checks.scoring import SCORING_VERSION, ItemRecord, TaskScores
         from calib_checks.tasks import PROMPT_VERSION
@@ -124,6 +136,7 @@ class Scorer:
                 [item.id for item in task_data.items],
                 PROMPT_VERSION,
                 SCORING_VERSION,
+                stack=self.stack,
             )
             with self.cache.lock(key):
                 hit = self.cache.get(key)
@@ -140,7 +153,7 @@ class Scorer:
             task=task_data.task,
             data_fingerprint=task_data.fingerprint,
             records=list(records),
-            stats={**stats, "cache": status},
+            stats={**stats, "stack": self.stack, "cache": status},
         )
 
     def _compute(self, task_data: TaskData) -> tuple[list, dict]:

@@ -18,10 +18,12 @@ from calib_checks.cache import ScoreCache, ScoreCacheError, ScoreCacheWarning, c
 IDENTITY = {"source": "folder", "name": "/m", "revision": None, "weights": "ab" * 32, "dtype": "float32",
             "temperature": 1.0}  # fmt: skip
 IDS = ["q-0", "q-1", "q-2"]
+STACK = {"calib_checks": "0.1.0", "torch": "2.13.0+cpu", "transformers": "5.24.0", "tokenizers": "0.23.3",
+         "device": "cpu", "attention": ["sdpa", "eager"]}  # fmt: skip
 
 
-def _key(cache: ScoreCache, ids: list[str] = IDS) -> str:
-    return cache.key(IDENTITY, "piqa", "f" * 64, ids, "lm-eval-0shot-v1", "1")
+def _key(cache: ScoreCache, ids: list[str] = IDS, stack: dict = STACK) -> str:
+    return cache.key(IDENTITY, "piqa", "f" * 64, ids, "lm-eval-0shot-v1", "1", stack=stack)
 
 
 def _records(ids: list[str] = IDS, scale: float = 1.0) -> list[dict]:
@@ -50,18 +52,33 @@ def test_key_is_deterministic_and_depends_on_every_input(tmp_path: Path) -> None
     assert base == _key(ScoreCache(tmp_path / "elsewhere"))
     assert len(base) == 64 and int(base, 16) >= 0
     reordered = dict(reversed(list(IDENTITY.items())))
-    assert cache.key(reordered, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1") == base
+    assert cache.key(reordered, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK) == base
     variants = [
-        cache.key({**IDENTITY, "temperature": 0.5}, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1"),
-        cache.key({**IDENTITY, "dtype": "bfloat16"}, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1"),
-        cache.key(IDENTITY, "arc_easy", "f" * 64, IDS, "lm-eval-0shot-v1", "1"),
-        cache.key(IDENTITY, "piqa", "e" * 64, IDS, "lm-eval-0shot-v1", "1"),
-        cache.key(IDENTITY, "piqa", "f" * 64, IDS[::-1], "lm-eval-0shot-v1", "1"),
-        cache.key(IDENTITY, "piqa", "f" * 64, IDS[:2], "lm-eval-0shot-v1", "1"),
-        cache.key(IDENTITY, "piqa", "f" * 64, IDS, "lm-eval-0shot-v2", "1"),
-        cache.key(IDENTITY, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "2"),
+        cache.key({**IDENTITY, "temperature": 0.5}, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK),
+        cache.key({**IDENTITY, "dtype": "bfloat16"}, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK),
+        cache.key(IDENTITY, "arc_easy", "f" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK),
+        cache.key(IDENTITY, "piqa", "e" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK),
+        cache.key(IDENTITY, "piqa", "f" * 64, IDS[::-1], "lm-eval-0shot-v1", "1", stack=STACK),
+        cache.key(IDENTITY, "piqa", "f" * 64, IDS[:2], "lm-eval-0shot-v1", "1", stack=STACK),
+        cache.key(IDENTITY, "piqa", "f" * 64, IDS, "lm-eval-0shot-v2", "1", stack=STACK),
+        cache.key(IDENTITY, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "2", stack=STACK),
+        *(_key(cache, stack={**STACK, part: "other"}) for part in STACK),
     ]
     assert len({base, *variants}) == len(variants) + 1
+
+
+def test_an_entry_made_by_another_software_stack_is_not_returned(tmp_path: Path) -> None:
+    cache = ScoreCache(tmp_path)
+    old = _key(cache)
+    cache.put(old, _records(), {"torch": STACK["torch"]})
+    upgraded = _key(ScoreCache(tmp_path), stack={**STACK, "torch": "2.14.0+cpu"})
+    assert upgraded != old
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ScoreCacheWarning)  # not a damaged entry: simply another key
+        assert ScoreCache(tmp_path).get(upgraded) is None
+    assert ScoreCache(tmp_path).get(old) == (_records(), {"torch": STACK["torch"]})
+    entry = json.loads(gzip.decompress(cache.path(old).read_bytes()))
+    assert entry["inputs"]["stack"] == STACK  # an entry says which software made it
 
 
 def test_put_then_get_round_trips_json_without_temp_files(tmp_path: Path) -> None:

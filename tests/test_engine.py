@@ -85,6 +85,27 @@ def test_a_new_aligned_candidate_reuses_the_base_entries(
     assert base_scores.stats["cache"] == "hit" and base.forward_calls == 0 and not base.loaded
 
 
+def test_scores_carry_the_stack_and_another_torch_version_is_a_miss(
+    tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from calib_checks.models import software_stack
+
+    data = load_task("piqa", source=str(piqa_folder), limit=2)
+    first = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False).score(data)
+    assert first.stats["stack"] == software_stack("cpu") and first.stats["stack"]["device"] == "cpu"
+    again = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
+    assert again.score(data).stats["cache"] == "hit" and not again.loaded
+
+    monkeypatch.setattr(torch, "__version__", "9.9.9+cpu")
+    upgraded = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
+    scores = upgraded.score(data)
+    assert scores.stats["cache"] == "miss" and upgraded.forward_calls > 0
+    assert scores.stats["stack"] == {**first.stats["stack"], "torch": "9.9.9+cpu"}
+    assert len(list((tmp_path / "scores").rglob("*.json.gz"))) == 2  # the old entry is kept, not overwritten
+
+
 def test_no_cache_always_computes(tiny_model_dir: Path, piqa_folder: Path) -> None:
     data = load_task("piqa", source=str(piqa_folder), limit=2)
     scorer = Scorer(str(tiny_model_dir), device="cpu", cache=None, progress=False)
@@ -92,6 +113,7 @@ def test_no_cache_always_computes(tiny_model_dir: Path, piqa_folder: Path) -> No
     calls = scorer.forward_calls
     second = scorer.score(data)
     assert first.stats["cache"] == second.stats["cache"] == "off"
+    assert first.stats["stack"] == scorer.stack
     assert scorer.forward_calls == 2 * calls > 0
     assert _same(first.records, second.records)
 
