@@ -5,7 +5,7 @@ Layout under the cache root (`cache_dir()`, or the `root` given to `ScoreCache`)
     scores/<key[:2]>/<key>.json.gz   one entry: header + stats + records, gzip-compressed JSON
     locks/<key>.lock                 file lock held while one process computes that key
     models/<sha256>/                 GGUF checkpoints converted to safetensors (see `models.py`)
-    hashes/                          sha256 of large files, keyed by path, inode, size, mtime and ctime
+    hashes/                          sha256 of large files, keyed by path, device, inode, size, mtime, ctime
                                      (see `models.file_sha256`)
 
 An entry's key is the sha256 of the canonical JSON of everything the scores depend on (model identity,

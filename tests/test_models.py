@@ -315,12 +315,14 @@ def test_file_hash_is_remembered_by_path_inode_size_mtime_and_ctime(
     # ctime tells, and it is hashed again. ctime ticks with the kernel's coarse clock: wait for a new tick.
     before = blob.stat()
     blob.write_bytes(b"b" * 1000)
-    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
-    while blob.stat().st_ctime_ns == before.st_ctime_ns:
-        time.sleep(0.01)
+    for _ in range(100):
         os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+        if blob.stat().st_ctime_ns != before.st_ctime_ns:
+            break
+        time.sleep(0.01)
     after = blob.stat()
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns
     assert file_sha256(blob) == hashlib.sha256(b"b" * 1000).hexdigest()
 
     # Replaced by another file (a new inode) of the same size and mtime, its ctime made to match: hashed again.
@@ -451,6 +453,11 @@ def test_one_commit_gives_one_identity_from_the_local_snapshot_or_the_hub(
     shutil.rmtree(tmp_path / "hub")
     assert model_identity(f"acme/tiny-llama@{COMMIT}", "float32", "cpu") == from_hub
     assert hub.calls[-1] == ("acme/tiny-llama", COMMIT)
+
+    # The identity names a full commit, never an abbreviation.
+    _FakeHub(monkeypatch, {None: (COMMIT[:12], siblings)})
+    with pytest.raises(ModelLoadError, match="not a full 40-hex commit sha"):
+        model_identity("acme/tiny-llama")
 
 
 def test_online_a_newer_commit_on_the_hub_wins_over_the_local_ref(
