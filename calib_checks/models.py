@@ -2,7 +2,7 @@
 
 Spec grammar (`parse_model_spec`)::
 
-    SPEC  := BASE [":temperature=" T]
+    SPEC  := BASE [":temperature=" T] [":dtype=" D]     D: float32 | bfloat16 | float16 (overrides --dtype)
     BASE  := HUB_ID ["@" REVISION]      e.g. HuggingFaceTB/SmolLM2-135M-Instruct@main
            | FOLDER                     a transformers checkpoint folder (config.json + weights)
            | FILE.gguf                  a GGUF checkpoint (converted once to safetensors, then cached)
@@ -18,7 +18,9 @@ when its snapshot is local. The identity always names the full commit, and loadi
 The temperature transform is a documented, controlled perturbation: the scorer divides the model's logits
 by T before its fp32 log-softmax, so log p_T(token) = log_softmax(logits / T). T < 1 sharpens every
 distribution (a simulated over-confident release), T > 1 flattens it, T = 1 leaves the model untouched.
-It is part of the model's identity and label, so cached scores never mix temperatures.
+It is part of the model's identity and label, so cached scores never mix temperatures. The dtype transform
+runs one side in another precision than the gate's --calib-dtype (a real precision release: the same weights
+in bfloat16 against float32); it is part of the identity and label too.
 
 Loading follows lm-evaluation-harness's HFLM where it matters for the numbers (reference facts, section 3):
 - BOS is prepended only for the Gemma family (`"gemma" in config.model_type`), as older lm-eval 0.4.x HFLM
@@ -112,6 +114,7 @@ class ModelSpec:
     name: str
     revision: str | None = None
     temperature: float = 1.0
+    dtype: str | None = None  # from ":dtype=D"; None = the run's dtype
 
     @property
     def label(self) -> str:
@@ -130,6 +133,8 @@ class ModelSpec:
             base = path.name
         if self.temperature != 1.0:
             base += f"@T{str(self.temperature).removesuffix('.0')}"  # shortest exact repr: no two collide
+        if self.dtype is not None:
+            base += f"@{_DTYPE_SHORT[self.dtype]}"
         safe = re.sub(r"[^A-Za-z0-9._@+-]", "_", base).lstrip(".")
         return safe[:100] or "model"
 
@@ -151,6 +156,15 @@ def _parse_temperature(text: str, value: str) -> float:
     return temperature
 
 
+_DTYPE_SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def _parse_dtype(text: str, value: str) -> str:
+    if value not in _DTYPE_SHORT:
+        raise _spec_error(text, f"dtype {value!r} is not one of {', '.join(_DTYPE_SHORT)}", "write e.g. ':dtype=bfloat16'")
+    return value
+
+
 def _looks_like_path(base: str) -> bool:
     return base.startswith(("/", "./", "../", "~", ".\\", "..\\")) or "\\" in base or base.count("/") > 1
 
@@ -166,15 +180,18 @@ def parse_model_spec(text: str, revision: str | None = None) -> ModelSpec:
             "empty model spec: pass a hub id (org/name[@revision]), a checkpoint folder or a .gguf file"
         )
     text = text.strip()
-    base, temperature, seen = text, 1.0, set()
+    base, temperature, dtype, seen = text, 1.0, None, set()
     while (match := _TRANSFORM.match(base)) and not Path(base).expanduser().exists():
         key = match["key"]
-        if key != "temperature":
-            raise _spec_error(text, f"unknown transform {key!r}", "the only transform is ':temperature=T'")
+        if key not in ("temperature", "dtype"):
+            raise _spec_error(text, f"unknown transform {key!r}", "the transforms are ':temperature=T' and ':dtype=D'")
         if key in seen:
-            raise _spec_error(text, "temperature given twice", "give ':temperature=T' once")
+            raise _spec_error(text, f"{key} given twice", f"give ':{key}=...' once")
         seen.add(key)
-        temperature = _parse_temperature(text, match["value"])
+        if key == "temperature":
+            temperature = _parse_temperature(text, match["value"])
+        else:
+            dtype = _parse_dtype(text, match["value"])
         base = match["base"]
     if not base:
         raise _spec_error(text, "no model before the transform", "write MODEL:temperature=T")
@@ -194,12 +211,12 @@ def parse_model_spec(text: str, revision: str | None = None) -> ModelSpec:
         if is_gguf:
             if not path.is_file():
                 raise _spec_error(text, f"{str(path)!r} is not a file", "pass the .gguf file itself")
-            return ModelSpec(text=text, source="gguf", name=str(path), temperature=temperature)
+            return ModelSpec(text=text, source="gguf", name=str(path), temperature=temperature, dtype=dtype)
         if not path.is_dir():
             raise _spec_error(
                 text, f"{str(path)!r} is a file", "pass a checkpoint folder (config.json + weights) or a .gguf file"
             )
-        return ModelSpec(text=text, source="folder", name=str(path), temperature=temperature)
+        return ModelSpec(text=text, source="folder", name=str(path), temperature=temperature, dtype=dtype)
 
     name, _, rev = base.partition("@")
     if ":" in base:
@@ -218,7 +235,8 @@ def parse_model_spec(text: str, revision: str | None = None) -> ModelSpec:
         if not _REVISION.match(revision):
             raise _spec_error(text, f"bad revision {revision!r}", "pass a branch, tag or commit")
         rev = revision
-    return ModelSpec(text=text, source="hub", name=name, revision=rev or None, temperature=temperature)
+    return ModelSpec(text=text, source="hub", name=name, revision=rev or None, temperature=temperature,
+                     dtype=dtype)
 
 
 @dataclass
@@ -477,6 +495,7 @@ def model_identity(spec: ModelSpec | str, dtype: str | torch.dtype = "auto", dev
     only through it), "temperature"}`. The software it is scored with is `software_stack`'s business.
     """
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    dtype = spec.dtype or dtype
     revision = None
     if spec.source == "hub":
         revision, weights = _resolve_hub(spec)
@@ -511,6 +530,8 @@ def describe_identity(identity: Mapping[str, Any]) -> str:
     temperature = identity.get("temperature", 1.0)
     if temperature != 1.0:
         text += f" at temperature {temperature:g}"
+    if identity.get("dtype"):
+        text += f" in {identity['dtype']}"
     return text
 
 
@@ -700,6 +721,7 @@ def load_model(
     Raises `ModelLoadError` with one line naming the model and what to do.
     """
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+    dtype = spec.dtype or dtype
     identity = model_identity(spec, dtype, device)
     torch_dtype = resolve_dtype(dtype, device)
     target = resolve_device(device)

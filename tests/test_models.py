@@ -519,11 +519,12 @@ def test_a_snapshot_that_is_not_linked_to_blobs_is_refused(
 def test_describe_identity_is_one_short_line(tiny_model_dir: Path) -> None:
     hub = {"source": "hub", "name": "HuggingFaceTB/SmolLM2-135M", "revision": COMMIT, "weights": "ab" * 32,
            "dtype": "float32", "temperature": 1.0}  # fmt: skip
-    assert describe_identity(hub) == "HuggingFaceTB/SmolLM2-135M@0123456789ab"
-    hot = describe_identity({**hub, "temperature": 0.5})
-    assert hot == "HuggingFaceTB/SmolLM2-135M@0123456789ab at temperature 0.5"
+    assert describe_identity(hub) == "HuggingFaceTB/SmolLM2-135M@0123456789ab in float32"
+    hot = describe_identity({**hub, "temperature": 0.5, "dtype": "bfloat16"})
+    assert hot == "HuggingFaceTB/SmolLM2-135M@0123456789ab at temperature 0.5 in bfloat16"
     folder = model_identity(str(tiny_model_dir), "float32", "cpu")
-    assert describe_identity(folder) == f"folder {tiny_model_dir.resolve()} (weights {folder['weights'][:12]})"
+    assert describe_identity(folder) == (f"folder {tiny_model_dir.resolve()} (weights {folder['weights'][:12]}) "
+                                         "in float32")
     assert describe_identity({"name": "base"}) == "base"  # an identity read back from an older file
 
 
@@ -671,3 +672,20 @@ def test_smollm2_gguf_loads_and_second_load_uses_the_cache(
     print(f"SmolLM2 load from the safetensors cache: {seconds:.2f} s")
     assert Path(again.model.name_or_path) == converted
     assert torch.equal(_logits(again), _logits(smollm2_model))
+
+
+def test_dtype_transform_is_part_of_identity_and_label(tiny_model_dir: Path) -> None:
+    plain = parse_model_spec(str(tiny_model_dir))
+    half = parse_model_spec(f"{tiny_model_dir}:dtype=bfloat16")
+    both = parse_model_spec(f"{tiny_model_dir}:temperature=0.5:dtype=float32")
+    assert (half.dtype, half.label) == ("bfloat16", plain.label + "@bf16")
+    assert (both.dtype, both.temperature) == ("float32", 0.5)
+    # The spec's dtype wins over the run's: the same weights in two precisions are two identities.
+    assert model_identity(half, "float32", "cpu")["dtype"] == "bfloat16"
+    assert model_identity(half, "float32", "cpu") != model_identity(plain, "float32", "cpu")
+    lm = load_model(half, device="cpu", dtype="float32")
+    assert str(lm.dtype) == "torch.bfloat16" and lm.identity["dtype"] == "bfloat16"
+    for bad, match in ((":dtype=fp8", "not one of float32, bfloat16, float16"), (":dtype=float32:dtype=float16",
+                                                                                 "dtype given twice")):
+        with pytest.raises(ModelLoadError, match=match):
+            parse_model_spec(f"{tiny_model_dir}{bad}")
