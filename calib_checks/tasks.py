@@ -319,6 +319,9 @@ def _gold(reader: RowReader, options: tuple[str, ...]) -> int | Skip:
             return Skip(f"unlabeled ({name}={raw!r})")
         raise reader.fail("answer", f"label {name}={raw!r} marks an unlabeled row (an unlabeled split?); use a "
                                     f"labeled split, or set skip_unlabeled = true to skip such rows")
+    if raw == "":  # a CSV's empty cell: say what to do about unlabeled rows rather than "matches no option"
+        fix = 'list "" in unlabeled' if answer.skip_unlabeled else "set skip_unlabeled = true"
+        raise reader.fail("answer", f"label {name}='' is empty; {fix} to skip unlabeled rows")
     value = reader.get(name, "answer")
     if answer.form == "index":
         return _index_label(reader, value, name, len(options))
