@@ -47,6 +47,7 @@ from calib_checks.tasks import (
     Skip,
     TaskSpec,
     did_you_mean,
+    field_value,
     get_task,
 )
 
@@ -252,7 +253,7 @@ def _to_items(spec: TaskSpec, chunks: Iterable[Chunk], split: str, where: str) -
             else:
                 item_id = f"row-{index}" if spec.data_file is not None else f"{split}-{index}"
             if filter_pooled and isinstance(row, Mapping):
-                own_subject = row.get(spec.subject_field)
+                own_subject = field_value(row, spec.subject_field)
                 pooled_seen.add(str(own_subject))
                 if own_subject not in spec.subjects:
                     continue

@@ -209,13 +209,14 @@ class TaskSpec:
         if subject is None and self.subject_field is not None:
             subject = reader.text(self.subject_field, "subject")
         if subject is not None and self.subjects and subject not in self.subjects:
-            raise reader.fail("subject", f"field {self.subject_field or 'subject'!r}={subject!r} is not in {self.name}")
+            raise reader.fail("subject", f"field {self.subject_field or 'subject'!r}={subject!r} is not in "
+                                         f"{self.name}")
         question = reader.text(self.question, "question")
         context = reader.text(self.context, "context") if self.context is not None else ""
         if isinstance(self.options, str):
             options = reader.texts(self.options, "options")
         else:
-            options = tuple(reader.text(column, "options") for column in self.options)
+            options = _column_options(reader, self.options)
         if not 2 <= len(options) <= len(LETTERS):
             name = self.options if isinstance(self.options, str) else "options"
             raise reader.fail("options", f"field {name!r} has {len(options)} options; need 2 to {len(LETTERS)}")
@@ -242,8 +243,13 @@ class TaskSpec:
 # --- reading a row: every failure names the task, the item, the field (and, for task files, the row and key) ---
 
 
-def _lookup(data: Any, path: str) -> Any:
-    """The value at dotted `path` in nested mappings, None where any step is absent."""
+def field_value(data: Any, path: str) -> Any:
+    """The value at dotted `path` in nested mappings (``choices.text``), None where any step is absent.
+
+    A key that itself holds the dots (a CSV header "choices.text") wins over the nested reading.
+    """
+    if isinstance(data, Mapping) and path in data:
+        return data[path]
     for part in path.split("."):
         data = data.get(part) if isinstance(data, Mapping) else None
     return data
@@ -270,7 +276,7 @@ class RowReader:
 
     def get(self, path: str, key: str) -> Any:
         """The value at dotted `path`; absent or None raises naming the field, what the row has and a close name."""
-        value = _lookup(self.data, path)
+        value = field_value(self.data, path)
         if value is None:
             data = self.data
             present = ", ".join(sorted(map(str, data))) if isinstance(data, Mapping) else type(data).__name__
@@ -296,6 +302,18 @@ class RowReader:
         return tuple(value)
 
 
+def _column_options(reader: RowReader, columns: tuple[str, ...]) -> tuple[str, ...]:
+    """Options held one per column. Empty ("") trailing cells are left out (a CSV of 4- and 5-option questions has
+    an empty fifth cell), so a row may have fewer options; an empty cell before a filled one is an error, since
+    it would shift the letters of the options after it. An absent column stays a missing field."""
+    filled = [field_value(reader.data, column) != "" for column in columns]
+    used = len(filled) - filled[::-1].index(True) if any(filled) else 0
+    for column, present in zip(columns[:used], filled):
+        if not present:
+            raise reader.fail("options", f"field {column!r} is empty but a later option column is not")
+    return tuple(reader.text(column, "options") for column in columns[:used])
+
+
 def _index_label(reader: RowReader, value: Any, name: str, n_options: int) -> int:
     """A 0-based label stored as an int or a digit string (HellaSwag stores "0".."3"), checked against K."""
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
@@ -309,7 +327,7 @@ def _gold(reader: RowReader, options: tuple[str, ...]) -> int | Skip:
     """The gold index per `TaskSpec.answer`, or a `Skip` for an unlabeled row the task skips."""
     answer = reader.spec.answer
     name = answer.field
-    raw = _lookup(reader.data, name)
+    raw = field_value(reader.data, name)
     if answer.unlabeled:  # declared marks (MedMCQA's cop = -1); then an absent answer is a schema error
         unlabeled = raw is not None and str(raw) in {str(value) for value in answer.unlabeled}
     else:  # no marks: an absent or empty answer is what "unlabeled" means, when the task skips such rows

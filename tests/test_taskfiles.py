@@ -137,8 +137,9 @@ def test_a_name_clash_is_refused_and_nothing_is_registered(tmp_path: Path) -> No
 
 
 def test_default_prompts_ids_and_a_csv_with_option_columns_and_letter_answers(tmp_path: Path) -> None:
-    (tmp_path / "items.csv").write_text("q,a,b,c,key\nWhich is a fruit?,apple,chair,road,a\nWhich flies?,rock,"
-                                        "bird,shoe,B\n", encoding="utf-8")
+    csv_file = tmp_path / "items.csv"
+    csv_file.write_text("q,a,b,c,key\nWhich is a fruit?,apple,chair,road,a\nWhich flies?,rock,bird,shoe,B\n"
+                        "Which swims?,fish,stone,,A\n", encoding="utf-8")
     path = _write(tmp_path, """
 [[task]]
 name = "csv_quiz"
@@ -150,10 +151,15 @@ answer_form = "letter"
 """)
     (spec,) = load_task_files([path])
     items = load_task(spec).items
-    assert [i.id for i in items] == ["row-0", "row-1"] and [i.gold for i in items] == [0, 1]
+    assert [i.id for i in items] == ["row-0", "row-1", "row-2"] and [i.gold for i in items] == [0, 1, 0]
+    assert items[2].options == ("fish", "stone") and items[2].letters == ("A", "B")  # empty trailing cell: 2 options
     assert items[0].context == "Question: Which is a fruit?\nAnswer:"
     assert items[0].choice_prompt == "Question: Which is a fruit?\nChoices:\nA. apple\nB. chair\nC. road\nAnswer:"
     assert items[0].target_delimiter == " " and items[0].subject is None
+    csv_file.write_text("q,a,b,c,key\nWhich swims?,fish,,stone,A\n", encoding="utf-8")
+    with pytest.raises(TaskFileError, match=r"tasks.toml: task 'csv_quiz', row 0 \(item 'row-0'\), key 'options': "
+                                            r"field 'b' is empty but a later option column is not$"):
+        load_task(spec)
 
 
 def test_parquet_labels_index_context_and_delimiter(tmp_path: Path) -> None:
