@@ -91,7 +91,8 @@ class _Table:
             repeated = sorted({v for v in value if value.count(v) > 1})
             raise self.fail(key, f"lists {', '.join(map(repr, repeated))} more than once")
         if len(value) < minimum:
-            raise self.fail(key, f"has {len(value)} entries; need at least {minimum}")
+            count = f"{len(value)} entr" + ("y" if len(value) == 1 else "ies")
+            raise self.fail(key, f"has {count}; need at least {minimum}")
         return tuple(value)
 
     def template(self, key: str, default: str, has: set[str]) -> str:

@@ -37,7 +37,7 @@ LETTERS: tuple[str, ...] = tuple("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 CONTINUATION_TEMPLATE = "Question: {question}\nAnswer:"
 """The default continuation prompt (lm-eval's ARC / PIQA / MedMCQA shape, notes section 3)."""
 CHOICE_TEMPLATE = "Question: {question}\nChoices:\n{choices}Answer:"
-"""The default lettered prompt (lm-eval's MedMCQA shape); ``{choices}`` is one ``"{letter}. {option}\\n"`` per option."""
+"""The default lettered prompt (lm-eval's MedMCQA shape); ``{choices}``: one ``"{letter}. {option}\\n"`` per option."""
 CONTEXT_CONTINUATION_TEMPLATE = "{context}\nQuestion: {question}\nAnswer:"
 """The default continuation prompt of a task with a context field (lm-eval's SciQ shape: passage, then question)."""
 CONTEXT_CHOICE_TEMPLATE = "{context}\nQuestion: {question}\nChoices:\n{choices}Answer:"
@@ -107,8 +107,8 @@ class Answer:
 
     `form`: ``"index"`` (0-based int or digit string, HellaSwag stores "0".."3"), ``"letter"`` ("A" = the first
     option), ``"label"`` (one of `labels`, a fixed list with one label per option, or of the per-row list at
-    `labels_field`, ARC's ``choices.label``) or ``"text"`` (the option's own text). A row has no answer when its value is
-    one of `unlabeled` (compared as text, so a CSV's "-1" matches -1) or, when `unlabeled` is empty and
+    `labels_field`, ARC's ``choices.label``) or ``"text"`` (the option's own text). A row has no answer when its value
+    is one of `unlabeled` (compared as text, so a CSV's "-1" matches -1) or, when `unlabeled` is empty and
     `skip_unlabeled` is set, absent or empty. With `skip_unlabeled` such a row is skipped and counted
     (`data.TaskData.skipped`); otherwise it is an error, as is an absent answer once `unlabeled` is declared.
     """
@@ -219,7 +219,8 @@ class TaskSpec:
             options = _column_options(reader, self.options)
         if not 2 <= len(options) <= len(LETTERS):
             name = self.options if isinstance(self.options, str) else "options"
-            raise reader.fail("options", f"field {name!r} has {len(options)} options; need 2 to {len(LETTERS)}")
+            count = f"{len(options)} option" + ("" if len(options) == 1 else "s")
+            raise reader.fail("options", f"field {name!r} has {count}; need 2 to {len(LETTERS)}")
         gold = _gold(reader, options)
         if isinstance(gold, Skip):
             return gold

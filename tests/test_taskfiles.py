@@ -50,7 +50,8 @@ options = "opts"
 answer = "gold"
 answer_form = "letter"
 """
-QUIZ_ROWS = [{"q": "2 + 2?", "opts": ["3", "4", "5"], "gold": "B"}, {"q": "Sky?", "opts": ["blue", "green"], "gold": "A"}]
+QUIZ_ROWS = [{"q": "2 + 2?", "opts": ["3", "4", "5"], "gold": "B"},
+             {"q": "Sky?", "opts": ["blue", "green"], "gold": "A"}]
 
 
 def _error(path: Path) -> str:
@@ -297,9 +298,9 @@ def test_error_answer_outside_the_options(tmp_path: Path) -> None:
 def test_error_fewer_than_two_options(tmp_path: Path) -> None:
     path = _write(tmp_path, QUIZ, [QUIZ_ROWS[0], {"q": "Alone?", "opts": ["only"], "gold": "A"}])
     assert _error(path) == (f"{path}: task 'quiz', row 1 (item 'row-1'), key 'options': field 'opts' has 1 "
-                            f"options; need 2 to 26")
+                            f"option; need 2 to 26")
     _write(tmp_path, QUIZ.replace('options = "opts"', 'options = ["first"]'), QUIZ_ROWS)
-    assert _error(path) == f"{path}: task 'quiz', key 'options': has 1 entries; need at least 2"
+    assert _error(path) == f"{path}: task 'quiz', key 'options': has 1 entry; need at least 2"
 
 
 def test_error_duplicate_ids(tmp_path: Path) -> None:
