@@ -26,6 +26,7 @@ from calib_checks.metrics import (
     ece,
     mce,
     nll,
+    overconfidence,
     paired_bootstrap,
     reliability_bins,
     sce,
@@ -609,3 +610,109 @@ def test_bootstrap_validation(kwargs: dict, message: str, pair: tuple[np.ndarray
     args = {"metric": "ece", "base_probs": base, "aligned_probs": aligned, "labels": labels} | kwargs
     with pytest.raises(MetricInputError, match=message):
         paired_bootstrap(**args)
+
+
+# ------------------------------------------------------------------------------------------ over-confidence
+
+
+@settings(max_examples=30, deadline=None)
+@given(dirichlet_cases())
+def test_overconfidence_agrees_with_a_direct_numpy_computation(case: tuple[np.ndarray, np.ndarray, int]) -> None:
+    probs, labels, _ = case
+    direct = float(np.mean(probs.max(axis=1) - (probs.argmax(axis=1) == labels)))
+    assert overconfidence(probs, labels) == pytest.approx(direct, abs=1e-12)
+    # a one-bin signed ECE: never larger than ECE in absolute value, for any binning
+    assert abs(overconfidence(probs, labels)) <= ece(probs, labels, 15) + 1e-12
+
+
+def test_hand_computed_overconfidence_and_its_registry_entry() -> None:
+    # confidences .85 (right), .65 (wrong), .75 (right), .82 (right)
+    assert overconfidence(HAND_P, HAND_Y) == pytest.approx((0.85 - 1 + 0.65 + 0.75 - 1 + 0.82 - 1) / 4, abs=1e-15)
+    m = METRICS["overconfidence"]
+    assert m.higher_is_worse and not m.binned and m.function is overconfidence
+    rng = np.random.default_rng(5)
+    probs = rng.dirichlet(np.ones(4), 20_000)
+    labels = draw_labels(rng, probs)
+    assert abs(overconfidence(probs, labels)) < 0.01  # calibrated: about 0
+    assert overconfidence(sharpen(probs, 0.5), labels) > 0.05  # sharpened: over-confident
+    assert overconfidence(sharpen(probs, 2.0), labels) < -0.05  # flattened: under-confident
+
+
+# ------------------------------------------------------------------- normal interval, p-values, MC error
+
+
+def test_normal_interval_is_the_bias_corrected_normal_approximation_of_the_replicates(
+    pair: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    base, aligned, labels = pair
+    r = paired_bootstrap("ece", base, aligned, labels, n_resamples=500, confidence=0.9, seed=4)
+    d = loop_replicates(lambda p, y: ece(p, y), base, aligned, labels, 500, seed=4)
+    assert r.replicates == pytest.approx(d, abs=1e-12)
+    assert r.replicate_mean == pytest.approx(d.mean(), abs=1e-12)
+    assert r.replicate_sd == pytest.approx(d.std(ddof=1), abs=1e-12)
+    z = 1.6448536269514722  # Phi^-1(0.95)
+    centre = 2 * r.change - d.mean()
+    assert r.centre == pytest.approx(centre, abs=1e-12)
+    assert r.normal == pytest.approx((centre - z * d.std(ddof=1), centre + z * d.std(ddof=1)), abs=1e-12)
+    assert r.interval("normal") == r.normal and r.interval("basic") == r.basic
+    with pytest.raises(MetricInputError, match="interval method"):
+        r.interval("bca")
+
+
+@pytest.mark.parametrize("higher_is_worse", [True, False])
+def test_p_values_follow_their_definitions(pair: tuple[np.ndarray, np.ndarray, np.ndarray],
+                                           higher_is_worse: bool) -> None:
+    base, aligned, labels = pair
+    r = paired_bootstrap("sce", base, aligned, labels, n_resamples=1000, seed=1)
+    sign = 1.0 if higher_is_worse else -1.0
+    w, w_star = sign * r.change, sign * r.replicates
+    for margin in (-0.05, 0.0, 0.01, 0.03, 0.2):
+        expected = 0.5 * math.erfc((sign * r.centre - margin) / r.replicate_sd / math.sqrt(2))
+        assert r.p_value(margin, "normal", higher_is_worse) == pytest.approx(expected, rel=1e-12, abs=1e-300)
+        assert r.p_value(margin, "basic", higher_is_worse) == (1 + np.sum(w_star >= 2 * w - margin)) / 1001
+        assert r.p_value(margin, "percentile", higher_is_worse) == (1 + np.sum(w_star <= margin)) / 1001
+    # the normal p-value resolves the far tail (Holm over 54 cases needs ~1e-3), the replicates cannot
+    far = sign * r.centre - 5 * r.replicate_sd
+    assert r.p_value(far, "normal", higher_is_worse) == pytest.approx(2.8665e-7, rel=1e-3)
+    assert r.p_value(far, "basic", higher_is_worse) >= 1 / 1001
+    # p <= a exactly when the one-sided (1 - a) lower bound of the normal interval is above the margin
+    lower = r.normal[0] if higher_is_worse else -r.normal[1]
+    assert r.p_value(lower - 1e-9, "normal", higher_is_worse) < 0.025 < r.p_value(lower + 1e-9, "normal",
+                                                                                     higher_is_worse)
+
+
+def test_identical_models_have_p_one_within_and_zero_beyond_the_margin(
+    pair: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> None:
+    base, _, labels = pair
+    r = paired_bootstrap("overconfidence", base, base.copy(), labels, n_resamples=1000)
+    assert r.normal == (0.0, 0.0) and r.replicate_sd == 0.0
+    assert r.p_value(0.0) == 1.0 and r.p_value(0.01) == 1.0 and r.p_value(-0.01) == 0.0
+    assert r.mc_error("normal") == 0.0 and r.mc_error("basic") == 0.0
+
+
+def test_monte_carlo_error_of_the_interval_ends(pair: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+    base, aligned, labels = pair
+    r = paired_bootstrap("ece", base, aligned, labels, n_resamples=2000, seed=0)
+    z = 1.959963984540054
+    assert r.mc_error("normal") == pytest.approx(r.replicate_sd * math.sqrt(1 / 2000 + z * z / 3998), rel=1e-12)
+    batches = np.array_split(r.replicates, metrics_module.MC_BATCHES)
+    ends = np.array([np.quantile(b, [0.025, 0.975]) for b in batches])
+    assert r.mc_error("percentile") == pytest.approx((ends.std(axis=0, ddof=1) / math.sqrt(10)).max(), rel=1e-12)
+    assert r.mc_error("basic") == pytest.approx(r.mc_error("percentile"), rel=1e-9)  # mirrored ends
+    # the MC error is a small fraction of the interval's width at 2000 replicates, and it matches reality:
+    # ends from 8 independent seeds scatter by about the stated error
+    assert r.mc_error("normal") < 0.05 * (r.normal[1] - r.normal[0])
+    uppers = [paired_bootstrap("ece", base, aligned, labels, n_resamples=2000, seed=s).normal[1] for s in range(8)]
+    assert 0.3 * r.mc_error("normal") < np.std(uppers, ddof=1) < 3 * r.mc_error("normal")
+
+
+@pytest.mark.parametrize("name", ["ece", "sce", "mce", "debiased_sce_sq"])
+def test_dense_and_gather_replicate_sums_agree(name: str, pair: tuple[np.ndarray, np.ndarray, np.ndarray],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    base, aligned, labels = pair
+    dense = paired_bootstrap(name, base, aligned, labels, n_resamples=300, seed=2)
+    monkeypatch.setattr(metrics_module, "_DENSE_COLS", 0)
+    gather = paired_bootstrap(name, base, aligned, labels, n_resamples=300, seed=2)
+    assert dense.replicates == pytest.approx(gather.replicates, abs=1e-12)
+    assert dense.change == pytest.approx(gather.change, abs=1e-15)
