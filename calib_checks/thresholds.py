@@ -1,35 +1,36 @@
 """thresholds.toml: the gate's rules, validated up front, resolved most-specific-wins per case.
 
 A case is one (task, extractor, metric) of a model pair. Its rule says how much worse the aligned model may
-be than its base on that metric before the case fails. The file (docs/GATE.md has the full reference)::
+be than its base on that metric (the MARGIN) and how the evidence is weighed. The file (docs/GATE.md has the
+full reference and the measured rationale)::
 
-    [default]                      # required; every field below may appear in any table
-    max_increase = 0.01            # largest allowed worsening, in the metric's units (absolute)
-    estimate = "lower"             # which value of the worsening is compared: "point" | "lower" | "upper"
-    interval = "basic"             # paired bootstrap interval: "basic" | "percentile"
-    confidence = 0.95              # the interval's two-sided level
-    n_resamples = 1000             # bootstrap replicates
-    min_items = 200                # fewer items: the case is reported, NOT gated
+    [gate]                         # optional; the family-wise policy (GatePolicy)
+    family = "pair"                # Holm's correction over all gated cases of a pair ("case": none)
+    alpha = 0.05                   # family-wise false-alarm rate
+    on_inconclusive = "pass"       # does an inconclusive case block the release? "pass" | "fail"
+
+    [default]                      # required; every field below may appear in any rule table
+    max_increase = 0.01            # the margin: largest allowed worsening, in the metric's units
+    scale = "none"                 # "2/K": margin = max_increase * 2/K, K = the task's option count
+    interval = "normal"            # "normal" | "basic" | "percentile" (paired bootstrap)
+    confidence = 0.95              # two-sided level of the interval whose upper end must be <= margin to pass
+    n_resamples = 2000             # bootstrap replicates (>= 1000)
+    min_items = 200                # fewer items: the case errors unless it already fails
     gate = true                    # false: report only
-    # max_relative_increase = 0.5  # optional, see below
+    # max_relative_increase = 0.5  # optional: margin = max(margin, this x |base value|)
     # n_bins = 15                  # bins of the binned metrics (ECE, SCE, ...)
 
     [metric.sce]                   # one match key: a metric, a task or an extractor
-    max_increase = 0.005
+    scale = "2/K"
     [task.medmcqa.extractor.choice]            # two or three keys, in any order
     min_items = 500
     [task.medmcqa.extractor.choice.metric.ece]
     max_increase = 0.02
 
-Worsening: ``change = metric(aligned) - metric(base)`` for metrics where higher is worse (ECE, SCE, Brier,
-NLL), ``-change`` for accuracy (``metrics.METRICS[m].higher_is_worse``). Its interval is the paired bootstrap
-interval of the change (``metrics.paired_bootstrap``), mapped the same way. ``estimate = "lower"`` compares the
-end most favourable to the aligned model, so a case fails only when the regression is clear beyond the
-sampling noise; ``"upper"`` compares the least favourable end (the aligned model must be shown to be within
-the limit); ``"point"`` compares the point estimate. A case fails when the compared value is ``>
-max_increase`` and, if ``max_relative_increase`` is set and the base value is not 0, also ``> max_relative_increase
-* |base value|`` (the relative limit only ever adds tolerance: the study's change rates explode on small base
-values, reference notes section 1, so the absolute limit stays the primary one).
+Worsening: ``change = metric(aligned) - metric(base)`` for metrics where higher is worse (ECE, SCE,
+over-confidence, Brier, NLL), ``-change`` for accuracy (``metrics.METRICS[m].higher_is_worse``). A case FAILS
+when the one-sided p-value of "worsening <= margin", adjusted over its family, is <= alpha; PASSES when the
+upper end of the worsening's interval is <= margin; is INCONCLUSIVE otherwise (verdicts.py).
 
 Precedence, field by field: a field takes its value from the matching table with the most match keys that
 sets it ([default] has none, [task.t] one, [task.t.metric.m] two, ...); fields no table sets take the built-in
@@ -39,8 +40,9 @@ ones a run selects): write the more specific table that decides it.
 
 Everything is checked when the file is loaded, before any model is touched: unknown keys, tables, tasks,
 extractors or metrics (with a close-match suggestion), wrong types, out-of-range values, conflicts, and gated
-rules that can never fail (``max_increase`` at or above the largest change the metric can show). Each problem
-raises ``ThresholdsError`` naming the file and the key.
+rules that can never fail (the margin at K = 2 at or above the largest worsening the metric can show; a
+larger K is checked again when the case is judged, verdicts.py). Each problem raises ``ThresholdsError``
+naming the file and the key.
 """
 
 from __future__ import annotations
@@ -61,19 +63,34 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 (pyproject installs tomli there)
     import tomli as tomllib
 
-__all__ = ["BUILTIN", "DIMENSIONS", "ESTIMATES", "INTERVALS", "RULE_FIELDS", "Rule", "Thresholds",
-           "ThresholdsError", "load_thresholds", "max_change", "parse_thresholds"]
+__all__ = ["BUILTIN", "BUILTIN_POLICY", "DIMENSIONS", "FAMILIES", "INTERVALS", "ON_INCONCLUSIVE", "POLICY_FIELDS",
+           "RULE_FIELDS", "SCALES", "GatePolicy", "Rule", "Thresholds", "ThresholdsError", "load_thresholds",
+           "max_change", "parse_thresholds"]
 
 DIMENSIONS = ("task", "extractor", "metric")
-ESTIMATES = ("point", "lower", "upper")
-RULE_FIELDS = ("max_increase", "max_relative_increase", "estimate", "interval", "confidence", "n_resamples",
+RULE_FIELDS = ("max_increase", "max_relative_increase", "scale", "interval", "confidence", "n_resamples",
                "min_items", "n_bins", "gate")
-INTERVALS = ("basic", "percentile")
+INTERVALS = ("normal", "basic", "percentile")
+SCALES = ("none", "2/K")
+FAMILIES = ("pair", "case")
+ON_INCONCLUSIVE = ("pass", "fail")
+POLICY_FIELDS = ("family", "alpha", "on_inconclusive")
+MAX_RELATIVE_INCREASE = 10.0  # 1000 % of the base value: beyond it the relative tolerance swamps everything
+MAX_MIN_ITEMS = 10**7  # the largest task has ~10^4 items; 10^7 catches typos like 1e9
+# Fields that existed once and were replaced: a clear message instead of "unknown key".
+_REMOVED = {
+    "estimate": "estimate was removed: a case now fails on its family-adjusted one-sided p-value and passes when "
+                "the upper end of its interval is within the margin (docs/GATE.md, 'The decision rule'); delete "
+                "the line",
+}
 
 # The largest worsening each metric can show (the width of its range), for the "can never fail" check.
-# ECE-like errors and accuracy live in [0, 1], SCE in [0, 2/K] within [0, 1], multiclass Brier in [0, 2];
-# NLL is clipped at -log(NLL_EPS) by metrics.nll; the unclipped squared debiased errors lie in [-1/4, 1]
-# (a squared gap <= 1 minus a variance estimate <= 1/4). A metric missing here gets no such check.
+# ECE-like errors and accuracy live in [0, 1]; SCE in [0, 2/K] (sum_k |freq - conf| <= mean_i sum_k
+# |[y_i = k] - p_ik| <= 2), so its entry is for K = 2 and max_change scales it; over-confidence in [-1, 1];
+# multiclass Brier in [0, 2]; NLL is clipped at -log(NLL_EPS) by metrics.nll; the unclipped squared debiased
+# errors lie in [-1/4, 1] (a squared gap <= 1 minus a variance estimate <= 1/4). A metric missing here gets
+# no such check.
+_PER_K = {"sce"}  # bounds that are 2/K (the entry below is K = 2's)
 _MAX_CHANGE = {
     "debiased_ece_sq": 1.25,
     "debiased_sce_sq": 1.25,
@@ -84,6 +101,7 @@ _MAX_CHANGE = {
     "debiased_ece": 1.0,
     "debiased_sce": 1.0,
     "accuracy": 1.0,
+    "overconfidence": 2.0,
     "brier": 2.0,
     "nll": -math.log(NLL_EPS),
 }
@@ -93,9 +111,41 @@ class ThresholdsError(CalibChecksError, ValueError):
     """thresholds.toml cannot be used as written; the message names the file, the key and the fix."""
 
 
-def max_change(metric: str) -> float:
-    """The largest worsening `metric` can show (math.inf when not known)."""
-    return _MAX_CHANGE.get(metric, math.inf)
+def max_change(metric: str, n_options: int = 2) -> float:
+    """The largest worsening `metric` can show on items with `n_options` options (math.inf when not known).
+
+    Only SCE's bound depends on K (2/K); K = 2 gives the largest bound of every metric.
+    """
+    limit = _MAX_CHANGE.get(metric, math.inf)
+    return limit * 2.0 / max(int(n_options), 2) if metric in _PER_K else limit
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """The [gate] table: how the cases of a run are combined (verdicts.apply_family).
+
+    `family`: "pair" (default) corrects the one-sided p-values of all gated cases of a pair together (Holm's
+    step-down), so an equally calibrated pair fails ANY case with probability <= alpha; "case": no correction
+    (each case at level alpha). `alpha`: the family-wise false-alarm rate, in (0, 0.5]. `on_inconclusive`:
+    "pass" (default): an inconclusive case does not block the release; "fail": it does. `source` names the
+    table it came from ("[gate]" or "built-in").
+    """
+
+    family: str = "pair"
+    alpha: float = 0.05
+    on_inconclusive: str = "pass"
+    source: str = field(default="built-in", compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in POLICY_FIELDS}
+
+    def blocks(self, verdict: str) -> bool:
+        """True when a case with this verdict blocks the release (fail and error always; inconclusive per policy)."""
+        return verdict in ("fail", "error") or (verdict == "inconclusive" and self.on_inconclusive == "fail")
+
+
+#: The policy when the file has no [gate] table.
+BUILTIN_POLICY = GatePolicy()
 
 
 @dataclass(frozen=True)
@@ -108,10 +158,10 @@ class Rule:
 
     max_increase: float
     max_relative_increase: float | None = None
-    estimate: str = "lower"
-    interval: str = "basic"
+    scale: str = "none"
+    interval: str = "normal"
     confidence: float = 0.95
-    n_resamples: int = 1000
+    n_resamples: int = 2000
     min_items: int = 200
     n_bins: int = 15
     gate: bool = True
@@ -122,21 +172,28 @@ class Rule:
         """The rule's fields (RULE_FIELDS order), JSON-able; `source` travels separately (CaseResult.rule_source)."""
         return {name: getattr(self, name) for name in RULE_FIELDS}
 
+    def margin(self, n_options: int, base_value: float | None = None) -> float:
+        """The effective margin of a case with `n_options` options (K, the probability table's columns).
+
+        ``max_increase`` (times 2/K when ``scale = "2/K"``), raised to ``max_relative_increase * |base_value|``
+        when that is set, larger, and the base value is known and not 0.
+        """
+        margin = self.max_increase * (2.0 / n_options if self.scale == "2/K" else 1.0)
+        if self.max_relative_increase is not None and base_value:
+            margin = max(margin, self.max_relative_increase * abs(base_value))
+        return margin
+
     def describe(self, metric: str) -> str:
-        """One phrase: when a case under this rule fails, e.g.
-        `fail when the lower end of the 95% basic interval of the ECE increase > 0.01`."""
+        """One phrase: the case's hypothesis and both criteria, e.g. `worse when the ECE increase > 0.01: fail
+        when its adjusted one-sided p-value <= alpha, pass when the upper end of its 95% normal interval <= 0.01`."""
         spec = METRICS.get(metric)
         name = spec.display_name if spec else metric
         direction = "increase" if (spec is None or spec.higher_is_worse) else "decrease"
-        if self.estimate == "point":
-            what = f"the {name} {direction}"
-        else:
-            end = "lower" if self.estimate == "lower" else "upper"
-            what = f"the {end} end of the {self.confidence:.0%} {self.interval} interval of the {name} {direction}"
-        text = f"fail when {what} > {self.max_increase:g}"
+        margin = f"{self.max_increase:g}" + (" x 2/K" if self.scale == "2/K" else "")
         if self.max_relative_increase is not None:
-            text += f" and > {self.max_relative_increase:g} x |base|"
-        return text
+            margin = f"max({margin}, {self.max_relative_increase:g} x |base|)"
+        return (f"margin {margin} on the {name} {direction}: fail when its adjusted one-sided p-value <= alpha, pass "
+                f"when the upper end of its {self.confidence:.0%} {self.interval} interval <= the margin")
 
 
 #: Values of the fields no table sets (the Rule's defaults). `max_increase` has none: [default] must set it.
@@ -189,17 +246,17 @@ def _check_field(path: str, table: str, key: str, value: Any) -> Any:
     if key == "max_increase":
         return _check_number(path, table, key, value, 0.0, False)
     if key == "max_relative_increase":
-        return _check_number(path, table, key, value, 0.0, False)
-    if key == "estimate":
-        return _check_choice(path, table, key, value, ESTIMATES)
+        return _check_number(path, table, key, value, 0.0, False, MAX_RELATIVE_INCREASE, False)
+    if key == "scale":
+        return _check_choice(path, table, key, value, SCALES)
     if key == "interval":
         return _check_choice(path, table, key, value, INTERVALS)
     if key == "confidence":
         return _check_number(path, table, key, value, 0.5, False, 1.0, True)
     if key == "n_resamples":
-        return _check_int(path, table, key, value, 100, 1_000_000)
+        return _check_int(path, table, key, value, 1000, 1_000_000)
     if key == "min_items":
-        return _check_int(path, table, key, value, 1, 10**9)
+        return _check_int(path, table, key, value, 1, MAX_MIN_ITEMS)
     if key == "n_bins":
         return _check_int(path, table, key, value, 1, 10_000)
     if key == "gate":
@@ -232,8 +289,10 @@ class _Table:
 class Thresholds:
     """A validated thresholds file; `rule_for(task, extractor, metric)` resolves one case's `Rule`."""
 
-    def __init__(self, tables: list[_Table], path: str, known: dict[str, tuple[str, ...]]) -> None:
+    def __init__(self, tables: list[_Table], path: str, known: dict[str, tuple[str, ...]],
+                 policy: GatePolicy = BUILTIN_POLICY) -> None:
         self.path = path
+        self.policy = policy
         self._tables = tables
         self._known = known
         self._rules: dict[tuple[str, str, str], Rule] = {}
@@ -274,12 +333,13 @@ class Thresholds:
             if key not in values:
                 values[key] = value
                 origins[key] = "built-in"
-        limit = max_change(metric)
+        limit = max_change(metric, 2)
+        # At K = 2 both scales give the margin max_increase (2/K = 1), and every bound is largest there.
         if values["gate"] and values["max_increase"] >= limit:
             raise ThresholdsError(
                 f"{_where(self.path, origins['max_increase'], 'max_increase')} = {values['max_increase']:g} can "
-                f"never fail for metric {metric} (its worsening is at most {limit:g}); lower it, or set gate = "
-                f"false to report the metric without gating it"
+                f"never fail for metric {metric} (its worsening is at most {limit:g}, on 2-option tasks); lower it, "
+                f"or set gate = false to report the metric without gating it"
             )
         by_name = {t.name: t for t in matching}
         used = sorted({name for name in origins.values() if name in by_name}, key=lambda n: (-len(by_name[n].match), n))
@@ -296,6 +356,8 @@ def _collect(data: Mapping[str, Any], path: str, known: dict[str, tuple[str, ...
     for key, value in data.items():
         if key in RULE_FIELDS:
             values[key] = _check_field(path, name, key, value)
+        elif key in _REMOVED:
+            raise ThresholdsError(f"{_where(path, name, key)}: {_REMOVED[key]}")
         elif key in DIMENSIONS and match:
             if key in used:
                 raise ThresholdsError(f"{_where(path, name)}: {key!r} appears twice in one table name")
@@ -331,6 +393,7 @@ def parse_thresholds(data: Mapping[str, Any], path: str = "thresholds.toml") -> 
     """Validate parsed TOML `data` (as `tomllib.loads` returns it); `path` names the file in messages."""
     known = _known_names()
     tables: list[_Table] = []
+    policy = BUILTIN_POLICY
     if "default" not in data:
         raise ThresholdsError(f"{path}: no [default] table; start the file with [default] and max_increase = ...")
     for key, value in data.items():
@@ -343,10 +406,16 @@ def parse_thresholds(data: Mapping[str, Any], path: str = "thresholds.toml") -> 
                                       "worsening, e.g. max_increase = 0.01)")
         elif key in DIMENSIONS:
             _collect_dimension(key, value, path, known, (), tables)
+        elif key == "gate":
+            if not isinstance(value, Mapping):
+                raise ThresholdsError(f"{path}: top-level gate must be the table [gate] (family, alpha, "
+                                      f"on_inconclusive), got {value!r}; the rule field gate = true/false goes in "
+                                      "[default] or a [task/extractor/metric] table")
+            policy = _parse_policy(value, path)
         else:
-            allowed = ["default", *DIMENSIONS]
+            allowed = ["default", "gate", *DIMENSIONS]
             raise ThresholdsError(
-                f"{path}: unknown top-level key {key!r}{_suggest(key, allowed)}; allowed: [default], "
+                f"{path}: unknown top-level key {key!r}{_suggest(key, allowed)}; allowed: [gate], [default], "
                 "[task.<name>], [extractor.<name>], [metric.<name>] and their combinations"
             )
     seen: dict[tuple[tuple[str, str], ...], str] = {}
@@ -355,7 +424,24 @@ def parse_thresholds(data: Mapping[str, Any], path: str = "thresholds.toml") -> 
             raise ThresholdsError(f"{path}: [{table.name}] is given twice (the order of keys in a table name does "
                                   "not matter); merge them")
         seen[table.match] = table.name
-    return Thresholds(tables, path, known)
+    return Thresholds(tables, path, known, policy)
+
+
+def _parse_policy(data: Mapping[str, Any], path: str) -> GatePolicy:
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "family":
+            values[key] = _check_choice(path, "gate", key, value, FAMILIES)
+        elif key == "alpha":
+            values[key] = _check_number(path, "gate", key, value, 0.0, True, 0.5, False)
+        elif key == "on_inconclusive":
+            values[key] = _check_choice(path, "gate", key, value, ON_INCONCLUSIVE)
+        else:
+            hint = ("; rule fields such as max_increase go in [default] or a [task/extractor/metric] table"
+                    if key in RULE_FIELDS else "")
+            raise ThresholdsError(f"{_where(path, 'gate', key)}: unknown key{_suggest(key, POLICY_FIELDS)}; allowed "
+                                  f"here: {', '.join(POLICY_FIELDS)}{hint}")
+    return GatePolicy(**values, source="[gate]")
 
 
 def load_thresholds(path: str | Path) -> Thresholds:

@@ -1,40 +1,58 @@
-"""One gate case: base vs aligned scores on one task, extractor and metric -> change, interval, verdict.
+"""One gate case: base vs aligned scores on one task, extractor and metric -> change, interval, p-value, verdict;
+and the family correction that turns a run's per-case p-values into its verdicts.
 
-`judge_case` is the whole decision; `judge_arrays` is the same decision on plain arrays (the simulation in
-tests/test_threshold_simulation.py measures the shipped rules through it).
+`judge_case` judges one case as if it were its own family; `judge_arrays` is the same decision on plain arrays
+(calib_checks/simulation.py measures the shipped rules through it); `apply_family` adjusts the p-values of all
+gated cases of each family (by default: a pair) with Holm's step-down and recomputes verdicts and messages.
+The gate calls `judge_case` for every case, then `apply_family` once.
 
 Conventions (thresholds.py has the rule's fields):
 
 * ``change = metric(aligned) - metric(base)``; ``relative_change = change / base`` (None when base is 0).
 * ``[ci_low, ci_high]`` is the rule's paired bootstrap interval of the change (``metrics.paired_bootstrap``:
-  both models are evaluated on the same resampled items), at the rule's confidence.
-* The worsening is the change for metrics where higher is worse and ``-change`` for accuracy; the compared
-  value is the rule's estimate of it (the point, or the lower / upper end of the mapped interval).
-* verdict: ``error`` when the case cannot be judged (different items or labels in the two scores, no items,
-  NaN/inf probabilities, invalid probabilities): it fails, it never passes; ``not-gated`` when the rule says
-  ``gate = false`` (report only) or when there are fewer items than ``min_items`` (reported, not gated);
-  else ``fail`` when the compared value is ``> max_increase`` (and, if ``max_relative_increase`` is set and the
-  base is not 0, also ``> max_relative_increase * |base|``), else ``pass``.
+  both models are evaluated on the same resampled items), at the rule's confidence; "normal" by default.
+* The worsening is the change for metrics where higher is worse and ``-change`` for accuracy. Its interval
+  is the change's, mapped the same way; ``compared`` is its UPPER end, ``worsening`` its bias-corrected
+  estimate (the normal interval's centre ``2 change - mean(D*)``; the point change for basic / percentile).
+* ``margin = rule.margin(K, base value)``: ``max_increase`` (x 2/K with ``scale = "2/K"``, K = the number of
+  probability columns, ARC's padded maximum included), raised by ``max_relative_increase x |base|`` if set.
+* ``p_value``: one-sided, H0 "worsening <= margin" (``BootstrapResult.p_value``); ``p_adjusted``: Holm's
+  step-down over the case's family (the case alone until `apply_family`).
+* verdict:
+  - ``error`` when the case cannot be judged (different items or labels in the two scores, no items, NaN/inf
+    or invalid probabilities, a margin the metric can never exceed on this K): it never passes;
+  - ``not-gated`` when the rule says ``gate = false`` (report only);
+  - ``fail`` when ``p_adjusted <= alpha``, or when any number it rests on is NaN;
+  - ``error`` when there are fewer items than ``min_items`` and it does not already fail ("too few items to tell");
+  - ``pass`` when ``compared <= margin`` (the worsening is shown to be within the margin);
+  - ``inconclusive`` otherwise; ``detectable`` then says the smallest worsening these items detect with 80 %
+    power: ``margin + (z_{1 - alpha/m} + z_{0.8}) se``, m the family's size, i.e. a one-sided z-test at the
+    Bonferroni level alpha/m (Holm's first and strictest step, so the figure is conservative).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from calib_checks.errors import CalibChecksError
-from calib_checks.metrics import METRICS, MetricInputError, paired_bootstrap
-from calib_checks.thresholds import Rule
+from calib_checks.metrics import METRICS, MetricInputError, normal_quantile, paired_bootstrap
+from calib_checks.thresholds import BUILTIN_POLICY, GatePolicy, Rule, max_change
 
 if TYPE_CHECKING:
     from calib_checks.scoring import TaskScores
 
-__all__ = ["VERDICTS", "CaseResult", "Decision", "VerdictError", "judge_arrays", "judge_case"]
+__all__ = ["POWER", "VERDICTS", "CaseResult", "Decision", "VerdictError", "apply_family", "case_from_decision",
+           "detectable_worsening", "holm", "judge_arrays", "judge_case"]
 
-VERDICTS = ("pass", "fail", "not-gated", "error")
+VERDICTS = ("pass", "fail", "inconclusive", "not-gated", "error")
+
+#: The power at which `detectable` is stated.
+POWER = 0.8
 
 
 class VerdictError(CalibChecksError, ValueError):
@@ -43,11 +61,16 @@ class VerdictError(CalibChecksError, ValueError):
 
 @dataclass
 class CaseResult:
-    """One judged case (docs/ARCHITECTURE.md, `verdicts.CaseResult`).
+    """One judged case (docs/ARCHITECTURE.md, `verdicts.CaseResult`; module docstring for the definitions).
 
-    Beyond the contract's fields: `higher_is_worse` (the metric's orientation), `compared` (the value held
-    against `max_increase`: the rule's estimate of the worsening; None when not computed) and `seed` (of the
-    bootstrap). Numbers are None where an error prevented computing them.
+    Beyond the contract's fields: `higher_is_worse` (the metric's orientation), `compared` (the upper end of
+    the worsening's interval, held against the margin for a pass), `seed` (of the bootstrap), `worsening` (its
+    bias-corrected estimate), `se` (the bootstrap sd of the change), `p_value` (raw, one-sided, H0 worsening
+    <= margin), `p_adjusted` (over the family), `margin` (effective, after scaling), `detectable` (smallest
+    worsening detected with 80 % power at the Bonferroni level alpha/family_size), `mc_error` (Monte Carlo
+    error of the interval ends), `alpha`, `family` ("case" until `apply_family`, then the policy's family),
+    `family_size` (gated cases in the family), `n_options` (K). Numbers are None where an error prevented
+    computing them.
     """
 
     pair: str
@@ -72,6 +95,17 @@ class CaseResult:
     higher_is_worse: bool = True
     compared: float | None = None
     seed: int = 0
+    worsening: float | None = None
+    se: float | None = None
+    p_value: float | None = None
+    p_adjusted: float | None = None
+    margin: float | None = None
+    detectable: float | None = None
+    mc_error: float | None = None
+    alpha: float = BUILTIN_POLICY.alpha
+    family: str = "case"
+    family_size: int = 1
+    n_options: int | None = None
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -80,8 +114,8 @@ class CaseResult:
 
     @property
     def gated(self) -> bool:
-        """True when a threshold actually decided this case (pass or fail)."""
-        return self.verdict in ("pass", "fail")
+        """True when a threshold decided this case (pass, fail or inconclusive)."""
+        return self.verdict in ("pass", "fail", "inconclusive")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,12 +126,21 @@ class CaseResult:
         unknown = set(data) - names
         if unknown:
             raise VerdictError(f"case result has unknown keys {sorted(unknown)}")
+        missing = {f.name for f in fields(cls)} - set(data)
+        if missing:
+            raise VerdictError(f"case result lacks keys {sorted(missing)} (written by another calib-checks version?)")
+        verdict = data["verdict"]
+        if verdict not in VERDICTS:
+            raise VerdictError(f"case verdict {verdict!r} is not one of {VERDICTS}")
         return cls(**dict(data))
 
 
 @dataclass(frozen=True)
 class Decision:
-    """The numbers and verdict of one case on plain arrays (see `judge_arrays`)."""
+    """The numbers and per-case verdict of one case on plain arrays (see `judge_arrays`).
+
+    `verdict` is the case judged alone (family of one, at `alpha`); `problem` says why it is an `error`.
+    """
 
     base_value: float
     aligned_value: float
@@ -105,10 +148,19 @@ class Decision:
     relative_change: float | None
     ci_low: float
     ci_high: float
+    worsening: float
     compared: float
-    exceeded: bool
-    verdict: str  # "pass", "fail" or "not-gated"
+    se: float
+    p_value: float
+    margin: float
+    detectable: float
+    mc_error: float
+    alpha: float
     n_items: int
+    n_options: int
+    too_few: bool
+    verdict: str
+    problem: str | None = None
 
 
 def _metric(metric: str) -> bool:
@@ -118,25 +170,63 @@ def _metric(metric: str) -> bool:
     return METRICS[metric].higher_is_worse
 
 
+def detectable_worsening(margin: float, se: float, alpha: float, family_size: int = 1, power: float = POWER) -> float:
+    """Smallest worsening a one-sided z-test at level alpha / family_size detects with probability `power`."""
+    return margin + (normal_quantile(1.0 - alpha / max(family_size, 1)) + normal_quantile(power)) * se
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values: sorted ascending, adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)).
+
+    A NaN p-value is treated as 0 (it fails, and so it is the first rejected).
+    """
+    p = np.array([0.0 if (x is None or math.isnan(x)) else x for x in p_values], dtype=np.float64)
+    m = p.size
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out = np.empty(m)
+    out[order] = adjusted
+    return [float(x) for x in out]
+
+
+def _verdict(p_adjusted: float, alpha: float, compared: float, margin: float, gate: bool, too_few: bool) -> str:
+    if not gate:
+        return "not-gated"
+    if any(math.isnan(x) for x in (p_adjusted, compared, margin)) or p_adjusted <= alpha:
+        return "fail"
+    if too_few:
+        return "error"
+    return "pass" if compared <= margin else "inconclusive"
+
+
 def judge_arrays(base_probs: np.ndarray, aligned_probs: np.ndarray, labels: np.ndarray, metric: str, rule: Rule,
-                 seed: int = 0) -> Decision:
-    """Decide one case from (N, K) probabilities of both models and the (N,) gold labels.
+                 seed: int = 0, *, alpha: float = BUILTIN_POLICY.alpha) -> Decision:
+    """Decide one case, alone in its family, from (N, K) probabilities of both models and the (N,) gold labels.
 
     Raises `metrics.MetricInputError` (a ValueError) for invalid inputs (NaN, rows not summing to 1, ...).
     """
-    sign = 1.0 if _metric(metric) else -1.0
+    higher_is_worse = _metric(metric)
+    sign = 1.0 if higher_is_worse else -1.0
     boot = paired_bootstrap(metric, base_probs, aligned_probs, labels, n_resamples=rule.n_resamples,
                             confidence=rule.confidence, seed=seed, n_bins=rule.n_bins)
-    lo, hi = boot.basic if rule.interval == "basic" else boot.percentile
+    n_options = int(np.shape(base_probs)[1])
+    lo, hi = boot.interval(rule.interval)
     worse_lo, worse_hi = sorted((sign * lo, sign * hi))
-    compared = {"point": sign * boot.change, "lower": worse_lo, "upper": worse_hi}[rule.estimate]
-    exceeded = compared > rule.max_increase
-    if exceeded and rule.max_relative_increase is not None and boot.base_value != 0:
-        exceeded = compared > rule.max_relative_increase * abs(boot.base_value)
-    if not rule.gate or boot.n_items < rule.min_items:
-        verdict = "not-gated"
+    centre = boot.centre if rule.interval == "normal" else boot.change
+    margin = rule.margin(n_options, boot.base_value)
+    p = boot.p_value(margin, rule.interval, higher_is_worse)
+    se = boot.replicate_sd
+    too_few = boot.n_items < rule.min_items
+    problem = None
+    limit = max_change(metric, n_options)
+    if rule.gate and margin >= limit:
+        verdict = "error"
+        problem = (f"margin {margin:g} can never be exceeded: the {METRICS[metric].display_name} worsening is at most "
+                   f"{limit:g} on {n_options}-option items; lower max_increase"
+                   + (" or max_relative_increase" if rule.max_relative_increase is not None else "")
+                   + " or set gate = false")
     else:
-        verdict = "fail" if exceeded else "pass"
+        verdict = _verdict(p, alpha, worse_hi, margin, rule.gate, too_few)
     return Decision(
         base_value=boot.base_value,
         aligned_value=boot.aligned_value,
@@ -144,11 +234,81 @@ def judge_arrays(base_probs: np.ndarray, aligned_probs: np.ndarray, labels: np.n
         relative_change=boot.change / boot.base_value if boot.base_value != 0 else None,
         ci_low=lo,
         ci_high=hi,
-        compared=compared,
-        exceeded=exceeded,
-        verdict=verdict,
+        worsening=sign * centre,
+        compared=worse_hi,
+        se=se,
+        p_value=p,
+        margin=margin,
+        detectable=detectable_worsening(margin, se, alpha, 1),
+        mc_error=boot.mc_error(rule.interval),
+        alpha=alpha,
         n_items=boot.n_items,
+        n_options=n_options,
+        too_few=too_few,
+        verdict=verdict,
+        problem=problem,
     )
+
+
+def _p(x: float | None) -> str:
+    if x is None:
+        return "n/a"
+    if math.isnan(x):
+        return "NaN"
+    return f"{x:.2g}" if x >= 1e-3 else f"{x:.1e}"
+
+
+def _family_text(case: CaseResult) -> str:
+    if case.family_size <= 1:
+        return "this case alone" if case.family == "case" else f"the only gated case of {case.family} {case.pair}"
+    return f"Holm over the {case.family_size} gated cases of {case.family} {case.pair}"
+
+
+def _message(case: CaseResult) -> str:
+    """The case's one-line message, from its fields (so `apply_family` can rewrite it)."""
+    name = METRICS[case.metric].display_name if case.metric in METRICS else case.metric
+    where = f"{case.task} {case.extractor}"
+    rel = "" if case.relative_change is None else f" ({case.relative_change:+.1%})"
+    numbers = (f"{name} {case.base_value:.4f} -> {case.aligned_value:.4f}, change {case.change:+.4f}{rel} "
+               f"[{case.confidence:.0%} {case.ci_method} CI {case.ci_low:+.4f}, {case.ci_high:+.4f}; MC error "
+               f"{case.mc_error:.1g}], n={case.n_items}, K={case.n_options}")
+    rule_text = f"rule: {Rule(**case.rule).describe(case.metric)} ({case.rule_source})"
+    test = (f"worsening {case.worsening:+.4f} (upper end {case.compared:+.4f}) vs margin {case.margin:.4g}: p="
+            f"{_p(case.p_value)}, adjusted p={_p(case.p_adjusted)} ({_family_text(case)}, alpha {case.alpha:g})")
+    if case.verdict == "not-gated":
+        return f"REPORT ONLY (gate = false) {where}: {numbers}; {test}; {rule_text}"
+    if case.verdict == "error":  # too few items (other errors keep their own message)
+        return (f"ERROR {case.metric} on {case.task} ({case.extractor}): n={case.n_items} < min_items="
+                f"{case.rule['min_items']}: too few items to tell; lower min_items in thresholds.toml or score more "
+                f"items; {numbers}; {test}; detectable worsening {case.detectable:+.4f}; {rule_text}")
+    if case.verdict == "fail":
+        return f"FAIL {where}: {numbers}; {test} <= alpha: worse than the margin; {rule_text}"
+    if case.verdict == "pass":
+        return f"pass {where}: {numbers}; {test}; upper end within the margin; {rule_text}"
+    bonferroni = f"{case.alpha:g}/{case.family_size}" if case.family_size > 1 else f"{case.alpha:g}"
+    return (f"INCONCLUSIVE {where}: {numbers}; {test}: neither shown worse than the margin nor within it; these "
+            f"items detect a worsening of {case.detectable:+.4f} or more ({POWER:.0%} power, one-sided z-test at the "
+            f"Bonferroni level {bonferroni}); {rule_text}")
+
+
+def case_from_decision(d: Decision, *, pair: str, base: str, aligned: str, task: str, extractor: str, metric: str,
+                       rule: Rule, seed: int = 0) -> CaseResult:
+    """The CaseResult of a `judge_arrays` decision (what `judge_case` returns for valid scores)."""
+    case = CaseResult(
+        pair=pair, base=base, aligned=aligned, task=task, extractor=extractor, metric=metric,
+        base_value=d.base_value, aligned_value=d.aligned_value, change=d.change, relative_change=d.relative_change,
+        ci_low=d.ci_low, ci_high=d.ci_high, ci_method=rule.interval, confidence=rule.confidence,
+        n_items=d.n_items, rule=rule.to_json(), rule_source=rule.source, verdict=d.verdict, message="",
+        higher_is_worse=_metric(metric), compared=d.compared, seed=seed, worsening=d.worsening, se=d.se,
+        p_value=None if d.problem else d.p_value, p_adjusted=None if d.problem else d.p_value, margin=d.margin,
+        detectable=d.detectable, mc_error=d.mc_error, alpha=d.alpha, family="case", family_size=1,
+        n_options=d.n_options,
+    )
+    if d.problem:
+        case.message = f"ERROR {metric} on {task} ({extractor}): {d.problem}"
+    else:
+        case.message = _message(case)
+    return case
 
 
 def _first_difference(a: list[Any], b: list[Any]) -> str:
@@ -163,10 +323,11 @@ def _bad_rows(probs: np.ndarray) -> np.ndarray:
 
 
 def judge_case(base: TaskScores, aligned: TaskScores, extractor: str, metric: str, rule: Rule, seed: int = 0,
-               *, pair: str | None = None) -> CaseResult:
-    """Judge one case; data problems give an `error` CaseResult (never a pass), misuse raises VerdictError.
+               *, pair: str | None = None, alpha: float = BUILTIN_POLICY.alpha) -> CaseResult:
+    """Judge one case as its own family (raw p = adjusted p, level `alpha`); `apply_family` corrects a run.
 
-    `pair` names the pair in the result (default: the aligned model's label).
+    Data problems give an `error` CaseResult (never a pass), misuse raises VerdictError. `pair` names the pair
+    in the result (default: the aligned model's label).
     """
     from calib_checks.scoring import EXTRACTORS
 
@@ -177,7 +338,7 @@ def judge_case(base: TaskScores, aligned: TaskScores, extractor: str, metric: st
     header: dict[str, Any] = dict(
         pair=pair or aligned.model_label, base=base.model_label, aligned=aligned.model_label, task=base.task,
         extractor=extractor, metric=metric, ci_method=rule.interval, confidence=rule.confidence,
-        rule=rule.to_json(), rule_source=rule.source, higher_is_worse=higher_is_worse, seed=seed,
+        rule=rule.to_json(), rule_source=rule.source, higher_is_worse=higher_is_worse, seed=seed, alpha=alpha,
     )
 
     def error(problem: str, n_items: int) -> CaseResult:
@@ -209,22 +370,41 @@ def judge_case(base: TaskScores, aligned: TaskScores, extractor: str, metric: st
             return error(f"{who} model {scores.model_label} has NaN/inf {extractor} probabilities on {bad.size} of "
                          f"{n} items (first: {base_ids[bad[0]]!r}); check the model's logits and dtype", n)
     try:
-        d = judge_arrays(base_probs, aligned_probs, labels, metric, rule, seed)
+        d = judge_arrays(base_probs, aligned_probs, labels, metric, rule, seed, alpha=alpha)
     except MetricInputError as exc:
         return error(str(exc), n)
+    return case_from_decision(d, pair=header["pair"], base=base.model_label, aligned=aligned.model_label,
+                              task=base.task, extractor=extractor, metric=metric, rule=rule, seed=seed)
 
-    name = METRICS[metric].display_name
-    rel = "" if d.relative_change is None else f" ({d.relative_change:+.1%})"
-    numbers = (f"{name} {d.base_value:.4f} -> {d.aligned_value:.4f}, change {d.change:+.4f}{rel} "
-               f"[{rule.confidence:.0%} {rule.interval} CI {d.ci_low:+.4f}, {d.ci_high:+.4f}], n={n}")
-    rule_text = f"rule: {rule.describe(metric)} ({rule.source})"
-    if d.verdict == "not-gated":
-        why = (f"n={n} < min_items={rule.min_items}" if rule.gate else "report only (gate = false)")
-        message = f"NOT GATED: {why}; {base.task} {extractor}: {numbers}; {rule_text}"
-    else:
-        head = "FAIL" if d.verdict == "fail" else "pass"
-        message = f"{head} {base.task} {extractor}: {numbers}; compared {d.compared:+.4f}; {rule_text}"
-    return CaseResult(**header, base_value=d.base_value, aligned_value=d.aligned_value, change=d.change,
-                      relative_change=d.relative_change, ci_low=d.ci_low, ci_high=d.ci_high, n_items=n,
-                      verdict=d.verdict, message=message, compared=d.compared)
 
+def _in_family(case: CaseResult) -> bool:
+    """Gated and judged: has a p-value (data errors and report-only cases do not take part)."""
+    return bool(case.rule.get("gate")) and case.p_value is not None and case.verdict != "not-gated"
+
+
+def apply_family(cases: Sequence[CaseResult], policy: GatePolicy = BUILTIN_POLICY) -> list[CaseResult]:
+    """Adjust the p-values of each family's gated cases (Holm) and recompute their verdicts and messages.
+
+    Families: all gated cases of one pair (`policy.family == "pair"`) or each case alone ("case"). Members are
+    the gated cases with a p-value: not `not-gated`, not data errors; a case under min_items takes part (it
+    fails if its adjusted p-value says so, else stays an error). Returns new CaseResults, in the input order;
+    non-members are returned unchanged.
+    """
+    groups: dict[Any, list[int]] = {}
+    for i, case in enumerate(cases):
+        if _in_family(case):
+            groups.setdefault(case.pair if policy.family == "pair" else case.key, []).append(i)
+    out = list(cases)
+    for members in groups.values():
+        adjusted = holm([cases[i].p_value for i in members])  # type: ignore[misc]
+        m = len(members)
+        for i, p_adj in zip(members, adjusted):
+            c = cases[i]
+            too_few = c.n_items < int(c.rule["min_items"])
+            assert c.compared is not None and c.margin is not None and c.se is not None
+            new = replace(c, p_adjusted=p_adj, alpha=policy.alpha, family=policy.family, family_size=m,
+                          detectable=detectable_worsening(c.margin, c.se, policy.alpha, m),
+                          verdict=_verdict(p_adj, policy.alpha, c.compared, c.margin, True, too_few))
+            new.message = _message(new)
+            out[i] = new
+    return out

@@ -7,6 +7,7 @@ tests (tests/test_plugin.py) run the whole gate on real forward passes of a tiny
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,10 +15,11 @@ import pytest
 from calib_checks.metrics import paired_bootstrap
 from calib_checks.scoring import EXTRACTORS, ItemRecord, TaskScores
 from calib_checks.thresholds import Rule
-from calib_checks.verdicts import CaseResult, VerdictError, judge_arrays, judge_case
+from calib_checks.thresholds import GatePolicy
+from calib_checks.verdicts import VERDICTS, CaseResult, VerdictError, apply_family, holm, judge_arrays, judge_case
 
 K = 4
-RULE = Rule(max_increase=0.01, min_items=50, n_resamples=400, source="[default]")
+RULE = Rule(max_increase=0.01, min_items=50, n_resamples=1000, source="[default]")
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -51,8 +53,9 @@ def test_identical_pair_passes_with_zero_change(data) -> None:
     result = judge_case(base, base, "choice", "ece", RULE, seed=3, pair="p")
     assert result.verdict == "pass"
     assert (result.change, result.ci_low, result.ci_high, result.compared) == (0.0, 0.0, 0.0, 0.0)
+    assert (result.p_value, result.p_adjusted, result.se, result.margin) == (1.0, 1.0, 0.0, 0.01)
     assert result.base_value == result.aligned_value > 0
-    assert (result.pair, result.base, result.aligned, result.n_items) == ("p", "base", "base", 400)
+    assert (result.pair, result.base, result.aligned, result.n_items, result.n_options) == ("p", "base", "base", 400, 4)
 
 
 def test_sharpened_aligned_model_fails_with_a_complete_message(data) -> None:
@@ -60,27 +63,32 @@ def test_sharpened_aligned_model_fails_with_a_complete_message(data) -> None:
     base = make_scores("base", softmax(logits), labels)
     aligned = make_scores("aligned@T0.5", softmax(logits / 0.5), labels)
     result = judge_case(base, aligned, "choice", "ece", RULE, seed=0)
-    boot = paired_bootstrap("ece", base.probs("choice"), aligned.probs("choice"), labels, 400, 0.95, 0)
+    boot = paired_bootstrap("ece", base.probs("choice"), aligned.probs("choice"), labels, 1000, 0.95, 0)
     assert result.verdict == "fail"
     assert result.pair == "aligned@T0.5", "pair defaults to the aligned label"
-    assert (result.ci_low, result.ci_high) == boot.basic and result.compared == boot.basic[0]
+    assert (result.ci_low, result.ci_high) == boot.normal and result.compared == boot.normal[1]
+    assert result.worsening == pytest.approx(boot.centre) and result.se == boot.replicate_sd
+    assert result.p_value == boot.p_value(0.01) == result.p_adjusted <= 0.05
+    assert result.mc_error == boot.mc_error("normal") and result.family == "case" and result.family_size == 1
     assert result.change == pytest.approx(boot.aligned_value - boot.base_value)
     assert result.relative_change == pytest.approx(result.change / result.base_value)
     for part in (f"{result.base_value:.4f}", f"{result.aligned_value:.4f}", f"{result.change:+.4f}",
-                 f"{result.ci_low:+.4f}", f"{result.ci_high:+.4f}", "n=400", "> 0.01", "[default]", "ECE", "choice"):
+                 f"{result.ci_low:+.4f}", f"{result.ci_high:+.4f}", "n=400", "K=4", "margin 0.01", "adjusted p=",
+                 "[default]", "ECE", "choice", "FAIL"):
         assert part in result.message, part
     assert "\n" not in result.message
 
 
-def test_percentile_interval_and_estimates(data) -> None:
+def test_basic_and_percentile_intervals_give_their_replicate_p_values(data) -> None:
     logits, labels = data
     base, aligned = softmax(logits), softmax(logits / 0.8)
-    boot = paired_bootstrap("sce", base, aligned, labels, 400, 0.9, 5)
-    for estimate, expected in (("point", boot.change), ("lower", boot.percentile[0]), ("upper", boot.percentile[1])):
-        rule = Rule(max_increase=0.001, estimate=estimate, interval="percentile", confidence=0.9, n_resamples=400)
-        decision = judge_arrays(base, aligned, labels, "sce", rule, seed=5)
-        assert decision.compared == pytest.approx(expected)
-        assert (decision.ci_low, decision.ci_high) == boot.percentile
+    boot = paired_bootstrap("sce", base, aligned, labels, 1000, 0.9, 5)
+    for interval in ("basic", "percentile", "normal"):
+        rule = Rule(max_increase=0.002, interval=interval, confidence=0.9, n_resamples=1000)
+        d = judge_arrays(base, aligned, labels, "sce", rule, seed=5)
+        assert (d.ci_low, d.ci_high) == boot.interval(interval) and d.compared == boot.interval(interval)[1]
+        assert d.p_value == boot.p_value(0.002, interval) and d.margin == 0.002
+        assert d.mc_error == boot.mc_error(interval)
 
 
 def test_accuracy_worsening_is_a_decrease(data) -> None:
@@ -88,41 +96,96 @@ def test_accuracy_worsening_is_a_decrease(data) -> None:
     rng = np.random.default_rng(1)
     worse = logits + 4.0 * rng.standard_normal(logits.shape)  # noisier: less accurate
     base, aligned = softmax(logits), softmax(worse)
-    boot = paired_bootstrap("accuracy", base, aligned, labels, 400, 0.95, 0)
+    boot = paired_bootstrap("accuracy", base, aligned, labels, 1000, 0.95, 0)
     assert boot.change < -0.05
-    rule = Rule(max_increase=0.02, n_resamples=400)
+    rule = Rule(max_increase=0.02, n_resamples=1000)
     decision = judge_arrays(base, aligned, labels, "accuracy", rule, seed=0)
-    # The worsening's interval is the change's, negated: its lower end is -(upper end of the change's).
-    assert decision.compared == pytest.approx(-boot.basic[1])
+    # The worsening's interval is the change's, negated: its upper end is -(lower end of the change's).
+    assert decision.compared == pytest.approx(-boot.normal[0]) and decision.worsening == pytest.approx(-boot.centre)
+    assert decision.p_value == boot.p_value(0.02, "normal", higher_is_worse=False)
     assert decision.verdict == "fail"
     # The better model as "aligned": an improvement never fails.
     assert judge_arrays(aligned, base, labels, "accuracy", rule, seed=0).verdict == "pass"
 
 
-def test_not_gated_below_min_items_and_report_only(data) -> None:
+def test_equally_calibrated_pair_on_few_items_is_inconclusive_and_says_what_it_could_detect(data) -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, K, 300)
+    draw = lambda: 1.5 * (1.5 * np.eye(K)[labels] + rng.standard_normal((300, K)))  # noqa: E731
+    result = judge_case(make_scores("b", softmax(draw()), labels), make_scores("a", softmax(draw()), labels),
+                        "choice", "ece", RULE, seed=0)
+    assert result.verdict == "inconclusive" and result.gated
+    assert result.p_value > 0.05 and result.compared > result.margin
+    z = 1.6448536269514722 + 0.8416212335729143  # z_(1 - 0.05) + z_0.8: a family of one
+    assert result.detectable == pytest.approx(0.01 + z * result.se)
+    assert result.message.startswith("INCONCLUSIVE arc_easy choice: ")
+    assert f"detect a worsening of {result.detectable:+.4f} or more" in result.message
+
+
+def test_below_min_items_fails_when_it_already_fails_else_is_an_error(data) -> None:
     logits, labels = data
     base = make_scores("b", softmax(logits[:30]), labels[:30])
-    aligned = make_scores("a", softmax(logits[:30] / 0.3), labels[:30])
-    small = judge_case(base, aligned, "choice", "ece", RULE, seed=0)
-    assert small.verdict == "not-gated" and small.message.startswith("NOT GATED: n=30 < min_items=50")
-    assert small.change is not None and small.change > 0.01, "still reported"
-    report_only = judge_case(base, aligned, "choice", "ece", Rule(max_increase=0.01, min_items=1, gate=False), seed=0)
-    assert report_only.verdict == "not-gated" and "report only" in report_only.message
+    clearly_worse = make_scores("a", softmax(logits[:30] / 0.2), labels[:30])
+    small = judge_case(base, clearly_worse, "choice", "overconfidence", RULE, seed=0)
+    assert small.verdict == "fail" and small.p_value <= 0.05
+    unclear = make_scores("a", softmax(logits[:30] / 0.95), labels[:30])
+    small = judge_case(base, unclear, "choice", "ece", RULE, seed=0)
+    assert small.verdict == "error" and not small.gated
+    assert small.message.startswith("ERROR ece on arc_easy (choice): n=30 < min_items=50: too few items to tell; "
+                                    "lower min_items in thresholds.toml or score more items")
+    assert small.change is not None and small.p_value is not None, "still reported"
+    report_only = judge_case(base, clearly_worse, "choice", "ece", Rule(max_increase=0.01, min_items=1, gate=False),
+                             seed=0)
+    assert report_only.verdict == "not-gated" and report_only.message.startswith("REPORT ONLY (gate = false)")
+
+
+def test_nan_fails_never_passes() -> None:
+    from calib_checks.verdicts import _verdict
+
+    nan = float("nan")
+    assert _verdict(nan, 0.05, 0.0, 0.01, True, False) == "fail"
+    assert _verdict(0.5, 0.05, nan, 0.01, True, False) == "fail"
+    assert _verdict(0.5, 0.05, 0.0, nan, True, False) == "fail"
+    assert _verdict(0.5, 0.05, 0.0, 0.01, True, False) == "pass"
+    assert _verdict(0.5, 0.05, 0.02, 0.01, True, False) == "inconclusive"
+    assert _verdict(0.01, 0.05, 0.02, 0.01, True, True) == "fail"
+    assert _verdict(0.5, 0.05, 0.0, 0.01, True, True) == "error"
+    assert _verdict(0.0, 0.05, 0.5, 0.01, False, False) == "not-gated"
+    assert holm([0.01, nan, 0.5]) == [0.02, 0.0, 0.5]
+
+
+def test_sce_margin_scales_with_the_option_count_and_a_margin_that_cannot_be_exceeded_is_an_error(data) -> None:
+    logits, labels = data
+    base, aligned = softmax(logits), softmax(logits / 0.9)
+    d = judge_arrays(base, aligned, labels, "sce", Rule(max_increase=0.01, scale="2/K", n_resamples=1000))
+    assert (d.n_options, d.margin) == (4, 0.005)
+    padded = lambda p: np.hstack([p, np.zeros((p.shape[0], 1))])  # noqa: E731  ARC's 5-column padding
+    assert judge_arrays(padded(base), padded(aligned), labels, "sce", Rule(0.01, scale="2/K",
+                                                                            n_resamples=1000)).margin == 0.004
+    # SCE is at most 2/K = 0.5 on 4 options: a margin of 0.6 passes the load-time check (K = 2) but not here
+    s = make_scores("b", base, labels)
+    result = judge_case(s, make_scores("a", aligned, labels), "choice", "sce", Rule(0.6, n_resamples=1000))
+    assert result.verdict == "error" and "can never be exceeded" in result.message and result.p_value is None
+    assert apply_family([result])[0] == result
 
 
 def test_relative_limit_adds_tolerance_and_base_zero_has_no_relative_change() -> None:
     labels = np.zeros(100, dtype=int)
     right = np.tile([0.7, 0.1, 0.1, 0.1], (100, 1))
-    wrong = np.tile([0.1, 0.7, 0.1, 0.1], (100, 1))
-    # accuracy: base 1.0 -> aligned 0.0, a worsening of 1.0 = 100 % of the base value.
-    assert judge_arrays(right, wrong, labels, "accuracy", Rule(0.02, max_relative_increase=0.5, min_items=1,
-                                                                n_resamples=100)).verdict == "fail"
-    assert judge_arrays(right, wrong, labels, "accuracy", Rule(0.02, max_relative_increase=1.5, min_items=1,
-                                                                n_resamples=100)).verdict == "pass"
+    half = np.vstack([right[:50], np.tile([0.1, 0.7, 0.1, 0.1], (50, 1))])
+    # accuracy: base 1.0 -> aligned 0.5, a worsening of 0.5 = 50 % of the base value.
+    rule = dict(min_items=1, n_resamples=1000)
+    assert judge_arrays(right, half, labels, "accuracy", Rule(0.02, max_relative_increase=0.3, **rule)).verdict == "fail"
+    lenient = judge_arrays(right, half, labels, "accuracy", Rule(0.02, max_relative_increase=0.8, **rule))
+    assert lenient.margin == 0.8 and lenient.verdict == "pass"
+    # a relative margin the metric can never exceed (1.5 x base 1.0 > 1) is an error, never a silent pass
+    never = judge_arrays(right, half, labels, "accuracy", Rule(0.02, max_relative_increase=1.5, **rule))
+    assert never.verdict == "error" and "max_relative_increase" in never.problem
     # base accuracy 0: relative change undefined, the absolute limit alone decides.
-    decision = judge_arrays(wrong, wrong, labels, "accuracy", Rule(0.02, max_relative_increase=1.5, min_items=1,
-                                                                   n_resamples=100))
+    wrong = half[50:].repeat(2, axis=0)
+    decision = judge_arrays(wrong, wrong, labels, "accuracy", Rule(0.02, max_relative_increase=1.5, **rule))
     assert decision.base_value == 0.0 and decision.relative_change is None and decision.verdict == "pass"
+    assert decision.margin == 0.02
 
 
 @pytest.mark.parametrize("problem", ["other-ids", "order", "labels", "empty", "nan-base", "nan-aligned", "task"])
@@ -151,8 +214,8 @@ def test_unjudgeable_cases_are_errors_never_passes(data, problem: str) -> None:
         aligned = make_scores("a", bad, y, ids)
     else:
         aligned.task = "piqa"
-    result = judge_case(base, aligned, "choice", "ece", Rule(max_increase=0.5, min_items=1, n_resamples=100))
-    assert result.verdict == "error"
+    result = judge_case(base, aligned, "choice", "ece", Rule(max_increase=0.5, min_items=1, n_resamples=1000))
+    assert result.verdict == "error" and result.p_value is None
     assert result.message.startswith("ERROR ece on arc_easy (choice): ")
     assert result.change is None and result.compared is None
     json.dumps(result.to_json(), allow_nan=False)  # results.json refuses NaN
@@ -164,7 +227,7 @@ def test_invalid_probabilities_are_an_error_verdict(data) -> None:
     logits, labels = data
     probs = softmax(logits[:60]) * 1.5  # rows sum to 1.5
     result = judge_case(make_scores("b", probs, labels[:60]), make_scores("a", probs, labels[:60]), "choice", "ece",
-                        Rule(max_increase=0.01, min_items=1, n_resamples=100))
+                        Rule(max_increase=0.01, min_items=1, n_resamples=1000))
     assert result.verdict == "error" and "sums to" in result.message
 
 
@@ -186,3 +249,86 @@ def test_case_result_json_round_trip(data) -> None:
     assert data_json["rule"] == RULE.to_json() and data_json["rule_source"] == "[default]"
     with pytest.raises(VerdictError, match="unknown keys"):
         CaseResult.from_json({**data_json, "surprise": 1})
+    with pytest.raises(VerdictError, match="lacks keys"):
+        CaseResult.from_json({k: v for k, v in data_json.items() if k != "p_adjusted"})
+    with pytest.raises(VerdictError, match="is not one of"):
+        CaseResult.from_json({**data_json, "verdict": "skipped"})
+    assert VERDICTS == ("pass", "fail", "inconclusive", "not-gated", "error")
+
+
+# ----------------------------------------------------------------------------------------------- families
+
+
+def _case(pair: str, metric: str, p: float, *, compared: float = 0.05, n: int = 500, verdict: str = "inconclusive",
+          gate: bool = True) -> CaseResult:
+    rule = Rule(max_increase=0.01, n_resamples=1000, gate=gate)
+    return CaseResult(pair=pair, base="b", aligned="a", task="piqa", extractor="choice", metric=metric,
+                      base_value=0.05, aligned_value=0.08, change=0.03, relative_change=0.6, ci_low=-0.01,
+                      ci_high=compared, ci_method="normal", confidence=0.95, n_items=n, rule=rule.to_json(),
+                      rule_source="[default]", verdict=verdict, message="", compared=compared, worsening=0.03,
+                      se=0.01, p_value=p, p_adjusted=p, margin=0.01, detectable=0.035, mc_error=0.0003, n_options=2)
+
+
+def test_holm_step_down_by_hand() -> None:
+    # sorted 0.001, 0.01, 0.02, 0.04 (m = 4): 0.004, 0.03, max(0.03, 0.04) = 0.04, max(0.04, 0.04) = 0.04
+    assert holm([0.04, 0.001, 0.02, 0.01]) == pytest.approx([0.04, 0.004, 0.04, 0.03])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
+
+
+def test_apply_family_corrects_within_each_pair_and_recomputes_verdicts_and_messages() -> None:
+    cases = [_case("p1", "ece", 0.001, verdict="fail"), _case("p1", "sce", 0.012, verdict="fail"),
+             _case("p1", "overconfidence", 0.3), _case("p2", "ece", 0.02, verdict="fail"),
+             _case("p2", "sce", 0.5, compared=0.0, verdict="pass"),
+             _case("p1", "accuracy", 0.0001, verdict="not-gated", gate=False)]
+    out = apply_family(cases, GatePolicy())
+    assert [c.p_adjusted for c in out[:5]] == pytest.approx([0.003, 0.024, 0.3, 0.04, 0.5])
+    assert [c.verdict for c in out] == ["fail", "fail", "inconclusive", "fail", "pass", "not-gated"]
+    assert [c.family_size for c in out[:5]] == [3, 3, 3, 2, 2] and out[0].family == "pair"
+    assert out[5] is cases[5], "report-only cases take no part"
+    assert "Holm over the 3 gated cases of pair p1" in out[0].message
+    assert "Bonferroni level 0.05/3" in out[2].message
+    z3 = 2.1280452051 + 0.8416212335729143  # z_(1 - 0.05/3) + z_0.8
+    assert out[2].detectable == pytest.approx(0.01 + z3 * 0.01, rel=1e-7)
+    # per case: no correction; a stricter alpha turns the marginal case
+    per_case = apply_family(cases, GatePolicy(family="case"))
+    assert [c.p_adjusted for c in per_case[:5]] == [0.001, 0.012, 0.3, 0.02, 0.5]
+    strict = apply_family(cases, GatePolicy(alpha=0.01))
+    assert [c.verdict for c in strict[:5]] == ["fail", "inconclusive", "inconclusive", "inconclusive", "pass"]
+    assert strict[0].alpha == 0.01
+
+
+def test_apply_family_keeps_errors_out_and_under_min_items_cases_in() -> None:
+    error = replace(_case("p", "ece", 0.001), p_value=None, p_adjusted=None, verdict="error", message="ERROR x")
+    small = _case("p", "sce", 0.3, n=30, verdict="error")  # min_items 200
+    small_failing = _case("p", "overconfidence", 0.0001, n=30, verdict="fail")
+    out = apply_family([error, small, small_failing], GatePolicy())
+    assert out[0] is error
+    assert (out[1].verdict, out[1].family_size) == ("error", 2) and "n=30 < min_items=200" in out[1].message
+    assert out[2].verdict == "fail" and out[2].p_adjusted == pytest.approx(0.0002)
+
+
+def test_a_run_of_equal_pairs_rarely_fails_and_a_sharpened_one_does(data) -> None:
+    # The whole path on plain arrays: 3 metrics x 6 groups per pair, judged then family-corrected.
+    from calib_checks.verdicts import case_from_decision
+
+    rng = np.random.default_rng(8)
+
+    def pair(name: str, temperature: float) -> list[CaseResult]:
+        cases = []
+        for g in range(6):
+            labels = rng.integers(0, K, 500)
+            noise = rng.standard_normal((500, K))
+            base = softmax(1.2 * (1.2 * np.eye(K)[labels] + noise))
+            aligned = softmax(1.2 * (1.2 * np.eye(K)[labels] + 0.9 * noise + 0.44 * rng.standard_normal((500, K)))
+                              / temperature)
+            for metric in ("ece", "sce", "overconfidence"):
+                rule = Rule(0.01, scale="2/K" if metric == "sce" else "none")
+                d = judge_arrays(base, aligned, labels, metric, rule, seed=g)
+                cases.append(case_from_decision(d, pair=name, base="b", aligned="a", task=f"t{g}", extractor="choice",
+                                                metric=metric, rule=rule))
+        return cases
+
+    out = apply_family(pair("equal", 1.0) + pair("sharp", 0.6), GatePolicy())
+    assert not any(c.verdict == "fail" for c in out if c.pair == "equal")
+    assert any(c.verdict == "fail" for c in out if c.pair == "sharp")
+    assert {c.family_size for c in out} == {18}
