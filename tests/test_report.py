@@ -32,7 +32,7 @@ from calib_checks.results import ResultsError, RunWriter, load_results
 from calib_checks.scoring import EXTRACTORS, ItemRecord, TaskScores
 from calib_checks.tasks import Item
 from calib_checks.thresholds import load_thresholds
-from calib_checks.verdicts import judge_case
+from calib_checks.verdicts import apply_family, judge_case
 
 HOSTILE_SCRIPT = "<script>document.title='PWNED'</script>"
 HOSTILE_SVG = "</svg><b>bold</b>"
@@ -96,7 +96,7 @@ def records_for_model(data: TaskData, temperature: float, seed: int = 0) -> list
 THRESHOLDS = """\
 [default]
 max_increase = 0.05
-n_resamples = 200
+n_resamples = 1000
 min_items = 50
 
 [metric.accuracy]
@@ -137,7 +137,9 @@ def build_run(
         "argv": ["pytest", "tests_models", "--model-pair", f"{BASE},{ALIGNED}"],
         "seed": 0, "data_source": "synthetic <auto>", "selection": {"tasks": list(TASKS)},
     }
-    writer.finish(identity, pairs, {}, cases, complete)
+    writer.finish(identity, pairs, {}, apply_family(cases), complete)
+    render_report(writer.run_dir)  # as calib_checks.gate does: persistence first, then presentation
+    writer.publish()
     return writer
 
 
@@ -197,7 +199,7 @@ def test_banner_says_the_verdict_and_why(run: tuple[Path, dict, str]) -> None:
 
 def test_every_case_has_its_row_with_numbers_rule_and_verdict(run: tuple[Path, dict, str]) -> None:
     _, results, page = run
-    rows = [r for r in _table_rows(page, "matrix") if len(r["cells"]) == 11 and r["cells"][2] != "metric"]
+    rows = [r for r in _table_rows(page, "matrix") if len(r["cells"]) == 12 and r["cells"][2] != "metric"]
     assert len(rows) == len(results["cases"])
     by_pair = {p["name"]: [c for c in results["cases"] if c["pair"] == p["name"]] for p in results["pairs"]}
     matched = 0
@@ -205,14 +207,15 @@ def test_every_case_has_its_row_with_numbers_rule_and_verdict(run: tuple[Path, d
         for case in cases:
             display = metrics.METRICS[case["metric"]].display_name
             wanted = [display, fmt(case["base_value"]), fmt(case["aligned_value"]), fmt_signed(case["change"])]
-            hits = [r for r in rows if r["cells"][2:6] == wanted and r["cells"][10] == case["verdict"]]
+            hits = [r for r in rows if r["cells"][2:6] == wanted and r["cells"][11] == case["verdict"]]
             assert hits, f"no row for {case['pair']} {case['task']} {case['extractor']} {case['metric']}"
             row = hits[0]
             assert row["class"] == [f"row-{case['verdict']}"] or f"row-{case['verdict']}" in row["class"]
             assert fmt_signed(case["ci_low"]) in row["cells"][6] and fmt_signed(case["ci_high"]) in row["cells"][6]
-            assert row["cells"][9] == case["rule_source"]
+            assert row["cells"][8] == fmt(case["p_adjusted"])  # the family-adjusted p-value
+            assert row["cells"][10] == case["rule_source"]
             gated = case["metric"] != "accuracy"
-            assert row["cells"][8] == ("≤ 0.05 (lower end, 95% basic)" if gated else "report only")
+            assert row["cells"][9] == ("≤ 0.05" if gated else "report only")
             matched += 1
     assert matched == len(results["cases"])
 
@@ -230,7 +233,7 @@ def test_needs_attention_lists_each_failure_with_its_reason(run: tuple[Path, dic
     rows = [r["cells"] for r in _table_rows(page, "flag-list") if r["cells"][0] != "pair"]
     assert len(rows) == len(failed) > 0
     for case in failed:
-        why = f"worsening (lower end) {fmt_signed(case['compared'])} > 0.05"
+        why = f"worsening clearly above 0.05 (adjusted p {fmt(case['p_adjusted'])})"
         assert [case["pair"], case["task"], case["extractor"], fmt_signed(case["change"]), "fail", why] in [
             [r[0], r[1], r[2], r[6], r[9], r[10]] for r in rows
         ]

@@ -22,6 +22,7 @@ from calib_checks.results import (
     new_run_id,
     point_latest,
     resolve_run_dir,
+    CASE_VERDICTS,
     run_verdict,
 )
 from calib_checks.scoring import ItemRecord, TaskScores
@@ -145,7 +146,7 @@ def test_results_json_follows_the_documented_schema(two_runs: Path) -> None:
     assert results["schema_version"] == SCHEMA_VERSION
     assert results["complete"] is True
     assert results["run_id"] == run_dir.name
-    counts = {v: sum(c["verdict"] == v for c in results["cases"]) for v in ("pass", "fail", "not-gated", "error")}
+    counts = {v: sum(c["verdict"] == v for c in results["cases"]) for v in CASE_VERDICTS}
     assert results["summary"] == counts
     assert results["verdict"] == run_verdict(results["cases"], True)[0]
     run = results["run"]
@@ -221,11 +222,23 @@ def test_latest_that_is_a_real_directory_is_not_clobbered(tmp_path: Path) -> Non
         (["not-gated"], True, "error"),
         (["pass"], False, "incomplete"),
         (["fail"], False, "incomplete"),
+        (["pass", "inconclusive"], True, "ship"),
+        (["inconclusive", "not-gated"], True, "ship"),
     ],
 )
 def test_run_verdict(verdicts: list[str], complete: bool, expected: str) -> None:
     verdict, reason = run_verdict([{"verdict": v} for v in verdicts], complete)
     assert verdict == expected and reason
+    if "inconclusive" in verdicts and complete:
+        assert "INCONCLUSIVE" in reason  # "no regression detected" is never worded as "shown within"
+
+
+def test_inconclusive_blocks_under_on_inconclusive_fail_and_partial_runs_say_so() -> None:
+    cases = [{"verdict": "pass"}, {"verdict": "inconclusive"}]
+    verdict, reason = run_verdict(cases, True, on_inconclusive="fail")
+    assert verdict == "regression" and "1 inconclusive" in reason
+    verdict, reason = run_verdict(cases[:1], True, partial={"expected": 2, "judged": 1})
+    assert verdict == "ship" and "PARTIAL RUN: 1 of 2" in reason
 
 
 def _edit_results(run_dir: Path, edit) -> None:
