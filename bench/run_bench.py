@@ -32,14 +32,17 @@ Like with like (what lm-eval 0.4.13 does, read from its installed source, and ho
   length (``max_length``) passed to lm-eval;
 - batching: lm-eval sorts by length, right-pads without an attention mask and forwards the pads, and shares
   one forward among requests that differ only in their last token (its one-token logits cache, left on);
-  calib-checks packs each context with all its options in one row. Both sides' batch sizes are printed;
-  per-option log-likelihoods differ only by float32 summation order.
+  calib-checks forwards each item as a token tree (the context and lettered prompt's common leading tokens once,
+  then the rest of each with its options) and packs several items' trees per row up to a row budget. Both
+  sides' batch sizes are printed; per-option log-likelihoods differ only by float32 summation order.
 - timing: each contender's wall time covers the scoring work only (tokenisation + forwards + gathering),
   not imports or model loading; for lm-eval that is the time inside ``HFLM.loglikelihood``, and its
   ``simple_evaluate`` end-to-end time (task building, dataset loading, metrics) is printed beside it.
 
 Lower bound of forwarded tokens (what any exact method must run), per item: the context once (with its BOS),
-each option's tokens but its last once (the last token is only ever a target), the lettered prompt once.
+each option's tokens but its last once (the last token is only ever a target), the lettered prompt once
+(``bound``); ``tree`` is the same less the leading tokens the context and the lettered prompt have in common,
+which a token tree forwards once. The tokens target holds calib-checks to the tree bound.
 
 Targets, printed next to the figures (goals, not unit tests): per-option log-likelihoods within 1e-3 of
 lm-eval's and the same accuracy item for item (argmax differences are printed too); calib-checks' forwarded
@@ -119,19 +122,23 @@ def item_lower_bound(context_len: int, option_lens: Sequence[int], prompt_len: i
     return context_len + sum(n - 1 for n in option_lens) + prompt_len
 
 
-def items_lower_bound(tokenizer: Any, items: Sequence[Any], add_bos: bool) -> int:
-    """`item_lower_bound` summed over items, tokenised the lm-eval way (``calib_checks.scoring.encode_pairs``):
-    the bench's own count, to check the engine's ``token_lower_bound`` against. Assumes no truncation."""
+def items_lower_bound(tokenizer: Any, items: Sequence[Any], add_bos: bool) -> tuple[int, int]:
+    """`item_lower_bound` summed over items, tokenised the lm-eval way (``calib_checks.scoring.encode_pairs``),
+    and the same less the leading token ids each item's context and lettered prompt have in common (BOS
+    included), which a token tree forwards once: the bench's own counts, to check the engine's
+    ``token_lower_bound`` and ``token_tree_lower_bound`` against. Assumes no truncation."""
     from calib_checks.scoring import encode_pairs
 
-    bos = 1 if add_bos else 0
-    total = 0
+    bos = [-1] if add_bos else []  # any id: only the count and the agreement of the two sequences matter
+    total = shared = 0
     for item in items:
         pairs = [(item.context, " " + o) for o in item.options] + [(item.choice_prompt, " " + item.letters[0])]
         enc = encode_pairs(tokenizer, pairs)
         k = len(item.options)
-        total += item_lower_bound(len(enc[0][0]) + bos, [len(e[1]) for e in enc[:k]], len(enc[k][0]) + bos)
-    return total
+        context, prompt = bos + enc[0][0], bos + enc[k][0]
+        total += item_lower_bound(len(context), [len(e[1]) for e in enc[:k]], len(prompt))
+        shared += next((n for n, (a, b) in enumerate(zip(context, prompt)) if a != b), min(len(context), len(prompt)))
+    return total, total - shared
 
 
 def extractor_scores(per_option: Sequence[Sequence[float]], k: int) -> dict[str, list[float]]:
@@ -198,7 +205,14 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
             "tokens_forwarded": calib["stats"]["tokens_forwarded"],
             "tokens_padded": calib["tokens_padded"],
             "token_lower_bound": calib["lower_bound"],
+            "token_tree_lower_bound": calib["tree_lower_bound"],
             "engine_lower_bound": calib["stats"]["token_lower_bound"],
+            "engine_tree_lower_bound": calib["stats"]["token_tree_lower_bound"],
+            "seconds_tokenise": calib["stats"]["seconds_tokenise"],
+            "seconds_forward": calib["stats"]["seconds_forward"],
+            "seconds_head": calib["stats"]["seconds_head"],
+            "rows": calib["stats"]["rows"],
+            "row_tokens": calib["stats"]["row_tokens"],
             "seconds": calib["seconds"],
             "items_per_second": n / calib["seconds"],
             "peak_rss_mib": calib["peak_rss_mib"],
@@ -224,7 +238,8 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
         },
         "agreement": {},
     }
-    out["calib"]["tokens_over_bound"] = out["calib"]["tokens_forwarded"] / out["calib"]["token_lower_bound"]
+    # The bound a token tree must run: what calib-checks claims to reach (the per-sequence one is printed beside).
+    out["calib"]["tokens_over_bound"] = out["calib"]["tokens_forwarded"] / out["calib"]["token_tree_lower_bound"]
     out["calib"]["speedup_vs_lmeval"] = lmeval_seconds / calib["seconds"]
     out["calib"]["peak_rss_ratio_vs_lmeval"] = calib["peak_rss_mib"] / lmeval["peak_rss_mib"]
     for e, values in le.items():
@@ -307,7 +322,7 @@ def format_report(results: Mapping[str, Any]) -> str:
             f"{'on' if lm['logits_cache'] else 'off'}); lm-eval {lm['lm_eval_version']}"
         )
         header = f"{'task':<10} {'contender':<13} {'items':>5} {'tokens':>8} {'padded':>8} {'bound':>8} " \
-                 f"{'tok/bnd':>7} {'wall s':>7} {'items/s':>7} {'peak MiB':>8} {'speed vs lm-eval':>16} " \
+                 f"{'tree':>8} {'tok/tree':>8} {'wall s':>7} {'items/s':>7} {'peak MiB':>8} {'speed vs lm-eval':>16} " \
                  f"{'RSS vs lm-eval':>14}"
         lines.append(header)
         lines.append("-" * len(header))
@@ -316,23 +331,28 @@ def format_report(results: Mapping[str, Any]) -> str:
             c, le = fig["calib"], fig["lmeval"]
             lines.append(
                 f"{task:<10} {'calib-checks':<13} {n:>5} {c['tokens_forwarded']:>8} {c['tokens_padded']:>8} "
-                f"{c['token_lower_bound']:>8} "
-                f"{c['tokens_over_bound']:>7.3f} {_fmt_seconds(c['seconds']):>7} {c['items_per_second']:>7.2f} "
+                f"{c['token_lower_bound']:>8} {c['token_tree_lower_bound']:>8} "
+                f"{c['tokens_over_bound']:>8.3f} {_fmt_seconds(c['seconds']):>7} {c['items_per_second']:>7.2f} "
                 f"{c['peak_rss_mib']:>8.0f} {c['speedup_vs_lmeval']:>15.2f}x {c['peak_rss_ratio_vs_lmeval']:>13.2f}x"
             )
             lines.append(
-                f"{'':<10} {'lm-eval':<13} {n:>5} {le['tokens_forwarded']:>8} {le['tokens_padded']:>8} {'':>8} "
-                f"{le['tokens_forwarded'] / c['token_lower_bound']:>7.3f} {_fmt_seconds(le['seconds']):>7} "
+                f"{'':<10} {'lm-eval':<13} {n:>5} {le['tokens_forwarded']:>8} {le['tokens_padded']:>8} {'':>8} {'':>8} "
+                f"{le['tokens_forwarded'] / c['token_tree_lower_bound']:>8.3f} {_fmt_seconds(le['seconds']):>7} "
                 f"{le['items_per_second']:>7.2f} {le['peak_rss_mib']:>8.0f} {1.0:>15.2f}x {1.0:>13.2f}x"
             )
             if "naive" in fig:
                 nv = fig["naive"]
                 lines.append(
                     f"{'':<10} {'naive':<13} {n:>5} {nv['tokens_forwarded']:>8} {nv['tokens_forwarded']:>8} {'':>8} "
-                    f"{nv['tokens_forwarded'] / c['token_lower_bound']:>7.3f} {_fmt_seconds(nv['seconds']):>7} "
+                    f"{'':>8} {nv['tokens_forwarded'] / c['token_tree_lower_bound']:>8.3f} {_fmt_seconds(nv['seconds']):>7} "
                     f"{nv['items_per_second']:>7.2f} {nv['peak_rss_mib']:>8.0f} {nv['speedup_vs_lmeval']:>15.2f}x "
                     f"{nv['peak_rss_ratio_vs_lmeval']:>13.2f}x"
                 )
+            lines.append(
+                f"{'':<10} calib-checks time: tokenise {_fmt_seconds(c['seconds_tokenise'])} s, forward "
+                f"{_fmt_seconds(c['seconds_forward'])} s, head {_fmt_seconds(c['seconds_head'])} s; {c['rows']} rows of "
+                f"up to {c['row_tokens']} tokens, up to {c['batch_size']} a batch"
+            )
             for e in ("continuation-sum", "choice"):
                 a = fig["agreement"][e]
                 extra = ""
@@ -597,7 +617,7 @@ def _worker_calib(args: argparse.Namespace) -> int:
     padded = [0]
 
     def count_padded(module: Any, args: tuple, kwargs: dict) -> None:
-        # Every row of every batch, padding included (score_items' stats count non-pad tokens only).
+        # Every token the decoder sees, padding included: the check of the engine's own tokens_padded.
         padded[0] += (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).numel()
 
     loaded.model.get_decoder().register_forward_pre_hook(count_padded, with_kwargs=True)
@@ -607,17 +627,24 @@ def _worker_calib(args: argparse.Namespace) -> int:
         reset_gpu_peak(args.device)
         padded[0] = 0
         started = time.perf_counter()
-        records, stats = score_items(loaded, data.items, batch_size=batch, progress=False)
+        records, stats = score_items(loaded, data.items, batch_size=batch, progress=False, row_tokens=args.row_tokens)
         seconds = time.perf_counter() - started
+        if padded[0] != stats["tokens_padded"] + stats["probe_tokens"]:
+            raise BenchError(
+                f"{task}: the decoder saw {padded[0]} tokens, the engine counts {stats['tokens_padded']} padded + "
+                f"{stats['probe_tokens']} probe tokens"
+            )
+        bound, tree_bound = items_lower_bound(loaded.tokenizer, data.items, loaded.add_bos)
         out["tasks"][task] = {
             "task": task,
             "seconds": seconds,
             "peak_rss_mib": peak_mib(),
             "per_task_peak": per_task_peak,
             "peak_gpu_mib": gpu_peak_mib(args.device),
-            "tokens_padded": padded[0],
+            "tokens_padded": stats["tokens_padded"],
             "stats": stats,
-            "lower_bound": items_lower_bound(loaded.tokenizer, data.items, loaded.add_bos),
+            "lower_bound": bound,
+            "tree_lower_bound": tree_bound,
             "items": [{"id": r.id, "gold": r.gold, "scores": r.scores} for r in records],
         }
     _write_json(Path(args.out), out)
@@ -716,8 +743,9 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[str
     outs = {name: workdir / f"{model}-{name}.json" for name in ("calib", "lmeval", "naive")}
     n_tasks = f"{len(args.tasks)} tasks x {args.limit} items"
     print(f"[bench] {model}: calib-checks, {n_tasks}", flush=True)
+    row_tokens = [] if args.row_tokens is None else ["--row-tokens", str(args.row_tokens)]
     process_rss = {"calib": run_worker([py, me, "--worker", "calib", *common, "--batch-size", str(args.batch_size),
-                                        "--out", str(outs["calib"])], logs / f"{model}-calib.log", env)}
+                                        *row_tokens, "--out", str(outs["calib"])], logs / f"{model}-calib.log", env)}
     calib = json.loads(outs["calib"].read_text())
     print(f"[bench] {model}: lm-eval, {n_tasks}", flush=True)
     process_rss["lmeval"] = run_worker(
@@ -758,6 +786,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", help="float32 on both sides: lm-eval's log-softmax runs in it")
     parser.add_argument("--batch-size", default="auto", help="calib-checks' batch size")
+    parser.add_argument("--row-tokens", type=int, default=None,
+                        help="calib-checks' packed row budget (default: the engine's for the device)")
     parser.add_argument("--lmeval-batch-size", type=int, default=4)
     parser.add_argument("--lmeval-python", default=str(REPO / ".bench-venv" / "bin" / "python"))
     parser.add_argument("--gemma-wheels", default=str(REPO / ".bench-venv" / "gemma-wheels"))
@@ -795,7 +825,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "targets": TARGETS,
         "config": {k: getattr(args, k) for k in ("tasks", "limit", "seed", "data_source", "device", "dtype",
-                                                 "batch_size", "lmeval_batch_size")},
+                                                 "batch_size", "row_tokens", "lmeval_batch_size")},
         "machine": machine_info() | {"load_before": list(os.getloadavg())},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "models": {},

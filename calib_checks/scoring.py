@@ -35,17 +35,23 @@ When ``LoadedModel.add_bos`` is set, the BOS id is prepended to the context (lm-
 scored input of an option is ``(context + continuation)[:-1]`` left-truncated to ``max_length`` tokens, as in
 lm-eval; options that need different truncations get their own copy of the truncated context.
 
-Efficiency (departure from lm-eval, same numbers): each context is forwarded once per item. Its row holds the
-context followed by every option's tokens but the last (the last token is only ever a target); a 4D block mask
-lets each option attend to the context and causally to itself, never to another option, and position ids restart
-every option at ``len(context)``. Only the scored positions go through the output head, in chunks, so no
-``[batch, seq, vocab]`` logits tensor exists. Rows are length-sorted and right-padded; padding is never attended.
+Efficiency (departure from lm-eval, same numbers): each item is one token tree, forwarded once. Its trunk is
+the leading token ids its context and lettered prompt have in common (BOS, "Question: ..."; only where they
+agree id for id, and only when neither is truncated); then come the rest of the context followed by every
+option's tokens but the last (the last token is only ever a target), and the rest of the lettered prompt. A 4D
+mask lets each token attend causally to the trunk, its own branch's body and its own option, never to another
+option or branch; position ids continue from the trunk into each branch and restart every option after its
+body. Several items' trees are packed into one row up to a row budget (best-fit decreasing; the mask is
+block-diagonal across them and their position ids restart at 0), so rows come out nearly full and batches of
+them need little padding; on a CPU a batch is one row, so none. Only the scored positions go through the output
+head, in chunks, so no ``[batch, seq, vocab]`` logits tensor exists; padding is never attended.
 The KV-cache alternative (forward the context, then the options against its cache) needs a second forward per
 batch and a cache expanded per option; the packed row gets the same sharing in one call and batches freely.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import sys
 import time
@@ -65,13 +71,16 @@ if TYPE_CHECKING:
     from calib_checks.tasks import Item
 
 # Bump when a change alters any number written into a record: the result cache's key includes it.
-SCORING_VERSION = "2"  # 2: records carry letter_mass
+SCORING_VERSION = "3"  # 2: records carry letter_mass; 3: packed rows, shared prompt prefixes, timing stats
 
 EXTRACTORS = ("continuation-sum", "continuation-min", "continuation-mean", "choice")
 
-# Rows * padded length per batch when batch_size="auto"; halved on out-of-memory. A CPU gains little from
-# bigger batches, a GPU a lot.
-_AUTO_TOKEN_BUDGET = {"cuda": 1 << 16, "other": 1 << 12}
+# Rows * longest row per batch when batch_size="auto"; halved on out-of-memory. On a CPU that is one row a
+# batch: more rows add no arithmetic throughput there, only padding of the shorter ones. A GPU gains a lot.
+_AUTO_TOKEN_BUDGET = {"cuda": 1 << 16, "other": 1 << 9}
+# Tokens per packed row (a longer sequence gets a row of its own). The dense block mask makes attention cost
+# grow with the square of the row length, while short rows leave more padding at the ends of batches.
+_ROW_TOKENS = {"cuda": 1 << 11, "other": 1 << 9}
 # Float32 logits computed at once by the output head: positions per chunk = this // vocabulary size.
 _HEAD_CHUNK_ELEMENTS = 1 << 25
 # Attention implementations that apply a user-given 4D mask as is (transformers' masking_utils returns a 4D
@@ -253,33 +262,49 @@ def score_items(
     items: Sequence[Item],
     batch_size: int | Literal["auto"] = "auto",
     progress: bool = True,
+    row_tokens: int | None = None,
 ) -> tuple[list[ItemRecord], dict[str, Any]]:
     """Score every item with all `EXTRACTORS`; return the records in item order and the stats.
 
+    Each item is a token tree (its context with the options and its lettered prompt with the letters, their
+    common leading tokens once; a truncated item is one sequence per truncation instead). The sequences are
+    packed into rows of up to ``row_tokens`` tokens (None: `_ROW_TOKENS` for the device; a longer sequence gets
+    a row of its own) and the rows batched ``batch_size`` at a time ("auto": as many as fit
+    `_AUTO_TOKEN_BUDGET` tokens).
+
     stats: ``tokens_forwarded`` (non-pad tokens run through the model by the scoring batches),
+    ``tokens_padded`` (what went through the model, padding included: rows * longest row, summed over batches),
     ``token_lower_bound`` (what any exact method must run: per item the context once, each option's tokens but
     its last once, the lettered prompt once; for truncated items the least-truncated context),
+    ``token_tree_lower_bound`` (the same where an untruncated item's context and lettered prompt forward their
+    common leading tokens once, as here: what a token tree must run),
     ``probe_tokens`` (the one short forward that checks the output-head path against the model's own logits),
     ``truncated`` and ``prefix_fallbacks`` (item counts), ``letter_tokens`` (``{letter: id}``, a sorted list of
     ids where items disagree), ``letter_mass`` (`letter_mass_summary`; a `LowLetterMassWarning` when its mean
-    is below `LETTER_MASS_FLOOR`), ``seconds``, ``batch_size`` (most rows in one batch), ``token_budget`` (auto
-    mode's final rows * padded length, else None).
-    Scores depend on the batch size only through floating-point summation order (float32 sums on SmolLM2
-    moved by at most 3e-5 between batch sizes 1, 7 and auto); for a fixed batch size they are deterministic.
+    is below `LETTER_MASS_FLOOR`), ``seconds`` (all of it) and where they went: ``seconds_tokenise``
+    (tokenising and planning), ``seconds_forward`` (the decoder, its inputs and masks), ``seconds_head`` (the
+    output head, log-softmax and gathering); ``rows`` and ``sequences`` (how many of each were forwarded),
+    ``batch_size`` (most rows in one batch), ``row_tokens`` (the final row budget) and ``token_budget`` (auto
+    mode's final rows * longest row, else None).
+    Scores depend on the packing and batching only through floating-point summation order (float32: within
+    1e-5 on the tiny test models); for fixed settings they are deterministic.
     """
     import torch
 
     started = time.perf_counter()
     if isinstance(batch_size, bool) or not (batch_size == "auto" or (isinstance(batch_size, int) and batch_size > 0)):
         raise ScoringError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
+    if row_tokens is not None and (isinstance(row_tokens, bool) or not isinstance(row_tokens, int) or row_tokens < 1):
+        raise ScoringError(f"row_tokens must be a positive integer or None, got {row_tokens!r}")
     if not model.temperature > 0 or not math.isfinite(model.temperature):
         raise ScoringError(f"model {model.label}: temperature must be a positive number, got {model.temperature}")
     plan = _Plan(model, items)
     mask_kind = _mask_kind(model)
+    clock = _Clock(model.input_device, tokenise=time.perf_counter() - started)
 
     with torch.inference_mode():
-        probe_tokens = _check_output_head(model, plan.segments[0].prefix if plan.segments else [])
-        tokens_forwarded, most_rows, budget = _run_batches(model, plan, batch_size, mask_kind, progress)
+        probe_tokens = _check_output_head(model, plan.segments[0].first_sequence() if plan.segments else [])
+        run = _run_batches(model, plan, batch_size, row_tokens, mask_kind, progress, clock)
 
     records = plan.records(model)
     letter_mass = letter_mass_summary(records)
@@ -294,37 +319,76 @@ def score_items(
             stacklevel=2,
         )
     stats = {
-        "tokens_forwarded": tokens_forwarded,
+        "tokens_forwarded": run.tokens_forwarded,
+        "tokens_padded": run.tokens_padded,
         "token_lower_bound": plan.lower_bound,
+        "token_tree_lower_bound": plan.lower_bound - plan.shared_tokens,
         "probe_tokens": probe_tokens,
         "truncated": sum(r.truncated for r in records),
         "prefix_fallbacks": sum(r.prefix_fallback for r in records),
         "letter_tokens": plan.letter_tokens(),
         "letter_mass": letter_mass,
         "seconds": time.perf_counter() - started,
-        "batch_size": most_rows,
-        "token_budget": budget,
+        "seconds_tokenise": clock.tokenise,
+        "seconds_forward": clock.forward,
+        "seconds_head": clock.head,
+        "rows": run.rows,
+        "sequences": len(plan.segments),
+        "batch_size": run.most_rows,
+        "row_tokens": run.row_tokens,
+        "token_budget": run.token_budget,
     }
     return records, stats
 
 
 @dataclass
-class _Segment:
-    """One row: a (possibly truncated) prefix and the options scored against it.
+class _Branch:
+    """Options scored after ``body``: ``targets[j]`` are the continuation tokens of option ``options[j]``.
 
-    ``targets[j]`` are the continuation tokens of option ``options[j]``; the row holds
-    ``prefix + targets[0][:-1] + targets[1][:-1] + ...``. ``kind`` is "continuation" or "choice".
-    """
+    ``kind`` is "continuation" or "choice" (the targets are then single letters)."""
 
-    item: int
     kind: str
-    prefix: list[int]
+    body: list[int]
     options: list[int]
     targets: list[list[int]]
 
+
+@dataclass
+class _Segment:
+    """One sequence of an item as a token tree: a ``trunk`` from position 0, then each branch's body, then
+    each of its options' tokens but the last. A token sees the trunk, its branch's body and its own option,
+    causally; nothing of another branch or option. Without sharing there is one branch with an empty body."""
+
+    item: int
+    trunk: list[int]
+    branches: list[_Branch]
+
     @property
-    def row_len(self) -> int:
-        return len(self.prefix) + sum(len(t) - 1 for t in self.targets)
+    def length(self) -> int:
+        """Tokens the sequence puts in a row."""
+        return len(self.trunk) + sum(len(b.body) + sum(len(t) - 1 for t in b.targets) for b in self.branches)
+
+    def first_sequence(self) -> list[int]:
+        """The trunk and the first branch's body: a plain causal sequence from position 0."""
+        return self.trunk + self.branches[0].body
+
+
+@dataclass
+class _Clock:
+    """Seconds spent per phase; on CUDA the device is synchronised before each reading, so that a phase's
+    kernels are counted in it and not in the next."""
+
+    device: torch.device
+    tokenise: float = 0.0
+    forward: float = 0.0
+    head: float = 0.0
+
+    def now(self) -> float:
+        if self.device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
 
 class _Plan:
@@ -334,6 +398,7 @@ class _Plan:
         self.items = list(items)
         self.segments: list[_Segment] = []
         self.lower_bound = 0
+        self.shared_tokens = 0  # trunk tokens that a context and its lettered prompt have in common
         label, max_len = model.label, model.max_length
         bos: list[int] = []
         if model.add_bos:
@@ -381,14 +446,21 @@ class _Plan:
                         f"1..max_length={max_len}; fix the item or use a model with a longer context"
                     )
                 cuts.setdefault(max(0, len(context) + len(ids) - 1 - max_len), []).append(option)
-            for cut, group in sorted(cuts.items()):
-                self.segments.append(
-                    _Segment(i, "continuation", context[cut:], group, [options[o][1] for o in group])
-                )
             prompt_cut = max(0, len(prompt) - max_len)
-            self.segments.append(
-                _Segment(i, "choice", prompt[prompt_cut:], list(range(k)), [[t] for t in self.letter_ids[i]])
-            )
+            letters_branch = _Branch("choice", [], list(range(k)), [[t] for t in self.letter_ids[i]])
+            if list(cuts) == [0] and prompt_cut == 0:
+                # The context and the lettered prompt mostly start alike (BOS, "Question: ..."): one trunk
+                # forwards their common tokens once for both. Truncated ones start at different positions.
+                shared = _common_prefix(context, prompt)
+                continuation = _Branch("continuation", context[shared:], cuts[0], [options[o][1] for o in cuts[0]])
+                letters_branch.body = prompt[shared:]
+                self.segments.append(_Segment(i, context[:shared], [continuation, letters_branch]))
+                self.shared_tokens += shared
+            else:
+                for cut, group in sorted(cuts.items()):
+                    branch = _Branch("continuation", [], group, [options[o][1] for o in group])
+                    self.segments.append(_Segment(i, context[cut:], [branch]))
+                self.segments.append(_Segment(i, prompt[prompt_cut:], [letters_branch]))
             self.truncated.append(max(cuts) > 0 or prompt_cut > 0)
             self.lower_bound += len(context) - min(cuts) + sum(n - 1 for n in self.n_tokens[i])
             self.lower_bound += len(prompt) - prompt_cut
@@ -396,12 +468,14 @@ class _Plan:
         self.token_logprobs: list[list[list[float] | None]] = [[None] * len(it.options) for it in self.items]
         self.choice_logprobs: list[list[float | None]] = [[None] * len(it.options) for it in self.items]
 
-    def store(self, segment: _Segment, values: list[list[float]]) -> None:
-        for option, logprobs in zip(segment.options, values):
-            if segment.kind == "continuation":
-                self.token_logprobs[segment.item][option] = logprobs
-            else:
-                self.choice_logprobs[segment.item][option] = logprobs[0]
+    def store(self, segment: _Segment, values: list[list[list[float]]]) -> None:
+        """Keep the per-token log-probabilities of `segment`: ``values[branch][j]`` for option j of the branch."""
+        for branch, per_option in zip(segment.branches, values):
+            for option, logprobs in zip(branch.options, per_option):
+                if branch.kind == "continuation":
+                    self.token_logprobs[segment.item][option] = logprobs
+                else:
+                    self.choice_logprobs[segment.item][option] = logprobs[0]
 
     def records(self, model: LoadedModel) -> list[ItemRecord]:
         out = []
@@ -444,6 +518,16 @@ class _Plan:
         return {letter: next(iter(ids)) if len(ids) == 1 else sorted(ids) for letter, ids in sorted(seen.items())}
 
 
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading token ids `a` and `b` have in common."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def _check_item(item: Item, label: str) -> None:
     k = len(item.options)
     if k == 0 or len(item.letters) != k or not 0 <= item.gold < k:
@@ -468,7 +552,7 @@ def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
 def _progress_bar(total: int, label: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=f"scoring {label}", unit="row", disable=not (enabled and sys.stderr.isatty()))
+    return tqdm(total=total, desc=f"scoring {label}", unit="seq", disable=not (enabled and sys.stderr.isatty()))
 
 
 def _mask_kind(model: LoadedModel) -> str:
@@ -489,107 +573,184 @@ def _mask_kind(model: LoadedModel) -> str:
     return kind
 
 
+def _pack(lengths: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:
+    """Group ``(id, length)`` sequences into rows of at most `budget` tokens; return the rows' ids, longest row
+    first. Best-fit decreasing: longest sequence first, each into the row it leaves the least room in, a new row
+    where none has room (a sequence longer than `budget` gets a row of its own)."""
+    rows: list[list[int]] = []
+    used: list[int] = []
+    free: list[tuple[int, int]] = []  # (room left, row), sorted, rows with room only
+    for seq, n in sorted(lengths, key=lambda x: (-x[1], x[0])):
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            _, row = free.pop(at)
+        else:
+            row = len(rows)
+            rows.append([])
+            used.append(0)
+        rows[row].append(seq)
+        used[row] += n
+        if used[row] < budget:
+            bisect.insort(free, (budget - used[row], row))
+    order = sorted(range(len(rows)), key=lambda r: (-used[r], r))
+    return [rows[r] for r in order]
+
+
+@dataclass
+class _Run:
+    tokens_forwarded: int
+    tokens_padded: int
+    rows: int
+    most_rows: int
+    row_tokens: int
+    token_budget: int | None
+
+
 def _run_batches(
-    model: LoadedModel, plan: _Plan, batch_size: int | Literal["auto"], mask_kind: str, progress: bool
-) -> tuple[int, int, int | None]:
-    """Forward every row of `plan` longest first; return (tokens forwarded, most rows in a batch, final budget).
+    model: LoadedModel,
+    plan: _Plan,
+    batch_size: int | Literal["auto"],
+    row_tokens: int | None,
+    mask_kind: str,
+    progress: bool,
+    clock: _Clock,
+) -> _Run:
+    """Pack every sequence of `plan` into rows, forward the rows longest first, store what comes back.
 
     A fixed batch size takes that many rows at a time. "auto" takes as many rows as fit ``budget`` tokens
-    (rows * longest row) and, on out-of-memory, halves the budget and re-runs the failed batch.
+    (rows * longest row); on out-of-memory it halves the budget and re-runs the failed batch, and where that
+    batch is a single row of several sequences, re-packs what is left into rows of half its length.
     """
     import torch
 
-    order = sorted(range(len(plan.segments)), key=lambda s: (-plan.segments[s].row_len, s))
+    device = "cuda" if model.input_device.type == "cuda" else "other"
     auto = batch_size == "auto"
-    budget = _AUTO_TOKEN_BUDGET["cuda" if model.input_device.type == "cuda" else "other"] if auto else None
-    tokens_forwarded = most_rows = start = 0
-    with _progress_bar(len(order), model.label, progress) as bar:
-        while start < len(order):
-            if auto:
-                rows = max(1, min(len(order) - start, budget // plan.segments[order[start]].row_len))
-            else:
-                rows = batch_size
-            batch = [plan.segments[s] for s in order[start : start + rows]]
+    budget = _AUTO_TOKEN_BUDGET[device] if auto else None
+    row_budget = row_tokens or _ROW_TOKENS[device]
+    segments = plan.segments
+    rows = _pack([(s, segments[s].length) for s in range(len(segments))], row_budget)
+    run = _Run(0, 0, 0, 0, row_budget, budget)
+    with _progress_bar(len(segments), model.label, progress) as bar:
+        start = 0
+        while start < len(rows):
+            width = sum(segments[s].length for s in rows[start])
+            n_rows = max(1, min(len(rows) - start, budget // width)) if auto else batch_size
+            batch = [[segments[s] for s in row] for row in rows[start : start + n_rows]]
             try:
-                logprobs = _forward_batch(model, batch, mask_kind)
+                values = _forward_batch(model, batch, mask_kind, clock)
             except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
                 if "out of memory" not in str(exc).lower():
                     raise
                 if model.input_device.type == "cuda":
                     torch.cuda.empty_cache()
-                if not auto or len(batch) == 1:
-                    raise ScoringError(
-                        f"model {model.label} ran out of memory on a batch of {len(batch)} rows of up to "
-                        f"{batch[0].row_len} tokens; use a smaller batch size (or 'auto'), a smaller dtype or "
-                        f"a bigger device"
-                    ) from exc
-                budget //= 2
-                continue
-            for segment, values in zip(batch, logprobs):
-                plan.store(segment, values)
-            tokens_forwarded += sum(s.row_len for s in batch)
-            most_rows = max(most_rows, len(batch))
+                if auto and len(batch) > 1:
+                    budget //= 2
+                    continue
+                if auto and len(batch[0]) > 1:
+                    row_budget = max(1, width // 2)
+                    left = [(s, segments[s].length) for row in rows[start:] for s in row]
+                    rows[start:] = _pack(left, row_budget)
+                    continue
+                raise ScoringError(
+                    f"model {model.label} ran out of memory on a batch of {len(batch)} rows of up to {width} "
+                    f"tokens; use a smaller batch size (or 'auto'), a smaller dtype or a bigger device"
+                ) from exc
+            for segment, per_branch in zip((s for row in batch for s in row), values):
+                plan.store(segment, per_branch)
+            lengths = [sum(s.length for s in row) for row in batch]
+            run.tokens_forwarded += sum(lengths)
+            run.tokens_padded += len(batch) * max(lengths)
+            run.rows += len(batch)
+            run.most_rows = max(run.most_rows, len(batch))
             start += len(batch)
-            bar.update(len(batch))
-    return tokens_forwarded, most_rows, budget
+            bar.update(sum(len(row) for row in batch))
+    run.row_tokens, run.token_budget = row_budget, budget
+    return run
 
 
-def _forward_batch(model: LoadedModel, batch: Sequence[_Segment], mask_kind: str) -> list[list[list[float]]]:
-    """Per segment, per option, the float32 log-probabilities of its continuation tokens."""
+def _forward_batch(
+    model: LoadedModel, batch: Sequence[Sequence[_Segment]], mask_kind: str, clock: _Clock
+) -> list[list[list[list[float]]]]:
+    """Per segment (rows in order, segments in row order), per branch, per option: the float32
+    log-probabilities of the option's continuation tokens."""
     import torch
 
-    width = max(s.row_len for s in batch)
-    ids = torch.zeros(len(batch), width, dtype=torch.long)
-    positions = torch.zeros(len(batch), width, dtype=torch.long)
-    blocks = torch.full((len(batch), width), -1, dtype=torch.long)  # 0 prefix, j+1 option j, -1 padding
+    started = clock.now()
+    width = max(sum(s.length for s in row) for row in batch)
+    # Per token of a row: id, position, sequence (-1 = padding), branch (0 = trunk) and option (0 = body).
+    columns: dict[str, list[int]] = {name: [] for name in ("ids", "positions", "seqs", "branches", "options")}
     scored: list[int] = []  # flat index (row * width + column) of the position predicting each target
     targets: list[int] = []
-    lengths: list[int] = []
-    for r, segment in enumerate(batch):
-        n = len(segment.prefix)
-        ids[r, :n] = torch.tensor(segment.prefix)
-        positions[r, :n] = torch.arange(n)
-        blocks[r, :n] = 0
-        column = n
-        for j, tokens in enumerate(segment.targets):
-            body = len(tokens) - 1
-            ids[r, column : column + body] = torch.tensor(tokens[:-1], dtype=torch.long)
-            positions[r, column : column + body] = torch.arange(n, n + body)
-            blocks[r, column : column + body] = j + 1
-            # The context's last token predicts every option's first token; option token i predicts i + 1.
-            scored += [r * width + n - 1] + [r * width + column + i for i in range(body)]
-            targets += tokens
-            lengths.append(len(tokens))
-            column += body
+    lengths: list[list[list[int]]] = []  # per segment, per branch: option lengths
+    for r, row in enumerate(batch):
+        tokens: list[int] = []
+        where: dict[str, list[int]] = {name: [] for name in ("positions", "seqs", "branches", "options")}
 
-    decoder = model.model.get_decoder()
+        def add(ids: list[int], first: int, seq: int, branch: int, option: int) -> None:
+            tokens.extend(ids)
+            where["positions"].extend(range(first, first + len(ids)))
+            where["seqs"].extend([seq] * len(ids))
+            where["branches"].extend([branch] * len(ids))
+            where["options"].extend([option] * len(ids))
+
+        for q, segment in enumerate(row):
+            trunk_end = len(tokens) + len(segment.trunk)
+            add(segment.trunk, 0, q, 0, 0)
+            per_branch = []
+            for b, branch in enumerate(segment.branches, start=1):
+                add(branch.body, len(segment.trunk), q, b, 0)
+                # The last token before the options (the body's, else the trunk's) predicts each first token;
+                # option token i predicts token i + 1.
+                last = len(tokens) - 1 if branch.body else trunk_end - 1
+                first = len(segment.trunk) + len(branch.body)
+                for j, option in enumerate(branch.targets):
+                    column = len(tokens)
+                    add(option[:-1], first, q, b, j + 1)
+                    scored += [r * width + last] + [r * width + column + i for i in range(len(option) - 1)]
+                    targets += option
+                per_branch.append([len(t) for t in branch.targets])
+            lengths.append(per_branch)
+        pad = width - len(tokens)
+        columns["ids"] += tokens + [0] * pad
+        columns["positions"] += where["positions"] + [0] * pad
+        columns["seqs"] += where["seqs"] + [-1] * pad
+        columns["branches"] += where["branches"] + [0] * pad
+        columns["options"] += where["options"] + [0] * pad
+
     device = model.input_device
-    positions, blocks = positions.to(device), blocks.to(device)
-    mask = _attention_mask(decoder.config, positions, blocks, mask_kind, model.dtype)
+    shaped = {name: torch.tensor(v, dtype=torch.long).view(len(batch), width).to(device) for name, v in columns.items()}
+    decoder = model.model.get_decoder()
+    mask = _attention_mask(decoder.config, shaped, mask_kind, model.dtype)
     hidden = decoder(
-        input_ids=ids.to(device), attention_mask=mask, position_ids=positions, use_cache=False
+        input_ids=shaped["ids"], attention_mask=mask, position_ids=shaped["positions"], use_cache=False
     ).last_hidden_state
     flat = hidden.reshape(-1, hidden.shape[-1])
-    where, inverse = torch.unique(torch.tensor(scored, device=flat.device), return_inverse=True)
-    logprobs = _target_logprobs(model, flat[where], inverse, torch.tensor(targets)).tolist()
+    between = clock.now()
+    clock.forward += between - started
+    where_, inverse = torch.unique(torch.tensor(scored, device=flat.device), return_inverse=True)
+    logprobs = _target_logprobs(model, flat[where_], inverse, torch.tensor(targets)).tolist()
+    clock.head += clock.now() - between
 
-    out: list[list[list[float]]] = []
-    offset = option = 0
-    for segment in batch:
-        per_option = []
-        for _ in segment.targets:
-            per_option.append(logprobs[offset : offset + lengths[option]])
-            offset += lengths[option]
-            option += 1
-        out.append(per_option)
+    out: list[list[list[list[float]]]] = []
+    offset = 0
+    for per_branch in lengths:
+        segment_values = []
+        for option_lengths in per_branch:
+            values = []
+            for n in option_lengths:
+                values.append(logprobs[offset : offset + n])
+                offset += n
+            segment_values.append(values)
+        out.append(segment_values)
     return out
 
 
 def _attention_mask(
-    config: Any, positions: torch.Tensor, blocks: torch.Tensor, kind: str, dtype: torch.dtype
+    config: Any, rows: Mapping[str, torch.Tensor], kind: str, dtype: torch.dtype
 ) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The [batch, 1, seq, seq] mask: a query sees keys of its own row that are context or its own option, at
-    positions <= its own (and within the sliding window, on sliding layers); padding sees itself only.
+    """The [batch, 1, seq, seq] mask: a query sees keys of its own sequence that are the trunk, or its own
+    branch's body, or its own option, at positions <= its own (and within the sliding window, on sliding
+    layers); padding sees itself only. Sequences packed in one row see nothing of each other.
 
     Where the model mixes full and sliding-window layers (Gemma 3) and a row reaches past the window, the
     layer types get their own masks in the dict those models accept; a model without ``layer_types`` but with
@@ -597,9 +758,13 @@ def _attention_mask(
     """
     import torch
 
+    positions = rows["positions"]
     query_pos, key_pos = positions[:, :, None], positions[:, None, :]
-    query_block, key_block = blocks[:, :, None], blocks[:, None, :]
-    allowed = (key_pos <= query_pos) & ((key_block == 0) | (key_block == query_block)) & (key_block >= 0)
+    seqs, branches, options = rows["seqs"], rows["branches"], rows["options"]
+    key_branch, key_option = branches[:, None, :], options[:, None, :]
+    own_branch = (key_branch == branches[:, :, None]) & ((key_option == 0) | (key_option == options[:, :, None]))
+    allowed = (seqs[:, :, None] == seqs[:, None, :]) & (seqs[:, None, :] >= 0) & (key_pos <= query_pos)
+    allowed &= (key_branch == 0) | own_branch
     allowed |= torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)
 
     def convert(keep: torch.Tensor) -> torch.Tensor:

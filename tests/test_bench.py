@@ -53,8 +53,9 @@ def test_items_lower_bound_matches_the_engines_count(tiny_model_dir):
     for add_bos in (False, True):
         loaded.add_bos = add_bos
         _, stats = score_items(loaded, items, progress=False)
-        assert bench.items_lower_bound(loaded.tokenizer, items, add_bos) == stats["token_lower_bound"]
-        assert stats["tokens_forwarded"] == stats["token_lower_bound"]
+        bound, tree_bound = bench.items_lower_bound(loaded.tokenizer, items, add_bos)
+        assert (bound, tree_bound) == (stats["token_lower_bound"], stats["token_tree_lower_bound"])
+        assert stats["tokens_forwarded"] == tree_bound < bound
 
 
 def test_extractor_scores_from_per_token_logprobs():
@@ -86,10 +87,11 @@ def _worker_outputs(shift: float = 0.0):
         {"id": "x2", "gold": 1, "scores": {"continuation-sum": [-2.0, -4.0], "continuation-min": [-1.0, -2.0],
                                            "continuation-mean": [-1.0, -2.0], "choice": [-1.5, -0.3]}},
     ]
-    calib = {"task": "piqa", "items": items, "seconds": 2.0, "lower_bound": 100, "add_bos": False,
-             "peak_rss_mib": 900.0, "tokens_padded": 120,
-             "stats": {"tokens_forwarded": 100, "token_lower_bound": 100, "batch_size": 2, "truncated": 0,
-                       "prefix_fallbacks": 0}}
+    calib = {"task": "piqa", "items": items, "seconds": 2.0, "lower_bound": 130, "tree_lower_bound": 100,
+             "add_bos": False, "peak_rss_mib": 900.0, "tokens_padded": 120,
+             "stats": {"tokens_forwarded": 100, "token_lower_bound": 130, "token_tree_lower_bound": 100,
+                       "batch_size": 2, "truncated": 0, "prefix_fallbacks": 0, "seconds_tokenise": 0.1,
+                       "seconds_forward": 1.5, "seconds_head": 0.3, "rows": 3, "row_tokens": 512}}
     lmeval = {
         "formulations": {
             "cont": [{"id": "x1", "loglik": [-1.0 + shift, -3.0], "acc": 1.0},
@@ -155,7 +157,8 @@ def test_format_report_prints_figures_targets_and_machine():
     assert "targets: |logL(calib) - logL(lm-eval)| <= 0.001" in text
     assert "2.5x faster" in text
     calib_line = next(line for line in text.splitlines() if line.startswith("piqa"))
-    assert calib_line.split()[2:7] == ["2", "100", "120", "100", "1.000"]
+    assert calib_line.split()[2:8] == ["2", "100", "120", "130", "100", "1.000"]
+    assert "calib-checks time: tokenise 0.10 s, forward 1.50 s, head 0.30 s; 3 rows of up to 512 tokens" in text
     assert "3.00x" in calib_line and "0.90x" in calib_line
     assert "targets: all met" in text
     assert "Test CPU (2 cores)" in text and "load average 0.50 before / 1.50 after" in text
@@ -218,4 +221,4 @@ def test_random_llama_for_gpu_timing_loads_and_scores(tiny_model_dir, tmp_path):
     loaded = load_model(str(folder), device="cpu", dtype="float32")
     assert loaded.model.config.hidden_size == 32
     records, stats = score_items(loaded, [_item()], progress=False)
-    assert len(records[0].scores["choice"]) == 2 and stats["tokens_forwarded"] == stats["token_lower_bound"]
+    assert len(records[0].scores["choice"]) == 2 and stats["tokens_forwarded"] == stats["token_tree_lower_bound"]

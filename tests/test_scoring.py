@@ -169,23 +169,72 @@ def test_tokens_forwarded_is_the_lower_bound(tiny: LoadedModel, tiny_scored) -> 
         for it in TINY_ITEMS
     )
     assert stats["token_lower_bound"] == expected
-    assert stats["tokens_forwarded"] == expected  # exactly, not within 5 %
+    # A context and its lettered prompt forward their common leading token ids once (a token tree).
+    shared = 0
+    for it in TINY_ITEMS:
+        context, prompt = encode(it.context.rstrip()), encode(it.choice_prompt)
+        shared += next((n for n, (a, b) in enumerate(zip(context, prompt)) if a != b), min(len(context), len(prompt)))
+    assert shared > 0 and stats["token_tree_lower_bound"] == expected - shared
+    assert stats["tokens_forwarded"] == expected - shared  # exactly, not within 5 %
     lm_eval_tokens = sum(
         len(encode(it.context + " " + o)) - 1 for it in TINY_ITEMS for o in it.options
     ) + sum(len(encode(it.choice_prompt)) for it in TINY_ITEMS for _ in it.letters)
     assert stats["tokens_forwarded"] < lm_eval_tokens
 
 
-def test_scores_do_not_depend_on_batch_size(tiny: LoadedModel, tiny_scored) -> None:
-    by_size = {3: tiny_scored[0]}
-    for size in (1, "auto"):
-        by_size[size], stats = score_items(tiny, TINY_ITEMS, batch_size=size, progress=False)
-        assert [r.id for r in by_size[size]] == [it.id for it in TINY_ITEMS]
-    assert stats["batch_size"] > 3  # auto put more rows in a batch than the fixed sizes
-    for size in (1, "auto"):
-        for a, b in zip(by_size[3], by_size[size]):
+def test_scores_do_not_depend_on_packing(tiny: LoadedModel, tiny_scored) -> None:
+    """The same items packed differently (row budget, item order, batch size) score the same within 1e-5."""
+    reference, ref_stats = tiny_scored
+    assert ref_stats["rows"] == 1 and ref_stats["sequences"] == len(TINY_ITEMS)  # all in one default row
+    settings = [
+        ({"batch_size": 1, "row_tokens": 1}, False),  # one sequence per row, one row per batch: no padding
+        ({"batch_size": 3, "row_tokens": 1}, False),  # one sequence per row, rows of different lengths padded
+        ({"batch_size": "auto", "row_tokens": 40}, True),
+        ({"batch_size": 2, "row_tokens": 64}, True),
+    ]
+    for options, reverse in settings:
+        items = TINY_ITEMS[::-1] if reverse else TINY_ITEMS
+        records, stats = score_items(tiny, items, progress=False, **options)
+        by_id = {r.id: r for r in records}
+        assert [r.id for r in records] == [it.id for it in items]
+        for a in reference:
+            b = by_id[a.id]
             for name in EXTRACTORS:
-                np.testing.assert_allclose(a.scores[name], b.scores[name], rtol=0, atol=1e-4)
+                np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=0, atol=1e-5, err_msg=f"{options}")
+            assert b.letter_mass == pytest.approx(a.letter_mass, rel=1e-5)
+        assert stats["tokens_forwarded"] == ref_stats["tokens_forwarded"]
+        assert stats["rows"] > 1
+        if options["row_tokens"] == 1:
+            assert stats["rows"] == stats["sequences"]
+        if options["batch_size"] == 1:
+            assert stats["tokens_padded"] == stats["tokens_forwarded"]
+        else:
+            assert stats["tokens_padded"] > stats["tokens_forwarded"]
+
+
+def test_a_context_that_is_all_trunk_is_scored(tiny: LoadedModel) -> None:
+    """Where the whole context is a prefix of the lettered prompt, the options hang off the trunk itself."""
+    it = item("prefix", "plants need?", ["light to grow", "a dog"], 0, context="Question: plants need?")
+    encode = lambda s: tiny.tokenizer(s, add_special_tokens=False).input_ids  # noqa: E731
+    context = encode(it.context)
+    assert encode(it.choice_prompt)[: len(context)] == context
+    records, stats = score_items(tiny, [it], progress=False)
+    assert_matches_naive(tiny, [it], records, tol=5e-4)
+    assert stats["tokens_forwarded"] == stats["token_lower_bound"] - len(context)
+
+
+def test_pack_fills_rows_best_fit_decreasing() -> None:
+    from calib_checks.scoring import _pack
+
+    lengths = [(0, 5), (1, 7), (2, 3), (3, 12), (4, 2), (5, 4), (6, 1)]
+    rows = _pack(lengths, budget=10)
+    assert sorted(s for row in rows for s in row) == list(range(len(lengths)))  # each sequence exactly once
+    size = dict(lengths)
+    used = [sum(size[s] for s in row) for row in rows]
+    assert rows[0] == [3] and used[0] == 12  # longer than the budget: a row of its own, first (longest)
+    assert all(u <= 10 for u in used[1:]) and used == sorted(used, reverse=True)
+    assert len(rows) == 4  # 34 tokens: the 12 alone, then 22 in ceil(22 / 10) = 3 rows
+    assert _pack([], budget=10) == []
 
 
 def test_temperature_divides_logits(tiny: LoadedModel, tiny_scored) -> None:
@@ -311,7 +360,7 @@ def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: 
     lm = loaded(model, tok, label="tiny-gemma3", add_bos=True)
     records, stats = score_items(lm, TINY_ITEMS[:4], batch_size=2, progress=False)
     assert_matches_naive(lm, TINY_ITEMS[:4], records, tol=5e-4)
-    assert stats["tokens_forwarded"] == stats["token_lower_bound"]
+    assert stats["tokens_forwarded"] == stats["token_tree_lower_bound"]
 
 
 def test_unreproduced_logit_scaling_is_refused(tiny_model_dir: Path) -> None:
@@ -356,11 +405,12 @@ def test_smollm2_equals_naive_reference(smollm2_model: LoadedModel) -> None:
     items = [it for task in tasks for it in load_task(task, limit=2).items]
     records, stats = score_items(smollm2_model, items, batch_size="auto", progress=False)
     worst = assert_matches_naive(smollm2_model, items, records, tol=5e-4)
-    assert stats["tokens_forwarded"] == stats["token_lower_bound"]
+    assert stats["tokens_forwarded"] == stats["token_tree_lower_bound"] < stats["token_lower_bound"]
     assert stats["letter_tokens"]["A"] == smollm2_model.tokenizer.convert_tokens_to_ids("ĠA")
     print(
         f"SmolLM2: worst |ours - naive| {worst:.2e}; {len(items) / stats['seconds']:.2f} items/s; "
-        f"tokens forwarded {stats['tokens_forwarded']} = lower bound {stats['token_lower_bound']}"
+        f"tokens forwarded {stats['tokens_forwarded']} = token-tree bound {stats['token_tree_lower_bound']} "
+        f"(separate sequences: {stats['token_lower_bound']})"
     )
 
 
@@ -437,3 +487,33 @@ def test_report_shows_letter_mass(tiny: LoadedModel, tiny_scored, tiny_model_dir
     mean = tiny_scored[1]["letter_mass"]["mean"]
     assert f"{mean:.3f} (low)" in rows["tiny"] and "mass-low" in rows["tiny"]  # far below the floor
     assert "mass-low" not in rows["letter-llama"] and "(low)" not in rows["letter-llama"]
+
+
+def test_score_cli_scores_several_tasks_with_one_load(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from calib_checks.__main__ import main
+
+    source = tmp_path / "source"
+    source.mkdir()
+    piqa = [{"goal": "boil water", "sol1": "use a pot", "sol2": "use a cat", "label": 0},
+            {"goal": "grow plants", "sol1": "give them rock", "sol2": "give them light", "label": 1}]
+    arc = [{"id": f"arc-{i}", "question": q, "choices": {"text": ["a star", "ice", "a dog"], "label": ["A", "B", "C"]},
+            "answerKey": "A"} for i, q in enumerate(["what is the sun?", "what is hot?"])]  # fmt: skip
+    for name, rows in (("piqa", piqa), ("arc_easy", arc)):
+        (source / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    args = ["score", "--model", str(tiny_model_dir), "--task", "piqa,arc_easy", "--data-source", str(source),
+            "--device", "cpu", "--no-cache", "--out", str(tmp_path / "out" / "{task}.jsonl")]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["arc_easy.jsonl", "piqa.jsonl"]
+    piqa_line, arc_line, summary = err[-3:]
+    assert piqa_line.startswith(f"{tiny_model_dir.name} on piqa (2 items") and arc_line.startswith(
+        f"{tiny_model_dir.name} on arc_easy (2 items")
+    for line in (piqa_line, arc_line):
+        assert "cache off" in line and "forwarded" in line and "padded" in line and "lower bound" in line
+        assert "tokenise" in line and "forward" in line and "head" in line
+    assert "2 task(s)" in summary and "model load" in summary and "scoring tokenise" in summary
+    # One file name for several tasks is refused before anything loads.
+    assert main([*args[:-1], str(tmp_path / "one.jsonl")]) == 2
+    assert "put {task} in it" in capsys.readouterr().err
