@@ -14,8 +14,7 @@ beside them.
   prompt never reach a verdict. A sample is lettered when its continuations are ``" A"``, ``" B"``, ... (one per
   option): its log-likelihoods are the ``choice`` extractor; any other sample is the continuation formulation
   and gives ``continuation-sum``. lm-eval logs only the sum per option, so ``continuation-min`` and
-  ``continuation-mean`` are absent from the records, and `TaskScores.stats["unavailable"]` says why (the gate
-  makes such a case an error, never a pass).
+  ``continuation-mean`` are absent from the records (the gate makes such a case an error, never a pass).
 - lm-eval task names map to calib-checks tasks by `calib_task_of` (built-in table below), or by the spec's
   ``?tasks=NAME=TASK+NAME=TASK`` suffix for a team's own task names.
 - The identity is the lm-eval version, model and model_args from the results file, and the sha256 of every
@@ -45,14 +44,6 @@ if TYPE_CHECKING:
 PREFIX = "lm-eval:"
 TASKS_OPTION = "?tasks="
 CONTINUATION, CHOICE = "continuation-sum", "choice"
-UNAVAILABLE = {
-    "continuation-min": "not available from lm-eval: it logs one log-likelihood per option (the sum over the "
-                        "option's tokens), not per token; score the model with calib-checks for this extractor",
-    "continuation-mean": "not available from lm-eval: it logs one log-likelihood per option (the sum over the "
-                         "option's tokens) and no token counts; score the model with calib-checks for this "
-                         "extractor",
-}
-"""Why an extractor cannot be read from lm-eval samples: the message of the gate's error case."""
 
 _SAMPLES_NAME = re.compile(r"^samples_(?P<task>.+)_(?P<date>\d{4}-\d{2}-\d{2}T\d{2}-\d{2}-\d{2}(?:\.\d+)?)\.jsonl$")
 _ITEM_KEYS = frozenset({"id", "gold", "options", "context", "choice_prompt", "letters"})
@@ -151,6 +142,7 @@ class LmEvalRun:
 
     spec: str
     where: str  # the PATH as given, resolved
+    folder: Path  # PATH's folder, the part of its path before any wildcard: what the side is named after
     custom: dict[str, str]
     files: dict[str, SamplesFile]  # lm-eval task name -> its file
     results: dict[Path, dict[str, Any]] = field(default_factory=dict)  # results file -> parsed
@@ -207,7 +199,8 @@ def open_run(spec: str) -> LmEvalRun:
         files[task] = SamplesFile(path.resolve(), task, match["date"], results_path.resolve())
     if not files:
         raise LmEvalError(f"{spec}: no samples_*.jsonl under {text!r}; run lm_eval with --log_samples")
-    run = LmEvalRun(spec, str(base.resolve()) if base.exists() else text, custom, files)
+    folder = base if base.is_dir() else next(p for p in base.parents if not glob.has_magic(str(p)))
+    run = LmEvalRun(spec, str(base.resolve()) if base.exists() else text, folder.resolve(), custom, files)
     for results_path in sorted({f.results_path for f in files.values()}):
         try:
             run.results[results_path] = json.loads(results_path.read_text(encoding="utf-8"))
@@ -247,8 +240,11 @@ def identity(run: LmEvalRun) -> dict[str, Any]:
 def describe(ident: Mapping[str, Any]) -> str:
     """The short name of an lm-eval side for messages and the report."""
     digest = hashlib.sha256(json.dumps(ident.get("samples_sha256"), sort_keys=True).encode()).hexdigest()
-    return (f"lm-eval {ident.get('lm_eval_version')} run {ident.get('name')} ({ident.get('model')} "
-            f"{ident.get('model_args')}; samples {digest[:12]})")
+    args = ident.get("model_args")
+    # lm-eval 0.4.13 logs model_args parsed (a dict); older versions log the command line's string.
+    shown = ",".join(f"{k}={v}" for k, v in args.items()) if isinstance(args, Mapping) else args
+    return (f"lm-eval {ident.get('lm_eval_version')} run {ident.get('name')} ({ident.get('model')} {shown}; "
+            f"samples {digest[:12]})")
 
 
 def _sha256(path: Path) -> str:
@@ -459,9 +455,9 @@ def task_data(run: LmEvalRun, task: str, limit: int | None = None, seed: int = 0
 
 def task_scores(run: LmEvalRun, task: str, label: str, limit: int | None = None, seed: int = 0) -> TaskScores:
     """The side's `scoring.TaskScores` on `task`: one `ItemRecord` per item of the `--limit` sample, with the
-    extractors lm-eval's samples give; `stats["unavailable"]` maps each missing extractor to the reason."""
+    extractors lm-eval's samples give (the gate errors the cases of the others)."""
     from calib_checks.data import fingerprint_items, sample_items
-    from calib_checks.scoring import EXTRACTORS, ItemRecord, TaskScores, _softmax
+    from calib_checks.scoring import ItemRecord, TaskScores, _softmax
 
     items, scores = task_items(run, task)
     chosen = sample_items(items, limit, seed)
@@ -477,12 +473,10 @@ def task_scores(run: LmEvalRun, task: str, label: str, limit: int | None = None,
         )
         for item in chosen
     ]
-    unavailable = {e: UNAVAILABLE.get(e, f"not available from lm-eval: the run has no "
-                                         f"{'lettered' if e == CHOICE else 'continuation'} samples of {task}")
-                   for e in EXTRACTORS if e not in present}
     return TaskScores(
         model_label=label, model_identity=identity(run), task=task, data_fingerprint=fingerprint_items(chosen),
         records=records,
-        stats={"cache": "lm-eval", "source": [str(f.path) for f in run.sources(task)], "unavailable": unavailable,
-               "n_available": len(items)},
+        # "source" names the side in the gate's error for an extractor the records lack (continuation-min, ...).
+        stats={"cache": "lm-eval", "source": f"lm-eval run {run.where}",
+               "samples": [str(f.path) for f in run.sources(task)], "n_available": len(items)},
     )
