@@ -225,6 +225,9 @@ def _out_paths(pattern: str, tasks: list[str]) -> dict[str, Path]:
     return {task: Path(pattern.replace("{task}", task)) for task in tasks}
 
 
+_PHASES = ("tokenise", "forward", "head")  # score_items' seconds_<phase> stats
+
+
 def _score_line(label: str, task_data: TaskData, scores: TaskScores, calls: int, out: Path) -> str:
     """One task's line: cache status, tokens (forwarded, padded, bounds) and where the scoring time went."""
     stats = scores.stats
@@ -235,7 +238,8 @@ def _score_line(label: str, task_data: TaskData, scores: TaskScores, calls: int,
         f"{stats['tokens_padded']} padded, lower bound {stats['token_lower_bound']} "
         f"({stats['token_tree_lower_bound']} sharing prompt prefixes), {stats['rows']} rows; "
         f"{stats['seconds']:.2f} s: tokenise {stats['seconds_tokenise']:.2f}, forward {stats['seconds_forward']:.2f}, "
-        f"head {stats['seconds_head']:.2f}"
+        f"head {stats['seconds_head']:.2f}, other {stats['seconds'] - sum(stats[f'seconds_{p}'] for p in _PHASES):.2f} "
+        f"(the output-head probe, records)"
     )
 
 
@@ -261,7 +265,7 @@ def run_cli(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
     )
     load = 0.0
-    phases = dict.fromkeys(("tokenise", "forward", "head"), 0.0)
+    phases = dict.fromkeys(_PHASES, 0.0)
     for task_data in datas:
         calls, was_loaded, begun = scorer.forward_calls, scorer.loaded, time.perf_counter()
         scores = scorer.score(task_data)

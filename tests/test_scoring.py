@@ -185,7 +185,7 @@ def test_tokens_forwarded_is_the_lower_bound(tiny: LoadedModel, tiny_scored) -> 
 def test_scores_do_not_depend_on_packing(tiny: LoadedModel, tiny_scored) -> None:
     """The same items packed differently (row budget, item order, batch size) score the same within 1e-5."""
     reference, ref_stats = tiny_scored
-    assert ref_stats["rows"] == 1 and ref_stats["sequences"] == len(TINY_ITEMS)  # all in one default row
+    assert ref_stats["rows"] < ref_stats["sequences"] == len(TINY_ITEMS)  # one tree per item, several a row
     settings = [
         ({"batch_size": 1, "row_tokens": 1}, False),  # one sequence per row, one row per batch: no padding
         ({"batch_size": 3, "row_tokens": 1}, False),  # one sequence per row, rows of different lengths padded
