@@ -679,45 +679,42 @@ def _forward_batch(
 
     started = clock.now()
     width = max(sum(s.length for s in row) for row in batch)
-    # Per token of a row: id, position, sequence (-1 = padding), branch (0 = trunk) and option (0 = body).
-    columns: dict[str, list[int]] = {name: [] for name in ("ids", "positions", "seqs", "branches", "options")}
+    # Per token of the batch, row after row: id, position, sequence in its row (-1 = padding), branch (0 = trunk)
+    # and option (0 = body); the values padding gets.
+    padding = {"ids": 0, "positions": 0, "seqs": -1, "branches": 0, "options": 0}
+    columns: dict[str, list[int]] = {name: [] for name in padding}
     scored: list[int] = []  # flat index (row * width + column) of the position predicting each target
     targets: list[int] = []
     lengths: list[list[list[int]]] = []  # per segment, per branch: option lengths
+
+    def add(ids: list[int], first: int, seq: int, branch: int, option: int) -> None:
+        columns["ids"] += ids
+        columns["positions"] += range(first, first + len(ids))
+        columns["seqs"] += [seq] * len(ids)
+        columns["branches"] += [branch] * len(ids)
+        columns["options"] += [option] * len(ids)
+
     for r, row in enumerate(batch):
-        tokens: list[int] = []
-        where: dict[str, list[int]] = {name: [] for name in ("positions", "seqs", "branches", "options")}
-
-        def add(ids: list[int], first: int, seq: int, branch: int, option: int) -> None:
-            tokens.extend(ids)
-            where["positions"].extend(range(first, first + len(ids)))
-            where["seqs"].extend([seq] * len(ids))
-            where["branches"].extend([branch] * len(ids))
-            where["options"].extend([option] * len(ids))
-
         for q, segment in enumerate(row):
-            trunk_end = len(tokens) + len(segment.trunk)
+            trunk_end = len(columns["ids"]) + len(segment.trunk)
             add(segment.trunk, 0, q, 0, 0)
             per_branch = []
             for b, branch in enumerate(segment.branches, start=1):
                 add(branch.body, len(segment.trunk), q, b, 0)
                 # The last token before the options (the body's, else the trunk's) predicts each first token;
                 # option token i predicts token i + 1.
-                last = len(tokens) - 1 if branch.body else trunk_end - 1
+                last = len(columns["ids"]) - 1 if branch.body else trunk_end - 1
                 first = len(segment.trunk) + len(branch.body)
                 for j, option in enumerate(branch.targets):
-                    column = len(tokens)
+                    column = len(columns["ids"])
                     add(option[:-1], first, q, b, j + 1)
-                    scored += [r * width + last] + [r * width + column + i for i in range(len(option) - 1)]
+                    scored += [last, *range(column, column + len(option) - 1)]
                     targets += option
                 per_branch.append([len(t) for t in branch.targets])
             lengths.append(per_branch)
-        pad = width - len(tokens)
-        columns["ids"] += tokens + [0] * pad
-        columns["positions"] += where["positions"] + [0] * pad
-        columns["seqs"] += where["seqs"] + [-1] * pad
-        columns["branches"] += where["branches"] + [0] * pad
-        columns["options"] += where["options"] + [0] * pad
+        pad = (r + 1) * width - len(columns["ids"])
+        for name, value in padding.items():
+            columns[name] += [value] * pad
 
     device = model.input_device
     shaped = {name: torch.tensor(v, dtype=torch.long).view(len(batch), width).to(device) for name, v in columns.items()}
