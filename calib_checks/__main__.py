@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "score": ("calib_checks.engine", "score one model on one task and write its per-item records"),
     "report": ("calib_checks.report", "re-render report.html from a saved run, without inference"),
     "demo": ("calib_checks.demo", "the embedded default: SmolLM2 demo pairs on all five tasks"),
+    "simulate": ("calib_checks.simulation", "reprint the measured false-alarm and power figures of the decision rule"),
 }
 
 

@@ -1,115 +1,125 @@
-"""The shipped default rule, measured: false alarms on equally calibrated pairs, power against T = 0.7.
+"""The shipped decision rule, measured on simulated pairs: per-pair false alarms, per-pair and per-case power.
 
-The rule (thresholds.toml's ECE and SCE rules) is applied through `verdicts.judge_arrays`, the same code the
-gate runs, on simulated tasks where calibration is known exactly:
+calib_checks/simulation.py has the design (a simulated pair = 6 tasks x 3 extractors = 18 independent groups
+x the gated metrics ECE, SCE, over-confidence = 54 cases, judged by `verdicts.judge_arrays` and corrected by
+`verdicts.apply_family` under thresholds.toml's rules and [gate] policy, exactly as the gate does). This file
+runs a small study (TEST_PLAN, about a minute of CPU) and prints its tables (run with `-s`); the figures
+docs/GATE.md and thresholds.toml quote come from the full study, `python -m calib_checks simulate --full`.
 
-* Items have K = 4 options, a uniformly drawn gold option y, and a model sees the signal
-  ``s = beta * e_y + noise``, noise ~ N(0, I). Its probabilities are the exact posterior
-  ``softmax(beta * s)``, so the model is perfectly calibrated (P(y = k | p) = p_k). BETA = 1.2 gives about
-  62 % accuracy, the range of real models on the seed study's tasks.
-* Equal calibration: base and aligned see independent noise draws on the same items (two different
-  calibrated models of equal sharpness); and the identical pair (aligned = base).
-* Regression: aligned = base's logits divided by T = 0.7 (sharpened, over-confident), the seed study's kind
-  of alignment damage; its true ECE change is about +0.06 here.
-
-Run with `-s` to see the figures; docs/GATE.md and thresholds.toml quote them.
+Assertions use exact Clopper-Pearson intervals (95 %, two-sided) so that they can fail with few repetitions
+and yet do not fail by chance: a "<= target" claim fails only when the interval's LOWER end is above the
+target (the data show the target is missed), a ">= target" claim only when its UPPER end is below it. With
+40 pairs, a false-alarm assertion fails from 6 failing pairs (15 %) up; with 20 pairs, the power assertion
+fails from 15 detected of 20 (75 %) down. They are consistency checks at these counts, not proofs; the full
+study's intervals are the evidence.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
+from calib_checks.simulation import (
+    SCENARIOS,
+    SHIPPED,
+    Scenario,
+    clopper_pearson,
+    format_study,
+    judge_pair,
+    run_study,
+)
 from calib_checks.thresholds import load_thresholds
-from calib_checks.verdicts import judge_arrays
 
 pytestmark = pytest.mark.slow
 
-SHIPPED = Path(__file__).resolve().parent.parent / "thresholds.toml"
-K = 4
-BETA = 1.2
-T_SHARP = 0.7
-FALSE_ALARM_SIZES = {200: 200, 1000: 100}  # items: repetitions
-POWER_SIZES = {500: 100, 1000: 100, 2000: 60}
-FALSE_ALARM_BOUND = 0.05
-# Power floors: the shipped rule must keep at least these (measured values are printed and in docs/GATE.md).
-POWER_FLOOR = {500: 0.35, 1000: 0.75, 2000: 0.9}
-
-
-def calibrated_logits(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Logits whose softmax is the exact posterior of y given s = BETA * e_y + N(0, I)."""
-    signal = BETA * np.eye(K)[labels] + rng.standard_normal((labels.size, K))
-    return BETA * signal
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
-
-
-def rate(metric: str, n: int, reps: int, scenario: str, seed: int) -> float:
-    """Fraction of `reps` simulated cases of `n` items where the shipped rule's verdict is "fail"."""
-    rule = load_thresholds(SHIPPED).rule_for("arc_easy", "choice", metric)
-    assert n >= rule.min_items, "simulate only sizes the rule gates"
-    rng = np.random.default_rng(seed)
-    fails = 0
-    for rep in range(reps):
-        labels = rng.integers(0, K, n)
-        base = calibrated_logits(labels, rng)
-        if scenario == "independent":
-            aligned = calibrated_logits(labels, rng)
-        elif scenario == "identical":
-            aligned = base
-        else:
-            aligned = base / T_SHARP
-        decision = judge_arrays(softmax(base), softmax(aligned), labels, metric, rule, seed=rep)
-        assert decision.verdict in ("pass", "fail")
-        fails += decision.verdict == "fail"
-    return fails / reps
+TEST_PLAN = {
+    "equal-indep": {200: 30},
+    "equal-rho0.9": {200: 40},
+    "over-base": {200: 15},
+    "under-base": {200: 15},
+    "T0.7": {200: 10, 500: 20},
+    "T0.85": {500: 10},
+}
+FALSE_ALARM_TARGET = 0.05  # per pair, from 200 items
+PAIR_POWER_TARGET = 0.90  # vs T = 0.7 at 500 items
+OVERCONFIDENCE_POWER_TARGET = 0.80  # per case vs T = 0.7 at 500 items
 
 
 @pytest.fixture(scope="module")
-def figures() -> dict[tuple[str, str, int], float]:
-    out = {}
-    for i, metric in enumerate(("ece", "sce")):
-        for n, reps in FALSE_ALARM_SIZES.items():
-            out[(metric, "identical", n)] = rate(metric, n, 5, "identical", seed=100 + i)
-            out[(metric, "independent", n)] = rate(metric, n, reps, "independent", seed=200 + n + i)
-        for n, reps in POWER_SIZES.items():
-            out[(metric, "sharpened", n)] = rate(metric, n, reps, "sharpened", seed=300 + n + i)
-    rules = {m: load_thresholds(SHIPPED).rule_for("arc_easy", "choice", m) for m in ("ece", "sce")}
-    print("\nshipped rules: " + "; ".join(f"{m}: {r.describe(m)}" for m, r in rules.items()))
-    print(f"{'metric':<6} {'scenario':<26} " + " ".join(f"{n:>6}" for n in sorted({n for _, _, n in out})))
-    for metric in ("ece", "sce"):
-        for scenario, label in (("identical", "false alarm, identical"), ("independent", "false alarm, independent"),
-                                ("sharpened", f"power, T={T_SHARP}")):
-            cells = [f"{out[(metric, scenario, n)]:>6.1%}" if (metric, scenario, n) in out else f"{'':>6}"
-                     for n in sorted({n for _, _, n in out})]
-            print(f"{metric:<6} {label:<26} " + " ".join(cells))
-    return out
+def study():
+    result = run_study(TEST_PLAN, SHIPPED, seed=1, jobs=1, truth_items=100_000)
+    print("\n" + format_study(result))
+    return result
 
 
-@pytest.mark.parametrize("metric", ["ece", "sce"])
-def test_identical_pair_never_fails(figures: dict, metric: str) -> None:
-    for n in FALSE_ALARM_SIZES:
-        assert figures[(metric, "identical", n)] == 0.0
+def test_clopper_pearson_matches_known_values() -> None:
+    assert clopper_pearson(0, 60)[1] == pytest.approx(0.0596, abs=2e-4)  # the "rule of three" neighbourhood
+    lo, hi = clopper_pearson(5, 20)
+    assert (lo, hi) == (pytest.approx(0.0866, abs=2e-4), pytest.approx(0.4910, abs=2e-4))
+    assert clopper_pearson(20, 20) == (pytest.approx(0.8316, abs=2e-4), 1.0)
 
 
-@pytest.mark.parametrize("metric", ["ece", "sce"])
-@pytest.mark.parametrize("n", sorted(FALSE_ALARM_SIZES))
-def test_false_alarms_at_most_five_percent(figures: dict, metric: str, n: int) -> None:
-    assert figures[(metric, "independent", n)] <= FALSE_ALARM_BOUND
+def test_identical_pair_never_fails() -> None:
+    twin = Scenario("twin", "identical models", True, rho=1.0)  # aligned noise = base noise, same temperature
+    for seed in range(2):
+        cases = judge_pair(twin, 200, load_thresholds(SHIPPED), seed=seed)
+        assert len(cases) == 54
+        assert {c.verdict for c in cases} == {"pass"} and {c.change for c in cases} == {0.0}
 
 
-@pytest.mark.parametrize("metric", ["ece", "sce"])
-@pytest.mark.parametrize("n", sorted(POWER_SIZES))
-def test_power_against_sharpening(figures: dict, metric: str, n: int) -> None:
-    assert figures[(metric, "sharpened", n)] >= POWER_FLOOR[n]
+@pytest.mark.parametrize("scenario", ["equal-indep", "equal-rho0.9", "over-base", "under-base"])
+def test_per_pair_false_alarms_at_most_five_percent(study, scenario: str) -> None:
+    for n, cell in ((n, study.cell(scenario, n)) for n in TEST_PLAN[scenario]):
+        lo, _ = clopper_pearson(cell.pairs_failing(), cell.reps)
+        assert lo <= FALSE_ALARM_TARGET, (scenario, n, cell.pairs_failing(), cell.reps)
 
 
-def test_power_grows_with_items(figures: dict) -> None:
-    for metric in ("ece", "sce"):
-        powers = [figures[(metric, "sharpened", n)] for n in sorted(POWER_SIZES)]
-        assert powers == sorted(powers), powers
+def test_per_pair_power_against_t07_at_500_items(study) -> None:
+    cell = study.cell("T0.7", 500)
+    _, hi = clopper_pearson(cell.pairs_failing(), cell.reps)
+    assert hi >= PAIR_POWER_TARGET, (cell.pairs_failing(), cell.reps)
+
+
+def test_per_case_power_of_overconfidence_against_t07_at_500_items(study) -> None:
+    rows = [r for r in study.cell("T0.7", 500).records if r[3] == "overconfidence"]
+    k = sum(r[5] == "fail" for r in rows)
+    _, hi = clopper_pearson(k, len(rows))
+    assert hi >= OVERCONFIDENCE_POWER_TARGET, (k, len(rows))
+    # ... and it is the most powerful of the three gated metrics, far above binned ECE
+    by_metric = {m: study.cell("T0.7", 500).share("fail", m) for m in study.metrics}
+    assert by_metric["overconfidence"] > by_metric["ece"] + 0.2 and by_metric["overconfidence"] > by_metric["sce"]
+
+
+def test_equal_pairs_are_mostly_inconclusive_so_on_inconclusive_pass_is_the_shipped_choice(study) -> None:
+    assert load_thresholds(SHIPPED).policy.on_inconclusive == "pass"
+    cell = study.cell("equal-rho0.9", 200)
+    pairs_with_an_inconclusive_case = {r[0] for r in cell.records if r[5] == "inconclusive"}
+    # with on_inconclusive = "fail" nearly every equally calibrated pair would block its release
+    assert len(pairs_with_an_inconclusive_case) / cell.reps >= 0.9
+    assert cell.share("inconclusive") > 0.5
+
+
+def test_overconfidence_p_values_are_calibrated_under_the_null(study) -> None:
+    # a difference of means: the normal p-value at the true change (0) is about uniform in its tail
+    from calib_checks.metrics import normal_sf
+
+    rows = [r for name in ("equal-indep", "equal-rho0.9") for r in study.cell(name, 200).records
+            if r[3] == "overconfidence"]
+    p = np.array([normal_sf(r[8] / r[9]) for r in rows])
+    k = int((p <= 0.025).sum())
+    lo, hi = clopper_pearson(k, len(rows))
+    assert lo <= 0.025 * 1.5 and hi >= 0.025 / 3, (k, len(rows))
+
+
+def test_sce_changes_scale_as_2_over_k(study) -> None:
+    # the reason for [metric.sce] scale = "2/K": the same sharpening moves SCE by about ECE x 2/K, ARC's
+    # padded 5 columns included
+    for task, k in (("piqa", 2), ("hellaswag", 4), ("arc_easy", 5)):
+        ratio = study.truths[("T0.7", task, "sce")] / study.truths[("T0.7", task, "ece")]
+        assert ratio == pytest.approx(2 / k, rel=0.3), (task, ratio)
+
+
+def test_scenarios_cover_the_issue() -> None:
+    nulls = {s.name for s in SCENARIOS.values() if s.null}
+    assert nulls == {"equal-indep", "equal-rho0.9", "over-base", "under-base"}
+    assert {s.aligned_temperature for s in SCENARIOS.values() if not s.null} == {0.7, 0.85}
