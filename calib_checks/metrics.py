@@ -59,6 +59,7 @@ __all__ = [
     "paired_bootstrap",
     "reliability_bins",
     "sce",
+    "use_matrix_sums",
 ]
 
 #: Largest accepted ``|sum_k probs[i, k] - 1|``. Probabilities come from an fp32 softmax (error ~K * 6e-8),
@@ -74,8 +75,18 @@ NLL_EPS = 1e-15
 # the working arrays stay near cache size (about 1 MB each) whatever N and n_resamples are.
 _CHUNK_ENTRIES = 1 << 17
 
-# Groupings with at most this many non-empty columns sum replicates by a matrix product (see _Grouping).
-_DENSE_COLS = 512
+# Groupings with at most this many non-empty columns sum replicates by a matrix product (see _Grouping). Off
+# (0) by default: the product goes through BLAS, which is about 2x faster than the gather when BLAS runs
+# single-threaded, but a multi-threaded OpenBLAS on a loaded machine made it 30x SLOWER (measured: 24 s
+# instead of 0.7 s for ECE + SCE, 5000 items, 2000 replicates). calib_checks.simulation turns it on in its
+# single-threaded worker processes (use_matrix_sums).
+_DENSE_COLS = 0
+
+
+def use_matrix_sums(enabled: bool) -> None:
+    """Sum bootstrap replicates by matrix products (True; only with a single-threaded BLAS) or by gathers."""
+    global _DENSE_COLS
+    _DENSE_COLS = 512 if enabled else 0
 
 
 class MetricInputError(CalibChecksError, ValueError):
@@ -162,9 +173,9 @@ class _Grouping:
 
     ``cols`` is (N,) or (N, K) (K entries per item). Entries are sorted by column once, so the weighted
     column sums of all replicates are one gather and one ``np.add.reduceat`` along the items; with few
-    columns (at most ``_DENSE_COLS`` non-empty ones: ECE's and SCE's bins) each value array is instead folded
-    once into an (N, columns) matrix and the sums of all replicates are one matrix product (several times
-    faster; equal to the gather path to rounding, tested).
+    columns (at most ``_DENSE_COLS`` non-empty ones: ECE's and SCE's bins; off by default, see
+    ``use_matrix_sums``) each value array is instead folded once into an (N, columns) matrix and the sums of
+    all replicates are one matrix product (equal to the gather path to rounding, tested).
     """
 
     def __init__(self, cols: np.ndarray, n_cols: int) -> None:

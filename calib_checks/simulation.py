@@ -218,7 +218,10 @@ _ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THR
 
 
 def _run_cell(args: tuple[Scenario, int, int, int, str]) -> Cell:
+    from calib_checks.metrics import use_matrix_sums
+
     scenario, n, reps, seed, path = args
+    use_matrix_sums(True)  # this worker's BLAS is single-threaded (run_study)
     thresholds = load_thresholds(path)
     start = time.process_time()
     cell = Cell(scenario, n, reps)

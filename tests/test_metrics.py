@@ -711,6 +711,7 @@ def test_monte_carlo_error_of_the_interval_ends(pair: tuple[np.ndarray, np.ndarr
 def test_dense_and_gather_replicate_sums_agree(name: str, pair: tuple[np.ndarray, np.ndarray, np.ndarray],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     base, aligned, labels = pair
+    monkeypatch.setattr(metrics_module, "_DENSE_COLS", 512)
     dense = paired_bootstrap(name, base, aligned, labels, n_resamples=300, seed=2)
     monkeypatch.setattr(metrics_module, "_DENSE_COLS", 0)
     gather = paired_bootstrap(name, base, aligned, labels, n_resamples=300, seed=2)
