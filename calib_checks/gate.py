@@ -239,7 +239,7 @@ class Gate:
                 run = open_run(text)
             except LmEvalError as exc:
                 return Side(text, error=str(exc), label=_safe_label(text[len(LMEVAL_PREFIX):].partition("?")[0]))
-            return Side(text, lmeval=run, label=_safe_label(run.where))
+            return Side(text, lmeval=run, label=_safe_label(str(run.folder)))
         folder = scores_dir(text)
         if folder is not None:
             side = Side(text, scores_dir=folder, label=_safe_label(str(folder)))
@@ -489,15 +489,16 @@ class Gate:
             base, aligned = self.scores(pair.base, case.task), self.scores(pair.aligned, case.task)
         except GateError as exc:
             return self.error_result(case, str(exc))
+        for role, text, scores in (("base", pair.base, base), ("aligned", pair.aligned, aligned)):
+            lacking = sum(case.extractor not in r.scores for r in scores.records)
+            if lacking:  # e.g. continuation-min from lm-eval, which logs only sums: never judged as a pass
+                source = scores.stats.get("source", self.sides[text].text)
+                return self.error_result(case, f"{case.extractor} is not available from the {role} side ({source}): "
+                                               f"{lacking} of {len(scores.records)} items lack it; drop it from "
+                                               "--calib-extractors or score that side with calib-checks")
         base, aligned, problem = align_by_id(base, aligned)
         if problem is not None:
             return self.error_result(case, problem)
-        for role, scored in (("base", base), ("aligned", aligned)):
-            # A side read from files may lack an extractor (lm-eval logs no per-token scores): an error, not a pass.
-            if any(case.extractor not in record.scores for record in scored.records):
-                why = scored.stats.get("unavailable", {}).get(case.extractor, "its records hold none")
-                return self.error_result(case, f"{role} model {scored.model_label} has no {case.extractor} scores: "
-                                               f"{why}")
         rule = self.rules[(case.task, case.extractor, case.metric)]
         return judge_case(base, aligned, case.extractor, case.metric, rule, self.options.seed, pair=case.pair)
 

