@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from calib_checks.errors import CalibChecksError
 from calib_checks.fileio import read_jsonl
-from calib_checks.tasks import LETTERS, MMLU_SUBJECTS, TASKS, DataError, Item, Skip, TaskSpec, get_task
+from calib_checks.tasks import MMLU_SUBJECTS, TASKS, DataError, Item, Skip, TaskSpec, get_task
 
 if TYPE_CHECKING:
     from calib_checks.data import TaskData
