@@ -270,7 +270,11 @@ def _eval_split(config: Mapping[str, Any], spec: TaskSpec) -> str:
 
 
 def _item(doc: Any, doc_id: int, spec: TaskSpec, split: str, subject: str | None, where: str) -> Item:
-    """A sample's doc -> calib-checks' item: its row adapter, with the ids `data.load_task` gives that row."""
+    """A sample's doc -> calib-checks' item: its row adapter, with the ids `data.load_task` gives that row.
+
+    The id rules are docs/TASKS.md's ("Item ids"), written out here for one row: `data._to_items` applies them
+    while it walks a whole split, and lm-eval's doc_id is the row's index in the split it evaluated.
+    """
     if not isinstance(doc, Mapping):
         raise LmEvalError(f"{where}: 'doc' is {type(doc).__name__}, not the data set row")
     if _ITEM_KEYS <= doc.keys():  # already a calib-checks item (the bench's items files)
