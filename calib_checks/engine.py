@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from calib_checks.cache import ScoreCache
 from calib_checks.errors import CalibChecksError
 from calib_checks.fileio import atomic_write_bytes
+from calib_checks.progress import Progress
 from calib_checks.models import (
     LoadedModel,
     ModelLoadError,
@@ -58,7 +59,7 @@ class Scorer:
         batch_size: int | Literal["auto"] = "auto",
         cache: ScoreCache | None = None,
         trust_remote_code: bool = False,
-        progress: bool = True,
+        progress: bool | Progress = True,
     ) -> None:
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.device = device
@@ -159,9 +160,16 @@ class Scorer:
         )
 
     def _compute(self, task_data: TaskData) -> tuple[list, dict]:
+        """Score on a cache miss; a `Progress` reports the job's items as they are done (loading included)."""
         from calib_checks.scoring import score_items
 
-        return score_items(self.model, task_data.items, self.batch_size, progress=self.progress)
+        if not isinstance(self.progress, Progress):
+            return score_items(self.model, task_data.items, self.batch_size, progress=self.progress)
+        self.progress.start(f"{self.label} on {task_data.task}", len(task_data.items))
+        result = score_items(self.model, task_data.items, self.batch_size,
+                             progress=lambda done, total: self.progress.update(done))
+        self.progress.finish("scored")
+        return result
 
 
 # ---------------------------------------------------------------------------------------------- CLI

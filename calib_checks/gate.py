@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from calib_checks.errors import CalibChecksError
+from calib_checks.progress import Progress
 
 if TYPE_CHECKING:
     from calib_checks.data import TaskData
@@ -52,7 +53,6 @@ DEFAULT_METRICS = ("ece", "sce", "overconfidence", "accuracy", "brier", "nll")
 _PAIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]*$")
 _NAMED_PAIR = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._@+-]*)=(?P<rest>.*)$")
 
-Progress = Callable[[str], None]
 
 
 class GateUsageError(CalibChecksError):
@@ -204,7 +204,7 @@ class Gate:
         self.run_id = run_id or new_run_id()
         self.started_at = time.time() if started_at is None else started_at
         self.worker, self.n_workers = worker, max(1, n_workers)
-        self.progress = progress or (lambda line: None)
+        self.progress = progress
         self.rules, self.policy = self._load_rules()
         self.sides, self.pairs = self._read_pairs()
         self._scorers: dict[str, Scorer] = {}
@@ -368,7 +368,7 @@ class Gate:
             assert side.spec is not None
             self._scorers[side.text] = Scorer(side.spec, device=self._device(), dtype=self.options.dtype,
                                               batch_size=self.options.batch_size, cache=self._cache(),
-                                              progress=False)
+                                              progress=self.progress or False)
         return self._scorers[side.text]
 
     def task_data(self, task: str) -> TaskData:
@@ -418,9 +418,7 @@ class Gate:
 
                 scores = task_scores(side.lmeval, task, side.label, self.options.limit, self.options.seed)
             else:
-                data = self.task_data(task)
-                self.progress(f"scoring {side.label} on {task} ({len(data.items)} items)")
-                scores = self._scorer(side).score(data)
+                scores = self._scorer(side).score(self.task_data(task))
         except GateError:
             raise
         except CalibChecksError as exc:
@@ -432,8 +430,9 @@ class Gate:
             raise GateError(self._failures[key]) from None
         self.writer.write_records(scores)
         seconds = round(time.perf_counter() - start, 3)
-        self.progress(f"{side.label} on {task}: {len(scores.records)} items, {scores.stats.get('cache')} "
-                      f"({seconds:.1f} s)")
+        source = {"hit": "the score cache"}.get(scores.stats.get("cache"), scores.stats.get("source"))
+        if self.progress is not None and source is not None:  # no scoring happened: say so, in one line
+            self.progress.cached(f"{side.label} on {task}", len(scores.records), str(source))
         self.events.append({"model": scores.model_label, "task": task, "cache": scores.stats.get("cache"),
                             "worker": f"gw{self.worker}" if self.n_workers > 1 else "main", "seconds": seconds,
                             "n_items": len(scores.records)})

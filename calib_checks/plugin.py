@@ -23,7 +23,9 @@ Mapping of the gate onto pytest:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -38,6 +40,7 @@ from calib_checks.gate import (
     GateOptions,
     GateUsageError,
 )
+from calib_checks.progress import Progress
 
 if TYPE_CHECKING:
     from calib_checks.verdicts import CaseResult
@@ -120,26 +123,40 @@ def configure_gate(config: pytest.Config) -> None:
         "worker": int(str(workerinput["workerid"]).removeprefix("gw")), "n_workers": int(workerinput["workercount"]),
     }
     try:
-        gate = Gate(_options(config), **run, progress=_progress_writer(config) if workerinput is None else None)
+        worker = None if workerinput is None else str(workerinput["workerid"])
+        gate = Gate(_options(config), **run, progress=_progress(config, worker))
     except GateUsageError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.stash[GATE_KEY] = gate
     config.pluginmanager.register(_SessionHooks(gate, worker=workerinput is not None), "calib_checks.gate")
 
 
-def _progress_writer(config: pytest.Config) -> Any:
-    """Progress lines on the terminal while the gate scores, shown even though pytest captures output."""
-    def write(line: str) -> None:
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
+def _progress(config: pytest.Config, worker: str | None) -> Progress:
+    """Live scoring progress on the terminal, shown although pytest captures output (calib_checks/progress.py).
+
+    The controller draws through pytest's terminal writer (redrawn in place on a terminal, plain lines at most
+    every 30 s in a CI log); an xdist worker writes plain lines, tagged with its id, to the stderr it shares
+    with the controller's terminal (workers cannot share one redrawn line).
+    """
+    # The terminal reporter is registered after the gate is configured: look it up when writing.
+    tty = worker is None and sys.stdout.isatty()
+    # "open": a redrawn line is on the screen; "fresh": the cursor is at the start of an empty line (not so at
+    # first: pytest has written the test file's name and waits for the outcome letters on the same line).
+    state = {"open": False, "fresh": False}
+
+    def write(text: str, redraw: bool) -> None:
         capture = config.pluginmanager.get_plugin("capturemanager")
-        if reporter is None or config.getoption("verbose") < 0:
-            return
-        if capture is None:
-            reporter.write_line(f"calib-checks: {line}")
-            return
-        with capture.global_and_fixture_disabled():
-            reporter.write_line(f"calib-checks: {line}")
-    return write
+        tw = getattr(config.pluginmanager.get_plugin("terminalreporter"), "_tw", None)
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            if worker is not None or tw is None:
+                sys.stderr.write(f"[{worker}] {text}\n" if worker else f"{text}\n")
+                sys.stderr.flush()
+            else:
+                lead = "\r" if state["open"] else "" if state["fresh"] else "\n"
+                tw.write(lead + text + ("\x1b[K" if tty else "") + ("" if redraw else "\n"), flush=True)
+                state["open"], state["fresh"] = redraw, not redraw
+
+    return Progress(write, tty=tty, quiet=config.getoption("verbose") < 0)
 
 
 def _gate(config: pytest.Config) -> Gate:

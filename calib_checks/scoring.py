@@ -56,7 +56,8 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -263,7 +264,7 @@ def score_items(
     model: LoadedModel,
     items: Sequence[Item],
     batch_size: int | Literal["auto"] = "auto",
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
     row_tokens: int | None = None,
 ) -> tuple[list[ItemRecord], dict[str, Any]]:
     """Score every item with all `EXTRACTORS`; return the records in item order and the stats.
@@ -288,6 +289,8 @@ def score_items(
     output head, log-softmax and gathering); ``rows`` and ``sequences`` (how many of each were forwarded),
     ``batch_size`` (most rows in one batch), ``row_tokens`` (the final row budget) and ``token_budget`` (auto
     mode's final rows * longest row, else None).
+    ``progress``: True draws a tqdm bar on a terminal; a callable is called ``(items done, items)`` after every
+    batch (the gate's live progress, calib_checks/progress.py); False is silent.
     Scores depend on the packing and batching only through floating-point summation order (float32: within
     1e-5 on the tiny test models); for fixed settings they are deterministic.
     """
@@ -614,7 +617,7 @@ def _run_batches(
     batch_size: int | Literal["auto"],
     row_tokens: int | None,
     mask_kind: str,
-    progress: bool,
+    progress: bool | Callable[[int, int], None],
     clock: _Clock,
 ) -> _Run:
     """Pack every sequence of `plan` into rows, forward the rows longest first, store what comes back.
@@ -632,7 +635,9 @@ def _run_batches(
     segments = plan.segments
     rows = _pack([(s, segments[s].length) for s in range(len(segments))], row_budget)
     run = _Run(0, 0, 0, 0, row_budget, budget)
-    with _progress_bar(len(segments), model.label, progress) as bar:
+    pending = Counter(segment.item for segment in segments)  # an item is done once all its sequences are
+    items_done = 0
+    with _progress_bar(len(segments), model.label, progress is True) as bar:
         start = 0
         while start < len(rows):
             width = sum(segments[s].length for s in rows[start])
@@ -666,6 +671,11 @@ def _run_batches(
             run.most_rows = max(run.most_rows, len(batch))
             start += len(batch)
             bar.update(sum(len(row) for row in batch))
+            if callable(progress):
+                for segment in (s for row in batch for s in row):
+                    pending[segment.item] -= 1
+                    items_done += pending[segment.item] == 0
+                progress(items_done, len(pending))
     run.row_tokens, run.token_budget = row_budget, budget
     return run
 
