@@ -120,6 +120,9 @@ def test_near_equal_pair_ships_from_the_checkout_and_junit_shows_every_case(gate
     outcomes = result.parseoutcomes()
     n_inconclusive = sum(c["verdict"] == "inconclusive" for c in gated)
     assert outcomes.get("passed", 0) == len(gated) - n_inconclusive + 1  # + the gate verdict case
+    # Progress while scoring, CI-style (no terminal): plain lines, never carriage returns.
+    result.stdout.fnmatch_lines(["calib-checks: *@T1.02 on arc_easy: *"])
+    assert "\r" not in result.stdout.str()
     result.stdout.fnmatch_lines(["*calib-checks gate*", "pair near: * -> *", "GATE VERDICT: SHIP*",
                                  "report: *report.html"])
     assert (reports / "latest" / "report.html").is_file()
