@@ -198,6 +198,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m calib_checks score`."""
     parser.add_argument("--model", required=True, metavar="SPEC", help="hub id[@rev], folder or .gguf [:temperature=T]")
     parser.add_argument("--revision", default=None, help="hub revision (same as SPEC@REV)")
+    parser.add_argument("--task-file", action="append", default=[], metavar="PATH",
+                        help="a TOML task file (or a folder of them) declaring your own tasks; repeatable")
     parser.add_argument("--task", required=True, metavar="TASKS",
                         help="task name(s), comma-separated, e.g. arc_easy or arc_easy,piqa (one model load)")
     parser.add_argument("--limit", type=_positive_int, default=None, metavar="N", help="score a seeded sample of N")
@@ -259,6 +261,10 @@ def run_cli(args: argparse.Namespace) -> int:
     from calib_checks.data import load_task
 
     started = time.perf_counter()
+    if args.task_file:
+        from calib_checks.taskfiles import register_task_files
+
+        register_task_files(args.task_file)
     spec = parse_model_spec(args.model, revision=args.revision)
     tasks = [name.strip() for name in args.task.split(",") if name.strip()]
     outs = _out_paths(args.out, tasks)

@@ -6,7 +6,8 @@ Extractors (``EXTRACTORS``), all read from per-token log-probabilities
 config sets ``final_logit_softcapping = c`` (Gemma 2/3) and the identity otherwise, and ``T`` is
 ``LoadedModel.temperature`` (1.0 leaves the model untouched).
 
-- ``continuation-sum``: option k is the continuation ``" " + options[k]`` of ``item.context`` and scores
+- ``continuation-sum``: option k is the continuation ``item.target_delimiter + options[k]`` (lm-eval's " " unless
+  a task file sets another) of ``item.context`` and scores
   ``sum_j log p(c_j)`` over its n_k tokens: lm-evaluation-harness's loglikelihood.
 - ``continuation-min``: ``min_j log p(c_j)`` from the same forward pass.
 - ``continuation-mean``: ``sum_j log p(c_j) / n_k`` from the same forward pass (HELM's length-normalised score).
@@ -413,7 +414,7 @@ class _Plan:
         pairs: list[tuple[str, str]] = []
         for item in self.items:
             _check_item(item, label)
-            pairs += [(item.context, " " + option) for option in item.options]
+            pairs += [(item.context, item.target_delimiter + option) for option in item.options]
             pairs += [(item.choice_prompt, " " + letter) for letter in item.letters]
         encoded = iter(encode_pairs(model.tokenizer, pairs))
 

@@ -209,3 +209,24 @@ def test_score_cli_rejects_a_bad_batch_size(capsys: pytest.CaptureFixture) -> No
         main(["score", "--model", "gpt2", "--task", "piqa", "--out", "x.jsonl", "--batch-size", "0"])
     assert info.value.code == 2
     assert "neither 'auto' nor a positive integer" in capsys.readouterr().err
+
+
+def test_score_cli_on_a_task_file_feeds_the_gate_as_scores_folders(
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from calib_checks.gate import GateOptions, run_gate
+
+    monkeypatch.setenv("CALIB_CHECKS_CACHE", str(tmp_path / "cache"))
+    example = REPO / "examples" / "support-tickets.toml"
+    for name, spec in (("base", str(tiny_model_dir)), ("hot", f"{tiny_model_dir}:temperature=0.5")):
+        assert main(["score", "--model", spec, "--task-file", str(example), "--task", "support_tickets",
+                     "--device", "cpu", "--out", str(tmp_path / name / "{task}.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "base" / "support_tickets.jsonl").read_text().splitlines()]
+    assert len(rows) == 40 and rows[0]["id"] == "T-1001"
+    # The files `score --out` writes are exactly what a scores:DIR side reads.
+    outcome = run_gate(GateOptions(pairs=(f"scores:{tmp_path / 'base'},scores:{tmp_path / 'hot'}",),
+                                   tasks=("support_tickets",), metrics=("ece", "overconfidence"),
+                                   thresholds=REPO / "thresholds-demo.toml", report_dir=tmp_path / "reports"))
+    assert {c.task for c in outcome.cases} == {"support_tickets"}
+    # 40 items are below the demo rules' min_items: never a quiet pass, an error unless the change is clear.
+    assert {c.verdict for c in outcome.cases} <= {"fail", "error"} and outcome.exit_code == 1
