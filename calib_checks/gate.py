@@ -194,9 +194,12 @@ class Gate:
                 register_task_files(list(options.task_files))
             except CalibChecksError as exc:
                 raise GateUsageError(str(exc)) from None
-        for what, names, known in (("task", options.tasks, tuple(TASKS)), ("extractor", options.extractors, EXTRACTORS),
-                                   ("metric", options.metrics, tuple(METRICS))):
-            split_names(",".join(names), known, what, f"--calib-{what}s")
+        # Checked and normalised (blanks and repeats dropped) before anything else uses the selection.
+        options = self.options = replace(options, **{
+            f"{what}s": split_names(",".join(names), known, what, f"--calib-{what}s")
+            for what, names, known in (("task", options.tasks, tuple(TASKS)), ("extractor", options.extractors,
+                                       EXTRACTORS), ("metric", options.metrics, tuple(METRICS)))
+        })
         if options.limit is not None and options.limit < 1:
             raise GateUsageError(f"--calib-limit must be a positive number of items, got {options.limit}")
         if options.seed < 0:

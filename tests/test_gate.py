@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from calib_checks.gate import GateOptions, GateUsageError, run_gate
+from calib_checks.gate import Gate, GateOptions, GateUsageError, run_gate
 
 pytest_plugins = ["pytester"]
 
@@ -68,8 +68,8 @@ def score_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def options(tmp_path: Path, *pairs: str, **kwargs) -> GateOptions:
-    return GateOptions(pairs=pairs, tasks=tuple(TASKS), thresholds=REPO / "thresholds.toml",
-                       report_dir=tmp_path / "reports", **kwargs)
+    return GateOptions(pairs=pairs, **{"tasks": tuple(TASKS), "thresholds": REPO / "thresholds.toml",
+                                       "report_dir": tmp_path / "reports", **kwargs})
 
 
 def by_verdict(cases) -> dict[str, set[str]]:
@@ -178,3 +178,19 @@ def test_pytest_gate_on_score_folders_maps_every_outcome(score_dirs, pytester: p
     result.stdout.fnmatch_lines(["FAILED *test_calibration[[]sharp:*"])
     result.stdout.fnmatch_lines(["ERROR *test_calibration[[]broken:*"])
     assert "Traceback" not in out
+
+
+def test_usage_errors_are_raised_before_anything_is_scored(score_dirs, tmp_path) -> None:
+    pair = f"scores:{score_dirs['base']},scores:{score_dirs['equal']}"
+    with pytest.raises(GateUsageError, match=r"unknown task 'pica' \(did you mean 'piqa'\?\)"):
+        run_gate(options(tmp_path, pair, tasks=("arc_easy", "pica")))
+    typo = tmp_path / "typo.toml"
+    typo.write_text("[default]\nmax_increas = 0.01\n")
+    with pytest.raises(GateUsageError, match="did you mean 'max_increase'"):
+        run_gate(GateOptions(pairs=(pair,), thresholds=typo, report_dir=tmp_path / "reports"))
+    with pytest.raises(GateUsageError, match="no --model-pair given"):
+        run_gate(options(tmp_path))
+    assert not (tmp_path / "reports").exists()
+    # Blanks and repeats in a selection are dropped, not turned into cases.
+    gate = Gate(options(tmp_path, pair, tasks=("piqa", "", "piqa"), metrics=("ece",)))
+    assert [c.id for c in gate.cases()] == [f"equal:piqa:{e}:ece" for e in EXTRACTORS]  # named after the aligned side
