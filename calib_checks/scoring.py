@@ -44,7 +44,7 @@ mask lets each token attend causally to the trunk, its own branch's body and its
 option or branch; position ids continue from the trunk into each branch and restart every option after its
 body. Several items' trees are packed into one row up to a row budget (best-fit decreasing; the mask is
 block-diagonal across them and their position ids restart at 0), so rows come out nearly full and batches of
-them need little padding; on a CPU a batch is one row, so none. Only the scored positions go through the output
+them need little padding (1-3 % at the CPU defaults). Only the scored positions go through the output
 head, in chunks, so no ``[batch, seq, vocab]`` logits tensor exists; padding is never attended.
 The KV-cache alternative (forward the context, then the options against its cache) needs a second forward per
 batch and a cache expanded per option; the packed row gets the same sharing in one call and batches freely.
@@ -77,13 +77,13 @@ SCORING_VERSION = "3"  # 2: records carry letter_mass; 3: packed rows, shared pr
 
 EXTRACTORS = ("continuation-sum", "continuation-min", "continuation-mean", "choice")
 
-# Rows * longest row per batch when batch_size="auto"; halved on out-of-memory. On a CPU that is one row a
-# batch: more rows add no arithmetic throughput there, only padding of the shorter ones. A GPU gains a lot.
-_AUTO_TOKEN_BUDGET = {"cuda": 1 << 16, "other": 1 << 8}
-# Tokens per packed row (a longer sequence gets a row of its own). The dense mask makes attention cost grow with
-# the square of the row length, while short rows pay the per-call overhead more often. SmolLM2-135M on 2 CPU
-# cores, best of 6 decoder calls: 0.97 / 0.90 / 0.89 / 1.03 ms per token at 128 / 256 / 512 / 1024 tokens on a
-# quiet machine, 2.98 / 2.31 / 2.73 / 3.19 under a load of 5-7. The GPU figure is a guess, not measured yet.
+# Rows * longest row per batch when batch_size="auto"; halved on out-of-memory. Tokens per packed row (a longer
+# sequence gets a row of its own): the dense mask makes attention cost grow with the square of the row length,
+# so rows stay short and a batch holds several. SmolLM2-135M's decoder on 2 CPU cores, best of 5 calls (ms per
+# token): 1 x 256 tokens 0.91, 4 x 256 0.78, 16 x 64 0.74, 40 x 96 0.82, 1 x 1024 1.00, 8 x 512 0.89. Rows of
+# 256 in batches of 1024 tokens pad 1-3 % (the rows' fills differ) on the bench's 60 items per task, against
+# 0 % at one row a batch, which costs 15 % more per token. The GPU figures are a guess, not measured yet.
+_AUTO_TOKEN_BUDGET = {"cuda": 1 << 16, "other": 1 << 10}
 _ROW_TOKENS = {"cuda": 1 << 11, "other": 1 << 8}
 # Float32 logits computed at once by the output head: positions per chunk = this // vocabulary size.
 _HEAD_CHUNK_ELEMENTS = 1 << 25
