@@ -213,6 +213,7 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
             "seconds_head": calib["stats"]["seconds_head"],
             "rows": calib["stats"]["rows"],
             "row_tokens": calib["stats"]["row_tokens"],
+            "letter_mass_mean": calib["stats"]["letter_mass"]["mean"],
             "seconds": calib["seconds"],
             "items_per_second": n / calib["seconds"],
             "peak_rss_mib": calib["peak_rss_mib"],
@@ -351,7 +352,8 @@ def format_report(results: Mapping[str, Any]) -> str:
             lines.append(
                 f"{'':<10} calib-checks time: tokenise {_fmt_seconds(c['seconds_tokenise'])} s, forward "
                 f"{_fmt_seconds(c['seconds_forward'])} s, head {_fmt_seconds(c['seconds_head'])} s; {c['rows']} rows of "
-                f"up to {c['row_tokens']} tokens, up to {c['batch_size']} a batch"
+                f"up to {c['row_tokens']} tokens, up to {c['batch_size']} a batch; mean letter mass "
+                f"{c['letter_mass_mean']:.3f}"
             )
             for e in ("continuation-sum", "choice"):
                 a = fig["agreement"][e]

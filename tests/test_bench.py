@@ -91,7 +91,8 @@ def _worker_outputs(shift: float = 0.0):
              "add_bos": False, "peak_rss_mib": 900.0, "tokens_padded": 120,
              "stats": {"tokens_forwarded": 100, "token_lower_bound": 130, "token_tree_lower_bound": 100,
                        "batch_size": 2, "truncated": 0, "prefix_fallbacks": 0, "seconds_tokenise": 0.1,
-                       "seconds_forward": 1.5, "seconds_head": 0.3, "rows": 3, "row_tokens": 512}}
+                       "seconds_forward": 1.5, "seconds_head": 0.3, "rows": 3, "row_tokens": 512,
+                       "letter_mass": {"mean": 0.25, "min": 0.1, "below_floor": 1.0}}}
     lmeval = {
         "formulations": {
             "cont": [{"id": "x1", "loglik": [-1.0 + shift, -3.0], "acc": 1.0},
@@ -159,6 +160,7 @@ def test_format_report_prints_figures_targets_and_machine():
     calib_line = next(line for line in text.splitlines() if line.startswith("piqa"))
     assert calib_line.split()[2:8] == ["2", "100", "120", "130", "100", "1.000"]
     assert "calib-checks time: tokenise 0.10 s, forward 1.50 s, head 0.30 s; 3 rows of up to 512 tokens" in text
+    assert "mean letter mass 0.250" in text
     assert "3.00x" in calib_line and "0.90x" in calib_line
     assert "targets: all met" in text
     assert "Test CPU (2 cores)" in text and "load average 0.50 before / 1.50 after" in text
