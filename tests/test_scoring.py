@@ -223,6 +223,33 @@ def test_a_context_that_is_all_trunk_is_scored(tiny: LoadedModel) -> None:
     assert stats["tokens_forwarded"] == stats["token_lower_bound"] - len(context)
 
 
+def test_out_of_memory_halves_the_batch_then_the_rows(
+    tiny: LoadedModel, tiny_scored, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """auto on out-of-memory: fewer rows a batch first, then shorter rows, down to one sequence a row."""
+    from calib_checks import scoring
+
+    real = scoring._forward_batch
+    shapes = []
+
+    def small_memory(model, batch, mask_kind, clock):  # a device that fits one sequence at a time
+        shapes.append([len(row) for row in batch])
+        if len(batch) > 1 or len(batch[0]) > 1:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, batch, mask_kind, clock)
+
+    monkeypatch.setattr(scoring, "_forward_batch", small_memory)
+    records, stats = score_items(tiny, TINY_ITEMS, batch_size="auto", progress=False, row_tokens=128)
+    assert shapes[0] != [1] and stats["rows"] == stats["sequences"] and stats["batch_size"] == 1
+    assert stats["row_tokens"] < 128 and stats["token_budget"] < scoring._AUTO_TOKEN_BUDGET["other"]
+    for a, b in zip(tiny_scored[0], records):
+        for name in EXTRACTORS:
+            np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=0, atol=1e-5)
+    # A fixed batch size is the caller's choice: it fails with a message instead of shrinking.
+    with pytest.raises(ScoringError, match="ran out of memory on a batch of 2 rows"):
+        score_items(tiny, TINY_ITEMS, batch_size=2, progress=False, row_tokens=1)
+
+
 def test_pack_fills_rows_best_fit_decreasing() -> None:
     from calib_checks.scoring import _pack
 
