@@ -2,7 +2,8 @@
 
 Spec grammar (`parse_model_spec`)::
 
-    SPEC  := BASE [":temperature=" T] [":dtype=" D]     D: float32 | bfloat16 | float16 (overrides --dtype)
+    SPEC  := BASE [":temperature=" T] [":dtype=" D] [":chat"]
+             D: float32 | bfloat16 | float16 (overrides --dtype); chat: prompts through the chat template
     BASE  := HUB_ID ["@" REVISION]      e.g. HuggingFaceTB/SmolLM2-135M-Instruct@main
            | FOLDER                     a transformers checkpoint folder (config.json + weights)
            | FILE.gguf                  a GGUF checkpoint (converted once to safetensors, then cached)
@@ -20,7 +21,12 @@ by T before its fp32 log-softmax, so log p_T(token) = log_softmax(logits / T). T
 distribution (a simulated over-confident release), T > 1 flattens it, T = 1 leaves the model untouched.
 It is part of the model's identity and label, so cached scores never mix temperatures. The dtype transform
 runs one side in another precision than the gate's --calib-dtype (a real precision release: the same weights
-in bfloat16 against float32); it is part of the identity and label too.
+in bfloat16 against float32); it is part of the identity and label too. `:chat` renders every prompt (the
+continuation context and the lettered prompt alike) through the tokenizer's chat template, as the user turn
+followed by the generation prompt; the options and letters are then scored after the rendered text with the
+usual boundary rules (trailing whitespace of the rendered text moves to the continuation). Off by default, as
+in the seed study and lm-eval; a model without a chat template asked for one is a load error. In the identity
+(`chat`) and the label (`@chat`), so cached scores never mix the two.
 
 Loading follows lm-evaluation-harness's HFLM where it matters for the numbers (reference facts, section 3):
 - BOS is prepended only for the Gemma family (`"gemma" in config.model_type`), as older lm-eval 0.4.x HFLM
@@ -72,6 +78,7 @@ SourceKind = Literal["hub", "folder", "gguf"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?(?:/[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)?$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]*$")
 _TRANSFORM = re.compile(r"^(?P<base>.*):(?P<key>[A-Za-z_]+)=(?P<value>[^:]*)$")
+_FLAG = re.compile(r"^(?P<base>.*):(?P<key>chat)$")  # transforms without a value
 _DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
@@ -115,6 +122,7 @@ class ModelSpec:
     revision: str | None = None
     temperature: float = 1.0
     dtype: str | None = None  # from ":dtype=D"; None = the run's dtype
+    chat: bool = False  # from ":chat": prompts rendered through the tokenizer's chat template
 
     @property
     def label(self) -> str:
@@ -135,6 +143,8 @@ class ModelSpec:
             base += f"@T{str(self.temperature).removesuffix('.0')}"  # shortest exact repr: no two collide
         if self.dtype is not None:
             base += f"@{_DTYPE_SHORT[self.dtype]}"
+        if self.chat:
+            base += "@chat"
         safe = re.sub(r"[^A-Za-z0-9._@+-]", "_", base).lstrip(".")
         return safe[:100] or "model"
 
@@ -180,18 +190,21 @@ def parse_model_spec(text: str, revision: str | None = None) -> ModelSpec:
             "empty model spec: pass a hub id (org/name[@revision]), a checkpoint folder or a .gguf file"
         )
     text = text.strip()
-    base, temperature, dtype, seen = text, 1.0, None, set()
-    while (match := _TRANSFORM.match(base)) and not Path(base).expanduser().exists():
+    base, temperature, dtype, chat, seen = text, 1.0, None, False, set()
+    while (match := _TRANSFORM.match(base) or _FLAG.match(base)) and not Path(base).expanduser().exists():
         key = match["key"]
-        if key not in ("temperature", "dtype"):
-            raise _spec_error(text, f"unknown transform {key!r}", "the transforms are ':temperature=T' and ':dtype=D'")
+        if key not in ("temperature", "dtype", "chat"):
+            raise _spec_error(text, f"unknown transform {key!r}",
+                              "the transforms are ':temperature=T', ':dtype=D' and ':chat'")
         if key in seen:
-            raise _spec_error(text, f"{key} given twice", f"give ':{key}=...' once")
+            raise _spec_error(text, f"{key} given twice", f"give ':{key}' once")
         seen.add(key)
         if key == "temperature":
             temperature = _parse_temperature(text, match["value"])
-        else:
+        elif key == "dtype":
             dtype = _parse_dtype(text, match["value"])
+        else:
+            chat = True
         base = match["base"]
     if not base:
         raise _spec_error(text, "no model before the transform", "write MODEL:temperature=T")
@@ -211,12 +224,14 @@ def parse_model_spec(text: str, revision: str | None = None) -> ModelSpec:
         if is_gguf:
             if not path.is_file():
                 raise _spec_error(text, f"{str(path)!r} is not a file", "pass the .gguf file itself")
-            return ModelSpec(text=text, source="gguf", name=str(path), temperature=temperature, dtype=dtype)
+            return ModelSpec(text=text, source="gguf", name=str(path), temperature=temperature, dtype=dtype,
+                             chat=chat)
         if not path.is_dir():
             raise _spec_error(
                 text, f"{str(path)!r} is a file", "pass a checkpoint folder (config.json + weights) or a .gguf file"
             )
-        return ModelSpec(text=text, source="folder", name=str(path), temperature=temperature, dtype=dtype)
+        return ModelSpec(text=text, source="folder", name=str(path), temperature=temperature, dtype=dtype,
+                         chat=chat)
 
     name, _, rev = base.partition("@")
     if ":" in base:
@@ -236,7 +251,7 @@ def parse_model_spec(text: str, revision: str | None = None) -> ModelSpec:
             raise _spec_error(text, f"bad revision {revision!r}", "pass a branch, tag or commit")
         rev = revision
     return ModelSpec(text=text, source="hub", name=name, revision=rev or None, temperature=temperature,
-                     dtype=dtype)
+                     dtype=dtype, chat=chat)
 
 
 @dataclass
@@ -253,6 +268,17 @@ class LoadedModel:
     add_bos: bool
     max_length: int
     identity: dict
+    chat: bool = False  # prompts go through the tokenizer's chat template (render_prompt)
+
+
+def render_prompt(model: LoadedModel, prompt: str) -> str:
+    """The text a prompt is scored after: `prompt` itself, or under `:chat` the tokenizer's chat template with
+    `prompt` as the user turn followed by the generation prompt (the assistant's turn begins; the option or
+    letter is what it would say)."""
+    if not model.chat:
+        return prompt
+    return model.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                               add_generation_prompt=True)
 
 
 # ---------------------------------------------------------------------------------------------- devices
@@ -513,6 +539,7 @@ def model_identity(spec: ModelSpec | str, dtype: str | torch.dtype = "auto", dev
         "weights": weights,
         "dtype": str(torch_dtype).removeprefix("torch."),
         "temperature": spec.temperature,
+        "chat": spec.chat,
     }
 
 
@@ -532,6 +559,8 @@ def describe_identity(identity: Mapping[str, Any]) -> str:
         text += f" at temperature {temperature:g}"
     if identity.get("dtype"):
         text += f" in {identity['dtype']}"
+    if identity.get("chat"):
+        text += " through its chat template"
     return text
 
 
@@ -763,6 +792,9 @@ def load_model(
             hint = "check that the checkpoint is complete and supported by this transformers version"
         raise ModelLoadError(f"model {spec.text!r} failed to load ({_first_line(exc)}): {hint}") from None
 
+    if spec.chat and not getattr(tokenizer, "chat_template", None):
+        raise ModelLoadError(f"model {spec.text!r} has no chat template (its tokenizer defines none): drop ':chat' "
+                             "to score the plain prompts, or use a checkpoint that ships a template")
     model.eval()
     model.requires_grad_(False)
     config = model.config
@@ -777,4 +809,5 @@ def load_model(
         add_bos="gemma" in (getattr(config, "model_type", "") or ""),
         max_length=_max_length(config, tokenizer),
         identity=identity,
+        chat=spec.chat,
     )

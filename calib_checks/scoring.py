@@ -236,18 +236,19 @@ def letter_mass_summary(records: Sequence[ItemRecord]) -> dict[str, float] | Non
 
 
 def encode_pairs(
-    tokenizer: Any, pairs: Sequence[tuple[str, str]]
+    tokenizer: Any, pairs: Sequence[tuple[str, str]], move_whitespace: bool = True
 ) -> list[tuple[list[int], list[int], bool]]:
     """Token ids of (context, continuation) pairs the lm-eval way: ``[(context_ids, continuation_ids, fell_back)]``.
 
-    Trailing whitespace of the context moves to the front of the continuation; the joint string is encoded
+    Trailing whitespace of the context moves to the front of the continuation (unless `move_whitespace` is
+    False: a chat template's text ends its generation prompt with a newline that belongs to it); the joint string is encoded
     once and split at ``len(encode(context))``. Where ``encode(context)`` is not a prefix of the joint encoding
     (a merge across the boundary), the continuation is encoded on its own and ``fell_back`` is True, so that
     ``context_ids == encode(context)`` always. No special tokens are added (BOS is the caller's business).
     """
     moved: list[tuple[str, str]] = []
     for context, continuation in pairs:
-        stripped = context.rstrip()
+        stripped = context.rstrip() if move_whitespace else context
         moved.append((stripped, context[len(stripped) :] + continuation))
     texts = sorted({c for c, _ in moved} | {c + x for c, x in moved})
     ids = dict(zip(texts, _encode(tokenizer, texts)))
@@ -401,22 +402,29 @@ class _Plan:
     """Tokenised items, the rows to forward, and the per-token log-probabilities as they come back."""
 
     def __init__(self, model: LoadedModel, items: Sequence[Item]) -> None:
+        from calib_checks.models import render_prompt
+
         self.items = list(items)
         self.segments: list[_Segment] = []
         self.lower_bound = 0
         self.shared_tokens = 0  # trunk tokens that a context and its lettered prompt have in common
         label, max_len = model.label, model.max_length
         bos: list[int] = []
-        if model.add_bos:
+        # A chat template writes its own BOS into the text where the model wants one: never a second one.
+        if model.add_bos and not model.chat:
             if model.tokenizer.bos_token_id is None:
                 raise ScoringError(f"model {label} asks for a BOS token but its tokenizer has none; fix add_bos")
             bos = [int(model.tokenizer.bos_token_id)]
         pairs: list[tuple[str, str]] = []
         for item in self.items:
             _check_item(item, label)
-            pairs += [(item.context, item.target_delimiter + option) for option in item.options]
-            pairs += [(item.choice_prompt, " " + letter) for letter in item.letters]
-        encoded = iter(encode_pairs(model.tokenizer, pairs))
+            context, choice_prompt = render_prompt(model, item.context), render_prompt(model, item.choice_prompt)
+            # Under a chat template the assistant's turn starts right after the generation prompt: its answer
+            # is the bare option or letter, not a continuation of the user's text.
+            option_delimiter, letter_delimiter = ("", "") if model.chat else (item.target_delimiter, " ")
+            pairs += [(context, option_delimiter + option) for option in item.options]
+            pairs += [(choice_prompt, letter_delimiter + letter) for letter in item.letters]
+        encoded = iter(encode_pairs(model.tokenizer, pairs, move_whitespace=not model.chat))
 
         self.n_tokens: list[list[int]] = []
         self.letter_ids: list[list[int]] = []

