@@ -212,7 +212,7 @@ def test_score_cli_rejects_a_bad_batch_size(capsys: pytest.CaptureFixture) -> No
 
 
 def test_score_cli_on_a_task_file_feeds_the_gate_as_scores_folders(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task_registry: dict,
 ) -> None:  # fmt: skip
     from calib_checks.gate import GateOptions, run_gate
 

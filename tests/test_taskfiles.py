@@ -25,12 +25,9 @@ EXAMPLE = REPO / "examples" / "support-tickets.toml"
 
 
 @pytest.fixture(autouse=True)
-def registry() -> dict[str, TaskSpec]:
-    """Each test starts from the built-in registry and leaves it as it found it."""
-    saved = dict(TASKS)
-    yield TASKS
-    TASKS.clear()
-    TASKS.update(saved)
+def registry(task_registry: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
+    """Each test starts from the built-in registry and leaves it as it found it (tests/conftest.py)."""
+    return task_registry
 
 
 def _write(tmp_path: Path, toml: str, rows: list[dict] | None = None, data: str = "items.jsonl") -> Path:
