@@ -279,8 +279,9 @@ def test_identity_needs_no_weights_and_tracks_temperature_dtype_and_content(
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", refuse)
     base = model_identity(str(tiny_model_dir), "float32", "cpu")
     assert base == model_identity(str(tiny_model_dir), "float32", "cpu")
-    assert set(base) == {"source", "name", "revision", "weights", "dtype", "temperature"}
-    assert (base["source"], base["revision"], base["dtype"], base["temperature"]) == ("folder", None, "float32", 1.0)
+    assert set(base) == {"source", "name", "revision", "weights", "dtype", "temperature", "chat"}
+    assert (base["source"], base["revision"], base["dtype"], base["temperature"], base["chat"]) == (
+        "folder", None, "float32", 1.0, False)
 
     hot = model_identity(f"{tiny_model_dir}:temperature=0.5", "float32", "cpu")
     assert hot != base and {k for k in base if base[k] != hot[k]} == {"temperature"}
