@@ -28,6 +28,7 @@ Identity: the resolved commit or content hash of both models goes into every fai
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -578,6 +579,8 @@ class Gate:
                                         "show the run verdict; do not deselect it, or pass --calib-allow-partial")
         identity = self.run_identity({**(extra or {}), "partial": partial})
         path = self.writer.finish(identity, pairs, {}, cases, complete, verdict=(verdict, reason))
+        # The workers' private cache of a --calib-no-cache run (see _cache) is scratch, not part of the run.
+        shutil.rmtree(Path(self.writer.run_dir) / ".scores", ignore_errors=True)
         render_report(path.parent)
         self.writer.publish()
         return verdict, reason, path
