@@ -205,6 +205,13 @@ class Gate:
             raise GateUsageError(f"--calib-limit must be a positive number of items, got {options.limit}")
         if options.seed < 0:
             raise GateUsageError(f"--calib-seed must be >= 0, got {options.seed}")
+        if (options.device, options.dtype) != ("auto", "auto"):
+            from calib_checks.models import ModelLoadError, resolve_device, resolve_dtype
+
+            try:  # e.g. --calib-device cuda on a machine without one: a usage error before anything is loaded
+                resolve_dtype(options.dtype, resolve_device(options.device))
+            except ModelLoadError as exc:
+                raise GateUsageError(f"--calib-device/--calib-dtype: {exc}") from None
         self.run_id = run_id or new_run_id()
         self.started_at = time.time() if started_at is None else started_at
         self.worker, self.n_workers = worker, max(1, n_workers)
