@@ -1,4 +1,4 @@
-"""Command line: `python -m calib_checks {score,report,demo} ...` (also installed as `calib-checks`).
+"""Command line: `python -m calib_checks {score,report,demo,simulate} ...` (also installed as `calib-checks`).
 
 Each subcommand lives in the module of its concept, which provides `CLI_HELP`, `add_cli_arguments(parser)`
 and `run_cli(args) -> int`. Only the chosen module is imported, so `report` never loads torch.
@@ -13,7 +13,7 @@ import sys
 from calib_checks.errors import CalibChecksError
 
 SUBCOMMANDS = {
-    "score": ("calib_checks.engine", "score one model on one task and write its per-item records"),
+    "score": ("calib_checks.engine", "score one model on one or more tasks and write its per-item records"),
     "report": ("calib_checks.report", "re-render report.html from a saved run, without inference"),
     "demo": ("calib_checks.demo", "the embedded default: SmolLM2 demo pairs on all five tasks"),
     "simulate": ("calib_checks.simulation", "reprint the measured false-alarm and power figures of the decision rule"),
