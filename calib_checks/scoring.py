@@ -439,7 +439,7 @@ class _Plan:
                 if len(ids) != 1:
                     pieces = model.tokenizer.convert_ids_to_tokens(ids)
                     raise ScoringError(
-                        f"model {label}: letter {letter!r} of item {item.id!r} (scored as {' ' + letter!r} after "
+                        f"model {label}: letter {letter!r} of item {item.id!r} (scored as {letter_delimiter + letter!r} after "
                         f"the lettered prompt) is {len(ids)} tokens {pieces}, not one, so the choice extractor "
                         f"cannot read it; score a model whose tokenizer has single-token letters "
                         f"(byte-level 'ĠA', SentencePiece '▁A')"
