@@ -558,16 +558,15 @@ class Gate:
             **(extra or {}),
         }
 
-    def finish(self, results: Sequence[CaseResult], *, missing: Sequence[Case] = (), complete: bool = True,
-               verdict_case_ran: bool = True, extra: dict | None = None) -> tuple[str, str, Path]:
-        """Write the run (results.json, then report.html); returns (run verdict, reason, results.json path).
+    def verdict(self, results: Sequence[CaseResult], missing: Sequence[Case] = (), complete: bool = True,
+                verdict_case_ran: bool = True) -> tuple[str, str, list[CaseResult], dict | None]:
+        """The run verdict with completeness accounted for: (verdict, reason, all cases, partial or None).
 
         `missing`: expected cases that produced no result. Each becomes an error case, unless the options
-        allow a partial run: then they are listed as missing and the verdict reason says the run was partial.
+        allow a partial run: then they are listed in `partial` and the reason says the run was partial.
         `verdict_case_ran`: False when pytest's own verdict case was deselected, which is an error too (JUnit
         would not show the run verdict) unless a partial run is allowed.
         """
-        from calib_checks.report import render_report
         from calib_checks.results import run_verdict
 
         cases = list(results)
@@ -577,13 +576,22 @@ class Gate:
                        "missing": [c.id for c in missing]}
         else:
             cases += [self.missing_result(case) for case in missing]
-        pairs = [{"name": p.name, "base": self.sides[p.base].label, "aligned": self.sides[p.aligned].label}
-                 for p in self.pairs]
         verdict, reason = run_verdict([c.to_json() for c in cases], complete, partial=partial,
                                       on_inconclusive=self.policy.on_inconclusive)
         if not verdict_case_ran and not self.options.allow_partial and verdict == "ship":
             verdict, reason = "error", ("the gate's verdict case (test_gate_verdict) never ran, so JUnit would not "
                                         "show the run verdict; do not deselect it, or pass --calib-allow-partial")
+        return verdict, reason, cases, partial
+
+    def finish(self, results: Sequence[CaseResult], *, missing: Sequence[Case] = (), complete: bool = True,
+               verdict_case_ran: bool = True, extra: dict | None = None) -> tuple[str, str, Path]:
+        """Write the run (results.json, then report.html); returns (run verdict, reason, results.json path).
+        Arguments as in `verdict`."""
+        from calib_checks.report import render_report
+
+        verdict, reason, cases, partial = self.verdict(results, missing, complete, verdict_case_ran)
+        pairs = [{"name": p.name, "base": self.sides[p.base].label, "aligned": self.sides[p.aligned].label}
+                 for p in self.pairs]
         identity = self.run_identity({**(extra or {}), "partial": partial})
         path = self.writer.finish(identity, pairs, {}, cases, complete, verdict=(verdict, reason))
         # The workers' private cache of a --calib-no-cache run (see _cache) is scratch, not part of the run.

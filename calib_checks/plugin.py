@@ -212,16 +212,8 @@ def check_case(result: CaseResult, on_inconclusive: str) -> None:
 
 def check_run(gate: Gate, results: dict[Case, CaseResult], selected: list[Case]) -> None:
     """The body of `test_gate_verdict`: fail with the run's reason unless it ships."""
-    from calib_checks.results import run_verdict
-
-    missing = [c for c in gate.cases() if c not in set(selected)]
-    cases = [r.to_json() for r in results.values()]
-    partial = None
-    if missing and gate.options.allow_partial:
-        partial = {"expected": len(cases) + len(missing), "judged": len(cases)}
-    else:
-        cases += [gate.missing_result(c).to_json() for c in missing]
-    verdict, reason = run_verdict(cases, True, partial=partial, on_inconclusive=gate.policy.on_inconclusive)
+    chosen = set(selected)
+    verdict, reason, _, _ = gate.verdict(list(results.values()), [c for c in gate.cases() if c not in chosen])
     if verdict != "ship":
         pytest.fail(f"GATE {verdict.upper()}: {reason}", pytrace=False)
 
