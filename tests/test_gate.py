@@ -107,7 +107,7 @@ def test_a_near_identical_pair_is_shown_within_the_margins(score_dirs, tmp_path)
     assert twin.verdict == "ship"
     assert {c.verdict for c in twin.cases} == {"pass"}
     for case in twin.cases:
-        assert case.ci_high <= case.margin
+        assert case.ci_high <= case.margin, case.message  # measured 0.007 vs 0.01: far above any rounding
 
 
 def test_a_missing_item_or_a_changed_gold_label_errors_the_case(score_dirs, tmp_path) -> None:
@@ -172,8 +172,8 @@ def test_pytest_gate_on_score_folders_maps_every_outcome(score_dirs, pytester: p
     assert "fail" in per_pair["sharp"] and "error" not in per_pair["sharp"]
     assert per_pair["broken"] == {"error"}
     out = result.stdout.str()
-    if "inconclusive" in per_pair["equal"] | per_pair["twin"]:
-        result.stdout.fnmatch_lines(["SKIPPED*INCONCLUSIVE*these items detect a worsening of*"])
+    assert "inconclusive" in per_pair["equal"]  # 1500 items cannot show ECE within 0.01 (docs/GATE.md)
+    result.stdout.fnmatch_lines(["SKIPPED*INCONCLUSIVE*these items detect a worsening of*"])
     result.stdout.fnmatch_lines(["*GATE VERDICT: REGRESSION*"])
     result.stdout.fnmatch_lines(["FAILED *test_calibration[[]sharp:*"])
     result.stdout.fnmatch_lines(["ERROR *test_calibration[[]broken:*"])
