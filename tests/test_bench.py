@@ -89,9 +89,12 @@ def _worker_outputs(shift: float = 0.0):
     ]
     calib = {"task": "piqa", "items": items, "seconds": 2.0, "lower_bound": 130, "tree_lower_bound": 100,
              "add_bos": False, "peak_rss_mib": 900.0, "tokens_padded": 120,
+             "flops": {"body": 6e9, "attention": 1e9, "head": 1e9}, "matmul_flops_per_second": 5e9,
+             "shapes": {"body_linear_params": 10_000_000, "hidden": 100, "vocab": 20_000},
              "stats": {"tokens_forwarded": 100, "token_lower_bound": 130, "token_tree_lower_bound": 100,
                        "batch_size": 2, "truncated": 0, "prefix_fallbacks": 0, "seconds_tokenise": 0.1,
-                       "seconds_forward": 1.5, "seconds_head": 0.3, "rows": 3, "row_tokens": 512,
+                       "seconds_forward": 1.5, "seconds_head": 0.5, "rows": 3, "row_tokens": 512,
+                       "attention": "sdpa",
                        "letter_mass": {"mean": 0.25, "min": 0.1, "below_floor": 1.0}}}
     lmeval = {
         "formulations": {
@@ -120,6 +123,10 @@ def test_compare_task_figures_and_verdicts():
     assert fig["agreement"]["continuation-sum"]["max_abs_diff_calib_vs_float64"] == 0.0
     assert fig["agreement"]["continuation-sum"]["max_abs_diff_lmeval_vs_float64"] == pytest.approx(2e-4)
     assert fig["calib"]["accuracy"]["continuation-sum"] == 0.5
+    assert fig["calib"]["achieved_flops_per_second"] == pytest.approx(8e9 / 2.0)
+    assert fig["calib"]["share_of_matmul_rate"] == pytest.approx(0.8)
+    # lm-eval: body + head (10 M + 100 * 20 000 weights) on each of its 160 padded positions, over calib's 8 GFLOP.
+    assert fig["calib"]["flop_ratio_lmeval_over_calib"] == pytest.approx(2 * 12e6 * 160 / 8e9)
     assert all(fig["verdicts"].values())
 
 
@@ -159,7 +166,9 @@ def test_format_report_prints_figures_targets_and_machine():
     assert "2.5x faster" in text
     calib_line = next(line for line in text.splitlines() if line.startswith("piqa"))
     assert calib_line.split()[2:8] == ["2", "100", "120", "130", "100", "1.000"]
-    assert "calib-checks time: tokenise 0.10 s, forward 1.50 s, head 0.30 s; 3 rows of up to 512 tokens" in text
+    assert "calib-checks time: tokenise 0.10 s, forward 1.50 s, head 0.50 s; 3 rows of up to 512 tokens" in text
+    assert ("calib-checks arithmetic: body 6.0, attention 1.0 (sdpa), head 1.0 GFLOP; 4.0 GFLOP/s = 80% of plain "
+            "matmuls of the same shapes (5.0 GFLOP/s); lm-eval computes at least 0.48x these FLOPs") in text
     assert "mean letter mass 0.250" in text
     assert "3.00x" in calib_line and "0.90x" in calib_line
     assert "targets: all met" in text
@@ -224,3 +233,36 @@ def test_random_llama_for_gpu_timing_loads_and_scores(tiny_model_dir, tmp_path):
     assert loaded.model.config.hidden_size == 32
     records, stats = score_items(loaded, [_item()], progress=False)
     assert len(records[0].scores["choice"]) == 2 and stats["tokens_forwarded"] == stats["token_tree_lower_bound"]
+
+
+def test_flops_count_the_engines_arithmetic_from_the_model_shapes(tiny_model_dir):
+    from calib_checks.models import load_model
+    from calib_checks.scoring import score_items
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    c = loaded.model.config
+    shapes = bench.model_shapes(loaded.model)
+    kv = c.num_key_value_heads * c.head_dim
+    per_layer = 2 * c.hidden_size * c.hidden_size + 2 * kv * c.hidden_size + 3 * c.hidden_size * c.intermediate_size
+    assert shapes["body_linear_params"] == c.num_hidden_layers * per_layer
+    assert sorted(map(tuple, shapes["layer_linear_shapes"])) == sorted(
+        [(32, 32), (16, 32), (16, 32), (32, 32), (64, 32), (64, 32), (32, 64)]
+    )
+    assert (shapes["heads"], shapes["head_dim"], shapes["hidden"], shapes["vocab"]) == (4, 8, 32, c.vocab_size)
+    items = [_item(), _item(id="q2", options=("maybe", "never", "so"), letters=("A", "B", "C"),
+                            choice_prompt="Question: Is it?\nA. maybe\nB. never\nC. so\nAnswer:")]
+    _, stats = score_items(loaded, items, progress=False)
+    flops = bench.engine_flops(shapes, stats)
+    assert flops["body"] == 2 * shapes["body_linear_params"] * stats["tokens_padded"]
+    # A dense mask computes every (query, key) pair of each row: rows * width^2, here one row.
+    assert stats["rows"] == 1 and stats["attention_pairs"] == stats["tokens_padded"] ** 2
+    assert flops["attention"] == 4 * 4 * 8 * 2 * stats["tokens_padded"] ** 2
+    # The head sees each scored position once: the context's last token (shared by the options), every option
+    # token but its last, and the lettered prompt's answer position (shared by the letters).
+    from calib_checks.scoring import encode_pairs
+
+    options = [len(ids) - 1 for it in items for _, ids, _ in encode_pairs(loaded.tokenizer, [(it.context, " " + o) for o in it.options])]
+    assert stats["head_positions"] == 2 * len(items) + sum(options)
+    assert flops["head"] == 2 * 32 * c.vocab_size * stats["head_positions"] > 0
+    rate = bench.matmul_rate(shapes, tokens=64, head_rows=8, device="cpu", dtype="float32", repeats=1)
+    assert 1e6 < rate < 1e14

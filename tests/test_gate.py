@@ -196,9 +196,11 @@ def test_usage_errors_are_raised_before_anything_is_scored(score_dirs, tmp_path)
     assert [c.id for c in gate.cases()] == [f"equal:piqa:{e}:ece" for e in EXTRACTORS]  # named after the aligned side
 
 
-def test_a_device_or_dtype_that_cannot_be_had_is_a_usage_error(score_dirs, tmp_path) -> None:
+def test_a_device_dtype_or_attention_that_cannot_be_had_is_a_usage_error(score_dirs, tmp_path) -> None:
     pair = f"scores:{score_dirs['base']},scores:{score_dirs['equal']}"
-    with pytest.raises(GateUsageError, match="--calib-device/--calib-dtype: .*cuda:7"):
+    with pytest.raises(GateUsageError, match="--calib-device/--calib-dtype/--calib-attention: .*cuda:7"):
         run_gate(options(tmp_path, pair, device="cuda:7"))
-    with pytest.raises(GateUsageError, match="--calib-device/--calib-dtype: .*float8"):
+    with pytest.raises(GateUsageError, match="--calib-device/--calib-dtype/--calib-attention: .*float8"):
         run_gate(options(tmp_path, pair, dtype="float8"))
+    with pytest.raises(GateUsageError, match="--calib-attention: unknown attention 'fast'"):
+        run_gate(options(tmp_path, pair, attention="fast"))

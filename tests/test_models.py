@@ -21,6 +21,7 @@ from calib_checks.cache import cache_dir
 from calib_checks.models import (
     ModelLoadError,
     StaleRevisionWarning,
+    attention_order,
     describe_identity,
     file_sha256,
     load_model,
@@ -547,6 +548,17 @@ def test_software_stack_names_versions_device_and_attention(monkeypatch: pytest.
     assert software_stack("auto")["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch, "__version__", "9.9.9+cpu")
     assert software_stack("cpu") == {**stack, "torch": "9.9.9+cpu"}
+    assert software_stack("cpu", "flex")["attention"] == ["flex_attention"]  # another stack: other cache keys
+
+
+def test_attention_order_prefers_flex_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert attention_order("cpu") == attention_order("cpu", "dense") == ("sdpa", "eager")
+    assert attention_order("cpu", "flex") == ("flex_attention",)
+    with pytest.raises(ModelLoadError, match=r"unknown attention 'fast'; use one of auto, flex, dense"):
+        attention_order("cpu", "fast")
+    monkeypatch.setattr(models, "resolve_device", lambda device: "cuda:0")  # as on a machine with a GPU
+    assert attention_order("auto") == ("flex_attention", "sdpa", "eager")
+    assert attention_order("auto", "dense") == ("sdpa", "eager")
 
 
 # ---------------------------------------------------------------------------------------------- failures

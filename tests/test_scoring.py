@@ -363,16 +363,30 @@ def test_letters_that_are_not_one_token_raise() -> None:
 
 def test_attention_without_custom_masks_is_refused() -> None:
     tok = char_tokenizer(LETTER_MERGES)
-    lm = loaded(char_model(tok, attention="flex_attention"), tok, label="flex-llama")
-    with pytest.raises(ScoringError, match=r"flex-llama.*'flex_attention'.*attn_implementation='sdpa'"):
+    model = char_model(tok)
+    model.config._attn_implementation = "flash_attention_2"  # varlen by position ids: no tree masks
+    lm = loaded(model, tok, label="flash-llama")
+    with pytest.raises(ScoringError, match=r"flash-llama.*'flash_attention_2'.*attn_implementation='sdpa'"):
         score_items(lm, [item("q", "ab", ["cd", "dd"], 0)], progress=False)
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: str) -> None:
+@pytest.fixture
+def fresh_compile():
+    """torch 2.13's CPU flex-attention kernel compiles its first shape but fails to recompile for another (a
+    C++ compile error, or an index out of bounds; scoring then falls back to sdpa, tested below): each test that
+    checks the flex path itself starts from, and leaves, an empty compile cache."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "flex_attention"])
+def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: str, request) -> None:
     """Gemma 3 mixes sliding and full layers and caps its logits; a window of 4 tokens makes both matter."""
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
+    if attention == "flex_attention":
+        request.getfixturevalue("fresh_compile")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = Gemma3TextConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -385,9 +399,70 @@ def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: 
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
     lm = loaded(model, tok, label="tiny-gemma3", add_bos=True)
-    records, stats = score_items(lm, TINY_ITEMS[:4], batch_size=2, progress=False)
+    # One batch (one compiled shape for flex attention).
+    records, stats = score_items(lm, TINY_ITEMS[:4], batch_size=1, row_tokens=4096, progress=False)
     assert_matches_naive(lm, TINY_ITEMS[:4], records, tol=5e-4)
     assert stats["tokens_forwarded"] == stats["token_tree_lower_bound"]
+    assert (stats["attention"], stats["attention_fallback"]) == (attention, None)
+
+
+def test_flex_attention_equals_the_dense_mask_and_skips_blocks(tiny_model_dir: Path, fresh_compile) -> None:
+    """The block mask follows the dense mask's rule: the same scores, fewer (query, key) pairs computed."""
+    items = [replace(it, id=f"{it.id}-{n}") for n in range(6) for it in TINY_ITEMS]
+    dense = load_model(str(tiny_model_dir), device="cpu", dtype="float32", attention="dense")
+    flex = load_model(str(tiny_model_dir), device="cpu", dtype="float32", attention="flex")
+    assert flex.model.config._attn_implementation == "flex_attention"
+    settings = {"batch_size": 1, "row_tokens": 1 << 14, "progress": False}  # one row: one compiled shape
+    (ours, ours_stats), (theirs, theirs_stats) = score_items(flex, items, **settings), score_items(dense, items, **settings)
+    assert (ours_stats["attention"], ours_stats["attention_fallback"], ours_stats["rows"]) == ("flex_attention", None, 1)
+    assert theirs_stats["attention"] == "sdpa" and theirs_stats["rows"] == 1
+    for a, b in zip(ours, theirs, strict=True):
+        for name in EXTRACTORS:
+            np.testing.assert_allclose(a.scores[name], b.scores[name], rtol=0, atol=1e-5, err_msg=f"{a.id} {name}")
+    width = theirs_stats["tokens_padded"]
+    assert theirs_stats["attention_pairs"] == width * width
+    # 36 items side by side: most (query, key) blocks belong to two different items and are skipped.
+    assert ours_stats["attention_pairs"] < 0.5 * theirs_stats["attention_pairs"]
+
+
+def test_a_failing_flex_kernel_falls_back_to_the_dense_mask(
+    tiny_model_dir: Path, tiny_scored, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the flex kernel fails (a compile error, an unsupported shape), the run says so, records why and
+    finishes through sdpa with the same scores."""
+    import calib_checks.scoring as scoring
+
+    dense_mask = scoring._attention_mask
+
+    def failing(config, rows, kind, dtype):
+        if kind == "flex_attention":
+            raise RuntimeError("CppCompileError: C++ compile error\n(the rest of the log)")
+        return dense_mask(config, rows, kind, dtype)
+
+    monkeypatch.setattr(scoring, "_attention_mask", failing)
+    flex = load_model(str(tiny_model_dir), device="cpu", dtype="float32", attention="flex")
+    with pytest.warns(RuntimeWarning, match=r"tiny-llama.*flex attention failed \(RuntimeError: CppCompileError"):
+        records, stats = score_items(flex, TINY_ITEMS, batch_size=3, progress=False)
+    assert stats["attention"] == "sdpa" and flex.model.config._attn_implementation == "sdpa"
+    assert stats["attention_fallback"] == "RuntimeError: CppCompileError: C++ compile error"
+    for a, b in zip(records, tiny_scored[0], strict=True):
+        assert a.scores == b.scores  # the dense path on the same batches: bit for bit
+
+
+def test_bf16_model_head_runs_in_float32(tiny_model_dir: Path) -> None:
+    """A bf16 model's logits are not rounded to bf16: the head's product runs in float32."""
+    from calib_checks.scoring import _head_logits
+
+    lm = load_model(str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    weight = lm.model.get_output_embeddings().weight
+    assert weight.dtype == torch.bfloat16
+    hidden = torch.randn(5, weight.shape[1]).to(torch.bfloat16)
+    logits = _head_logits(lm, hidden)
+    assert logits.dtype == torch.float32
+    exact = hidden.double() @ weight.double().T
+    torch.testing.assert_close(logits.double(), exact, rtol=1e-6, atol=1e-6)
+    rounded = (hidden @ weight.T).double()  # what a bf16 head gives
+    assert float((rounded - exact).abs().max()) > 100 * float((logits.double() - exact).abs().max())
 
 
 def test_unreproduced_logit_scaling_is_refused(tiny_model_dir: Path) -> None:
