@@ -618,6 +618,7 @@ def test_score_cli_scores_several_tasks_with_one_load(
         f"{tiny_model_dir.name} on arc_easy (2 items")
     for line in (piqa_line, arc_line):
         assert "cache off" in line and "forwarded" in line and "padded" in line and "lower bound" in line
+        assert "rows, attention sdpa;" in line
         assert "tokenise" in line and "forward" in line and "head" in line
     assert "2 task(s)" in summary and "model load" in summary and "scoring tokenise" in summary
     # One file name for several tasks is refused before anything loads.
