@@ -232,19 +232,19 @@ def lmeval_flops(shapes: Mapping[str, Any], tokens_padded: int) -> float:
     return 2.0 * (shapes["body_linear_params"] + shapes["hidden"] * shapes["vocab"]) * tokens_padded
 
 
-def matmul_rate(shapes: Mapping[str, Any], tokens: int, head_rows: int, device: str, dtype: str,
+def matmul_rate(shapes: Mapping[str, Any], tokens: int, head_rows: int, device: str, dtype: Any,
                 repeats: int = 3) -> float:
     """FLOP/s of plain ``torch.nn.functional.linear`` calls of the engine's shapes, on random tensors: one
-    decoder layer's linear weights at `tokens` rows, times the layer count, plus the output head at
-    `head_rows` rows; best of `repeats`. The ceiling the engine's achieved rate is compared with."""
+    decoder layer's linear weights at `tokens` rows in the model's `dtype` (a torch dtype), times the layer
+    count, plus the output head at `head_rows` rows in float32 (as the engine runs it); best of `repeats`. The
+    ceiling the engine's achieved rate is compared with."""
     import torch
 
-    kind = getattr(torch, dtype) if dtype != "auto" else torch.float32
     gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(*shape, generator=gen).to(device, kind) for shape in shapes["layer_linear_shapes"]]
-    head = torch.randn(shapes["vocab"], shapes["hidden"], generator=gen).to(device, kind)
-    inputs = {n: torch.randn(tokens, n, generator=gen).to(device, kind) for n in {w.shape[1] for w in weights}}
-    head_in = torch.randn(max(1, head_rows), shapes["hidden"], generator=gen).to(device, kind)
+    weights = [torch.randn(*shape, generator=gen).to(device, dtype) for shape in shapes["layer_linear_shapes"]]
+    head = torch.randn(shapes["vocab"], shapes["hidden"], generator=gen).to(device)
+    inputs = {n: torch.randn(tokens, n, generator=gen).to(device, dtype) for n in {w.shape[1] for w in weights}}
+    head_in = torch.randn(max(1, head_rows), shapes["hidden"], generator=gen).to(device)
     flops = shapes["layers"] * sum(2.0 * tokens * w.numel() for w in weights) + 2.0 * head_in.shape[0] * head.numel()
 
     def once() -> float:
@@ -751,7 +751,7 @@ def _worker_calib(args: argparse.Namespace) -> int:
         # The same shapes as plain matmuls, measured now: the mean batch's tokens, its head positions.
         batches = max(1, stats["batches"])
         plain = matmul_rate(shapes, max(1, round(stats["tokens_padded"] / batches)),
-                            round(stats["head_positions"] / batches), args.device, args.dtype)
+                            round(stats["head_positions"] / batches), args.device, loaded.dtype)
         out["tasks"][task] = {
             "flops": flops,
             "matmul_flops_per_second": plain,

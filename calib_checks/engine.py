@@ -248,12 +248,14 @@ def _score_line(label: str, task_data: TaskData, scores: TaskScores, calls: int,
     """One task's line: cache status, tokens (forwarded, padded, bounds) and where the scoring time went."""
     stats = scores.stats
     when = "when computed: " if stats["cache"] == "hit" else ""
+    attention = stats["attention"]
+    if stats["attention_fallback"]:
+        attention += f" (flex failed: {stats['attention_fallback']})"
     return (
         f"{label} on {task_data.task} ({len(scores.records)} items, {task_data.source}): cache {stats['cache']}, "
         f"{calls} forward passes -> {out}; {when}tokens {stats['tokens_forwarded']} forwarded, "
         f"{stats['tokens_padded']} padded, lower bound {stats['token_lower_bound']} "
-        f"({stats['token_tree_lower_bound']} sharing prompt prefixes), {stats['rows']} rows, attention "
-        f"{stats['attention']}{' (flex failed: ' + stats['attention_fallback'] + ')' if stats['attention_fallback'] else ''}; "
+        f"({stats['token_tree_lower_bound']} sharing prompt prefixes), {stats['rows']} rows, attention {attention}; "
         f"{stats['seconds']:.2f} s: tokenise {stats['seconds_tokenise']:.2f}, forward {stats['seconds_forward']:.2f}, "
         f"head {stats['seconds_head']:.2f}, other {stats['seconds'] - sum(stats[f'seconds_{p}'] for p in _PHASES):.2f} "
         f"(the output-head probe, records)"

@@ -553,7 +553,8 @@ class Gate:
             models[side.label] = {"spec": side.text, "revision": side.spec.revision if side.spec else None,
                                   "resolved": describe(ident) if ident else None}
         return {
-            "models": models, "dtype": o.dtype, "device": o.device, "attention": o.attention, "thresholds_file": str(o.thresholds),
+            "models": models, "dtype": o.dtype, "device": o.device, "attention": o.attention,
+            "thresholds_file": str(o.thresholds),
             "started_at": self.started_at, "seed": o.seed, "limit": o.limit, "data_source": o.data_source,
             "batch_size": o.batch_size, "cache": o.use_cache, "policy": self.policy.to_json(),
             "selection": {"tasks": list(o.tasks), "extractors": list(o.extractors), "metrics": list(o.metrics)},

@@ -854,7 +854,8 @@ def _attention_pairs(mask: Any, rows: int, width: int) -> int:
         mask = next(iter(mask.values()))
     if not hasattr(mask, "kv_num_blocks"):
         return rows * width * width
-    blocks = int(mask.kv_num_blocks.sum()) + (0 if mask.full_kv_num_blocks is None else int(mask.full_kv_num_blocks.sum()))
+    full = mask.full_kv_num_blocks
+    blocks = int(mask.kv_num_blocks.sum()) + (0 if full is None else int(full.sum()))
     q_block, kv_block = mask.BLOCK_SIZE
     return blocks * q_block * kv_block
 

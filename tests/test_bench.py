@@ -240,6 +240,8 @@ def test_random_llama_for_gpu_timing_loads_and_scores(tiny_model_dir, tmp_path):
 
 
 def test_flops_count_the_engines_arithmetic_from_the_model_shapes(tiny_model_dir):
+    import torch
+
     from calib_checks.models import load_model
     from calib_checks.scoring import score_items
 
@@ -265,8 +267,9 @@ def test_flops_count_the_engines_arithmetic_from_the_model_shapes(tiny_model_dir
     # token but its last, and the lettered prompt's answer position (shared by the letters).
     from calib_checks.scoring import encode_pairs
 
-    options = [len(ids) - 1 for it in items for _, ids, _ in encode_pairs(loaded.tokenizer, [(it.context, " " + o) for o in it.options])]
+    pairs = [[(it.context, " " + option) for option in it.options] for it in items]
+    options = [len(ids) - 1 for item_pairs in pairs for _, ids, _ in encode_pairs(loaded.tokenizer, item_pairs)]
     assert stats["head_positions"] == 2 * len(items) + sum(options)
     assert flops["head"] == 2 * 32 * c.vocab_size * stats["head_positions"] > 0
-    rate = bench.matmul_rate(shapes, tokens=64, head_rows=8, device="cpu", dtype="float32", repeats=1)
+    rate = bench.matmul_rate(shapes, tokens=64, head_rows=8, device="cpu", dtype=torch.float32, repeats=1)
     assert 1e6 < rate < 1e14
