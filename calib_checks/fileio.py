@@ -1,4 +1,4 @@
-"""Files the project writes and reads back: atomic writes, canonical JSON, JSON-lines.
+"""Files the project writes and reads back: atomic writes, canonical JSON, JSON-lines, TOML.
 
 Nothing lost: every file is written to a unique temporary name in its final folder, flushed to disk and
 renamed with `os.replace`, so a reader (another xdist worker, a later run) sees the old file or the whole new
@@ -14,6 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from calib_checks.errors import CalibChecksError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: pyproject.toml installs tomli there
+    import tomli as tomllib  # type: ignore[no-redef]
+
+#: The TOML parser's error (tomllib's on Python 3.11+, tomli's on 3.10): thresholds.toml and task files.
+TOMLDecodeError = tomllib.TOMLDecodeError
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """Parse a TOML document (tomllib on Python 3.11+, tomli on 3.10); raises `TOMLDecodeError`."""
+    return tomllib.loads(text)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

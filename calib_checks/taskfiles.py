@@ -2,16 +2,17 @@
 
 A task file holds one ``[[task]]`` table per task (a single ``[task]`` table also works). Each becomes a
 `tasks.TaskSpec`, exactly the shape of the built-in entries, so `data.load_task(name)` loads it like a built-in
-once `register_tasks` has added it to `tasks.TASKS`. The keys, with an example, are in docs/TASKS.md
+(it accepts a `TaskSpec`). A run keeps the built-in tasks and its files' tasks in its own registry
+(`task_registry`), never in the process-wide `tasks.TASKS`. The keys, with an example, are in docs/TASKS.md
 ("Your own tasks"); examples/support-tickets.toml is a complete file.
 
 Every mistake is one `TaskFileError` line naming the file, the task and the key (and the row, for bad data),
 with a suggestion where a name is close: a typo fails at once instead of being ignored.
 
-Typical use, before thresholds are validated (they check task names against `tasks.TASKS`)::
+Typical use, before thresholds are validated (they check task names against the registry)::
 
-    from calib_checks.taskfiles import register_task_files
-    register_task_files(["benchmarks/"])      # every *.toml in the folder, or individual files
+    from calib_checks.taskfiles import task_registry
+    tasks = task_registry(["benchmarks/"])      # every *.toml in the folder, or individual files
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import string
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from calib_checks.fileio import TOMLDecodeError, parse_toml
 from calib_checks.tasks import (
     ANSWER_FORMS,
     BUILTIN_TASKS,
@@ -40,8 +41,7 @@ from calib_checks.tasks import (
     did_you_mean,
 )
 
-__all__ = ["DATA_SUFFIXES", "TASK_KEYS", "TaskFileError", "load_task_files", "register_task_files",
-           "register_tasks"]
+__all__ = ["DATA_SUFFIXES", "TASK_KEYS", "TaskFileError", "load_task_files", "task_registry"]
 
 TASK_KEYS: tuple[str, ...] = (
     "name", "title", "data", "hub", "config", "split", "id", "question", "context", "options", "answer",
@@ -118,10 +118,10 @@ class _Table:
 
 def _read_toml(path: Path, origin: str) -> list[Mapping[str, Any]]:
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
+        document = parse_toml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
         raise TaskFileError(f"{origin}: cannot read the task file ({type(exc).__name__}: {exc})") from None
-    except tomllib.TOMLDecodeError as exc:
+    except TOMLDecodeError as exc:
         raise TaskFileError(f"{origin}: not valid TOML ({exc})") from None
     for key in document:
         if key != "task":
@@ -282,22 +282,18 @@ def load_task_files(paths: Sequence[str | Path], check_data: bool = True) -> lis
     return specs
 
 
-def register_tasks(specs: Sequence[TaskSpec]) -> None:
-    """Add `specs` to `tasks.TASKS`, so `data.load_task(name)`, ``--tasks`` and thresholds.toml know them.
+def task_registry(paths: Sequence[str | Path] = (), base: Mapping[str, TaskSpec] = TASKS) -> dict[str, TaskSpec]:
+    """The tasks of `base` (default: the built-in ones) and of the task files `paths` (`load_task_files`, data
+    checked), as a new mapping that a run passes around: the process-wide `tasks.TASKS` is never changed, so
+    two runs in one process with different task files never see each other's tasks.
 
-    A name already registered is refused (a built-in, or another file's task), unless it is the very same spec
-    (registering a file twice is harmless). Nothing is registered when any name clashes.
+    A file's task named like one of `base` is refused, unless it is the very same spec (a file given twice).
     """
-    for spec in specs:
-        known = TASKS.get(spec.name)
+    registry = dict(base)
+    for spec in load_task_files(paths):
+        known = registry.get(spec.name)
         if known is not None and known != spec:
             where = "a built-in task" if spec.name in BUILTIN_TASKS else f"declared in {known.origin}"
             raise spec.error("name", f"{spec.name!r} is already {where}; choose another name")
-    TASKS.update({spec.name: spec for spec in specs})
-
-
-def register_task_files(paths: Sequence[str | Path]) -> list[str]:
-    """`load_task_files` (data checked) then `register_tasks`; returns the registered names, in file order."""
-    specs = load_task_files(paths)
-    register_tasks(specs)
-    return [spec.name for spec in specs]
+        registry[spec.name] = spec
+    return registry

@@ -558,7 +558,7 @@ TASKS: dict[str, TaskSpec] = {
     "mmlu_other": _mmlu("mmlu_other", _MMLU_GROUPS["other"], "MMLU other: 14 subjects pooled"),
 }
 BUILTIN_TASKS: frozenset[str] = frozenset(TASKS)
-"""The names shipped with calib-checks; `taskfiles.register_tasks` adds a team's own next to them."""
+"""The names shipped with calib-checks; `taskfiles.task_registry` puts a team's own next to them, per run."""
 
 
 def get_task(name: str) -> TaskSpec:

@@ -49,19 +49,15 @@ from __future__ import annotations
 
 import difflib
 import math
-import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from calib_checks.errors import CalibChecksError
+from calib_checks.fileio import TOMLDecodeError, parse_toml
 from calib_checks.metrics import METRICS, NLL_EPS
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 (pyproject installs tomli there)
-    import tomli as tomllib
 
 __all__ = ["BUILTIN", "BUILTIN_POLICY", "DIMENSIONS", "FAMILIES", "INTERVALS", "ON_INCONCLUSIVE", "POLICY_FIELDS",
            "RULE_FIELDS", "SCALES", "GatePolicy", "Rule", "Thresholds", "ThresholdsError", "load_thresholds",
@@ -266,11 +262,11 @@ def _check_field(path: str, table: str, key: str, value: Any) -> Any:
     raise AssertionError(key)  # callers only pass RULE_FIELDS
 
 
-def _known_names() -> dict[str, tuple[str, ...]]:
-    from calib_checks.scoring import EXTRACTORS
+def _known_names(tasks: Iterable[str] | None = None) -> dict[str, tuple[str, ...]]:
+    from calib_checks.records import EXTRACTORS
     from calib_checks.tasks import TASKS
 
-    return {"task": tuple(TASKS), "extractor": tuple(EXTRACTORS), "metric": tuple(METRICS)}
+    return {"task": tuple(TASKS if tasks is None else tasks), "extractor": EXTRACTORS, "metric": tuple(METRICS)}
 
 
 @dataclass(frozen=True)
@@ -389,9 +385,10 @@ def _collect_dimension(dim: str, value: Any, path: str, known: dict[str, tuple[s
         _collect(sub, path, known, (*match, (dim, name)), out)
 
 
-def parse_thresholds(data: Mapping[str, Any], path: str = "thresholds.toml") -> Thresholds:
+def parse_thresholds(data: Mapping[str, Any], path: str = "thresholds.toml",
+                     tasks: Iterable[str] | None = None) -> Thresholds:
     """Validate parsed TOML `data` (as `tomllib.loads` returns it); `path` names the file in messages."""
-    known = _known_names()
+    known = _known_names(tasks)
     tables: list[_Table] = []
     policy = BUILTIN_POLICY
     if "default" not in data:
@@ -444,18 +441,20 @@ def _parse_policy(data: Mapping[str, Any], path: str) -> GatePolicy:
     return GatePolicy(**values, source="[gate]")
 
 
-def load_thresholds(path: str | Path) -> Thresholds:
-    """Read and validate a thresholds file; raises ThresholdsError naming the file and the key."""
+def load_thresholds(path: str | Path, tasks: Iterable[str] | None = None) -> Thresholds:
+    """Read and validate a thresholds file against the task names `tasks` (default: the registered tasks);
+    raises ThresholdsError naming the file and the key."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ThresholdsError(f"thresholds file {str(path)!r} not found: pass --thresholds PATH, or copy the "
-                              "shipped thresholds.toml (docs/GATE.md)") from None
+        raise ThresholdsError(f"thresholds file {str(path)!r} not found: pass its path (--calib-thresholds under "
+                              "pytest, --thresholds for `python -m calib_checks`), or copy the shipped "
+                              "thresholds.toml (docs/GATE.md)") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ThresholdsError(f"thresholds file {str(path)!r} cannot be read: {exc}") from None
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
+        data = parse_toml(text)
+    except TOMLDecodeError as exc:
         raise ThresholdsError(f"{path}: not valid TOML: {exc}") from None
-    return parse_thresholds(data, str(path))
+    return parse_thresholds(data, str(path), tasks)

