@@ -76,7 +76,10 @@ import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from calib_checks.records import EngineStats
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TASKS = ("arc_easy", "hellaswag", "medmcqa", "mmlu", "piqa")
@@ -152,15 +155,11 @@ def items_lower_bound(tokenizer: Any, items: Sequence[Any], add_bos: bool) -> tu
 
 
 def extractor_scores(per_option: Sequence[Sequence[float]], k: int) -> dict[str, list[float]]:
-    """The four extractors from per-token log-probabilities: ``per_option[:k]`` are the k options' continuation
-    tokens, ``per_option[k:]`` the k letters' single tokens (calib_checks.scoring's definitions)."""
-    conts, letters = per_option[:k], per_option[k:]
-    return {
-        "continuation-sum": [math.fsum(t) for t in conts],
-        "continuation-min": [min(t) for t in conts],
-        "continuation-mean": [math.fsum(t) / len(t) for t in conts],
-        "choice": [t[0] for t in letters],
-    }
+    """The four extractors (`records.extract`, the engine's own) from per-token log-probabilities:
+    ``per_option[:k]`` are the k options' continuation tokens, ``per_option[k:]`` the k letters' single tokens."""
+    from calib_checks.records import extract
+
+    return extract(per_option[:k], [t[0] for t in per_option[k:]])
 
 
 def max_abs_diff(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]]) -> float:
@@ -214,15 +213,15 @@ def model_shapes(model: Any) -> dict[str, Any]:
     }
 
 
-def engine_flops(shapes: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, float]:
+def engine_flops(shapes: Mapping[str, Any], stats: EngineStats) -> dict[str, float]:
     """The arithmetic of one `score_items` run (multiply-adds count 2): ``body`` = 2 * linear weights * tokens
     through the decoder (padding included), ``attention`` = 4 * heads * head size * layers * (query, key) pairs
     computed (QK^T and PV), ``head`` = 2 * hidden * vocabulary * positions through the output head. Norms,
     activations and rotary embeddings are left out (under 1 % here)."""
     return {
-        "body": 2.0 * shapes["body_linear_params"] * stats["tokens_padded"],
-        "attention": 4.0 * shapes["heads"] * shapes["head_dim"] * shapes["layers"] * stats["attention_pairs"],
-        "head": 2.0 * shapes["hidden"] * shapes["vocab"] * stats["head_positions"],
+        "body": 2.0 * shapes["body_linear_params"] * stats.tokens_padded,
+        "attention": 4.0 * shapes["heads"] * shapes["head_dim"] * shapes["layers"] * stats.attention_pairs,
+        "head": 2.0 * shapes["hidden"] * shapes["vocab"] * stats.head_positions,
     }
 
 
@@ -718,6 +717,7 @@ def _worker_calib(args: argparse.Namespace) -> int:
     from peak_rss import gpu_peak_mib, peak_mib, reset_gpu_peak, reset_peak
 
     from calib_checks.models import load_model
+    from calib_checks.records import letter_mass_summary
     from calib_checks.scoring import score_items
 
     plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
@@ -741,17 +741,17 @@ def _worker_calib(args: argparse.Namespace) -> int:
         started = time.perf_counter()
         records, stats = score_items(loaded, data.items, batch_size=batch, progress=False, row_tokens=args.row_tokens)
         seconds = time.perf_counter() - started
-        if padded[0] != stats["tokens_padded"] + stats["probe_tokens"]:
+        if padded[0] != stats.tokens_padded + stats.probe_tokens:
             raise BenchError(
-                f"{task}: the decoder saw {padded[0]} tokens, the engine counts {stats['tokens_padded']} padded + "
-                f"{stats['probe_tokens']} probe tokens"
+                f"{task}: the decoder saw {padded[0]} tokens, the engine counts {stats.tokens_padded} padded + "
+                f"{stats.probe_tokens} probe tokens"
             )
         bound, tree_bound = items_lower_bound(loaded.tokenizer, data.items, loaded.add_bos)
         flops = engine_flops(shapes, stats)
         # The same shapes as plain matmuls, measured now: the mean batch's tokens, its head positions.
-        batches = max(1, stats["batches"])
-        plain = matmul_rate(shapes, max(1, round(stats["tokens_padded"] / batches)),
-                            round(stats["head_positions"] / batches), args.device, loaded.dtype)
+        batches = max(1, stats.batches)
+        plain = matmul_rate(shapes, max(1, round(stats.tokens_padded / batches)),
+                            round(stats.head_positions / batches), args.device, loaded.dtype)
         out["tasks"][task] = {
             "flops": flops,
             "matmul_flops_per_second": plain,
@@ -760,8 +760,8 @@ def _worker_calib(args: argparse.Namespace) -> int:
             "peak_rss_mib": peak_mib(),
             "per_task_peak": per_task_peak,
             "peak_gpu_mib": gpu_peak_mib(args.device),
-            "tokens_padded": stats["tokens_padded"],
-            "stats": stats,
+            "tokens_padded": stats.tokens_padded,
+            "stats": {**stats.to_json(), "letter_mass": letter_mass_summary(records)},
             "lower_bound": bound,
             "tree_lower_bound": tree_bound,
             "items": [{"id": r.id, "gold": r.gold, "scores": r.scores} for r in records],

@@ -1,7 +1,8 @@
 """Command line: `python -m calib_checks {score,report,demo,simulate} ...` (also installed as `calib-checks`).
 
-Each subcommand lives in the module of its concept, which provides `CLI_HELP`, `add_cli_arguments(parser)`
-and `run_cli(args) -> int`. Only the chosen module is imported, so `report` never loads torch.
+Each subcommand lives in the module of its concept, which provides `add_cli_arguments(parser)` and
+`run_cli(args) -> int`; its one-line help is here. Only the chosen module is imported, so `report` never loads
+torch.
 """
 
 from __future__ import annotations

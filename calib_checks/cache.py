@@ -1,24 +1,30 @@
-"""The result cache: per-item scores of one model on one task's items, stored once and reused.
+"""The score cache: per-item records of one score source on one task, stored once and extended, never recomputed.
 
 Layout under the cache root (`cache_dir()`, or the `root` given to `ScoreCache`)::
 
-    scores/<key[:2]>/<key>.json.gz   one entry: header + stats + records, gzip-compressed JSON
-    locks/<key>.lock                 file lock held while one process computes that key
-    models/<sha256>/                 GGUF checkpoints converted to safetensors (see `models.py`)
-    hashes/                          sha256 of large files, keyed by path, device, inode, size, mtime, ctime
-                                     (see `models.file_sha256`)
+    scores/<key[:2]>/<key>/<chunk>.json.gz   one chunk: header + engine stats + records, gzip-compressed JSON
+    locks/<key>.lock                         file lock held while one process reads or extends that key
+    models/<sha256>/                         GGUF checkpoints converted to safetensors (see `models.py`)
+    hashes/                                  sha256 of large files (see `models.file_sha256`)
 
-An entry's key is the sha256 of the canonical JSON of everything the scores depend on (model identity,
-task, data fingerprint, item ids in order, prompt version, scoring version, and the software stack:
-torch / transformers / tokenizers / calib-checks versions, device type, attention implementation, see
-`models.software_stack`) and of nothing pair-specific, so a new aligned candidate run against the same base
-reuses the base's entries, while scores made by other software are never served as this software's.
+A key is the sha256 of the canonical JSON of everything a source's numbers depend on besides the items (for a
+checkpoint: model identity, prompt version, scoring version and the software stack: torch / transformers /
+tokenizers / calib-checks versions, device type, attention; `sources.Source.cache_inputs`) and the task. It holds
+nothing pair-specific, so a new aligned candidate run against the same base reuses the base's records, while
+records made by other software are never served as this software's.
 
-Safety: entries are JSON (never pickle), written to a temporary file in the same folder and renamed into
-place (`os.replace`), so a reader sees either no entry or a whole one. On read, an entry is trusted only
-if it decompresses and parses, its header carries `complete: true`, the key it names is the key asked for,
-its recorded inputs hash to that key, and its record count and item ids match the header. Anything else is
-ignored with a `ScoreCacheWarning` and recomputed (the next `put` overwrites it).
+Under a key, each computation is one chunk, and each record in it is filed under its item's id AND the digest of
+the item's content (`data.item_digest`: prompts, options, gold), so a record is served only for exactly the item it
+was computed on. A request for items some of which are stored computes only the others and adds them as a new
+chunk: a `--calib-limit` raised from 100 to 200, or the gate's next sequential look, scores only the new items.
+Scores do not depend on which items were computed together beyond float32 summation order (`scoring`).
+
+Safety: chunks are JSON (never pickle), written to a temporary file in the same folder and renamed into place
+(`os.replace`), so a reader sees either no chunk or a whole one; a killed run leaves at most a temporary file no
+reader trusts. On read, a chunk is trusted only if it decompresses and parses, its header carries `complete: true`,
+names this key, its recorded inputs hash to the key, and its records match its item list. Anything else is ignored
+with a `ScoreCacheWarning` (its items are recomputed). The per-key lock makes concurrent processes (pytest-xdist
+workers) that need the same key compute each item once.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import hashlib
 import json
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -39,7 +45,7 @@ from calib_checks.errors import CalibChecksError
 from calib_checks.fileio import atomic_write_bytes, canonical_json
 
 ENTRY_FORMAT = "calib-checks-score-cache"
-ENTRY_VERSION = 1
+ENTRY_VERSION = 2  # 2: chunks of items under a key, records filed by item digest
 
 
 class ScoreCacheError(CalibChecksError):
@@ -47,7 +53,7 @@ class ScoreCacheError(CalibChecksError):
 
 
 class ScoreCacheWarning(UserWarning):
-    """A cache entry was unreadable or inconsistent and was ignored (it will be recomputed)."""
+    """A cache chunk was unreadable or inconsistent and was ignored (its items will be recomputed)."""
 
 
 def cache_dir() -> Path:
@@ -60,62 +66,34 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "calib-checks"
 
 
-def _record_json(record: Any) -> dict:
-    return record.to_json() if hasattr(record, "to_json") else dict(record)
-
-
 class ScoreCache:
-    """Per-item scores on disk, keyed by everything they depend on.
+    """Per-item records on disk, keyed by everything they depend on (see the module docstring).
 
-    Records are stored as plain JSON objects (`ItemRecord.to_json()`); `get` returns them as dicts and the
-    caller rebuilds its dataclasses (`ItemRecord.from_json`), which keeps this module free of torch.
+    Records and stats are plain JSON objects; callers rebuild their dataclasses, which keeps this module free of
+    torch. Usage, so that concurrent processes extending one key compute each item once::
 
-    Usage, so that concurrent processes filling the same key compute it once::
-
-        key = cache.key(identity, task, fingerprint, item_ids, PROMPT_VERSION, SCORING_VERSION, stack=stack)
+        key = cache.key(inputs, task)
         with cache.lock(key):
-            hit = cache.get(key)
-            if hit is None:
-                records, stats = compute()
-                cache.put(key, records, stats)
+            stored, stats = cache.get(key, wanted)          # wanted: [(item id, item digest), ...]
+            missing = [w for w in wanted if w[0] not in stored]
+            if missing:
+                cache.put(key, missing, compute(missing), stats_of_that)
     """
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else cache_dir()
         self._inputs: dict[str, dict] = {}
 
-    def key(
-        self,
-        model_identity: dict,
-        task: str,
-        data_fingerprint: str,
-        item_ids: Sequence[str],
-        prompt_version: str | int,
-        scoring_version: str | int,
-        *,
-        stack: dict,
-    ) -> str:
-        """sha256 (hex) of the canonical JSON of the inputs; `put` records them in the entry's header.
-
-        `stack` is the software the scores are computed with (`models.software_stack`); required, so that
-        no caller can forget it and reuse scores made by another torch or transformers.
-        """
-        inputs = {
-            "model_identity": model_identity,
-            "task": task,
-            "data_fingerprint": data_fingerprint,
-            "item_ids": list(item_ids),
-            "prompt_version": prompt_version,
-            "scoring_version": scoring_version,
-            "stack": stack,
-        }
-        key = hashlib.sha256(canonical_json(inputs).encode("utf-8")).hexdigest()
-        self._inputs[key] = inputs
+    def key(self, inputs: Mapping[str, Any], task: str) -> str:
+        """sha256 (hex) of the canonical JSON of `inputs` and `task`; `put` records them in each chunk's header."""
+        document = {"inputs": dict(inputs), "task": task}
+        key = hashlib.sha256(canonical_json(document).encode("utf-8")).hexdigest()
+        self._inputs[key] = document
         return key
 
-    def path(self, key: str) -> Path:
-        """Where the entry for `key` lives."""
-        return self.root / "scores" / key[:2] / f"{key}.json.gz"
+    def folder(self, key: str) -> Path:
+        """Where the chunks of `key` live."""
+        return self.root / "scores" / key[:2] / key
 
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -135,28 +113,27 @@ class ScoreCache:
         finally:
             lock.release()
 
-    def put(self, key: str, records: Sequence[Any], stats: dict) -> Path:
-        """Store `records` (objects with `to_json()`, or dicts) and `stats` under `key`, atomically.
-
-        `key` must come from this object's `key()`: the entry's header records the inputs it was made of,
-        so that a reader can check the entry against them.
-        """
+    def put(self, key: str, items: Sequence[tuple[str, str]], records: Sequence[Mapping[str, Any]],
+            stats: Mapping[str, Any]) -> Path:
+        """Store one chunk: `records` (JSON objects with an ``id``) of `items` ((id, digest) pairs, same order),
+        and the `stats` of their computation, atomically. `key` must come from this object's `key()`."""
         if key not in self._inputs:
             raise ValueError(f"cache key {key[:16]}... was not made by this ScoreCache's key(); call key() first")
-        rows = [_record_json(record) for record in records]
+        listed = [[item_id, digest] for item_id, digest in items]
         entry = {
             "format": ENTRY_FORMAT,
             "version": ENTRY_VERSION,
             "key": key,
             "inputs": self._inputs[key],
-            "n_records": len(rows),
-            "stats": stats,
-            "records": rows,
+            "items": listed,
+            "stats": dict(stats),
+            "records": [dict(r) for r in records],
             # Last on purpose: a reader that somehow got a cut-off document never sees it.
             "complete": True,
         }
+        name = hashlib.sha256(canonical_json(listed).encode("utf-8")).hexdigest()[:32]
+        path = self.folder(key) / f"{name}.json.gz"
         data = gzip.compress(json.dumps(entry, separators=(",", ":")).encode("utf-8"), compresslevel=6)
-        path = self.path(key)
         try:
             atomic_write_bytes(path, data)
         except OSError as exc:
@@ -166,49 +143,65 @@ class ScoreCache:
     def _unusable(self, exc: OSError) -> ScoreCacheError:
         return ScoreCacheError(
             f"cannot write to the score cache {self.root} ({exc.strerror or exc}): set CALIB_CHECKS_CACHE to a "
-            "writable folder, or run without the cache (--no-cache)"
+            "writable folder, or run without the cache (--calib-no-cache; `score --no-cache`)"
         )
 
-    def get(self, key: str) -> tuple[list[dict], dict] | None:
-        """The stored `(records, stats)` for `key`, or None when absent or not trustworthy (warned)."""
-        path = self.path(key)
-        if not path.exists():
-            return None
+    def get(self, key: str, items: Sequence[tuple[str, str]]) -> tuple[dict[str, dict], list[dict]]:
+        """The stored records of `items` ((id, digest) pairs) under `key`, by item id, and the stats of the chunks
+        they came from. Items stored under another digest (the item changed) are not served."""
+        wanted = dict(items)
+        found: dict[str, dict] = {}
+        stats: list[dict] = []
+        folder = self.folder(key)
+        for path in sorted(folder.glob("*.json.gz")) if folder.is_dir() else ():
+            entry = self._read(key, path)
+            if entry is None:
+                continue
+            used = False
+            for (item_id, digest), record in zip(entry["items"], entry["records"]):
+                if wanted.get(item_id) == digest and item_id not in found:
+                    found[item_id] = record
+                    used = True
+            if used:
+                stats.append(entry["stats"])
+        return found, stats
+
+    def _read(self, key: str, path: Path) -> dict | None:
         try:
             entry = json.loads(gzip.decompress(path.read_bytes()).decode("utf-8"))
         except (OSError, EOFError, ValueError) as exc:
             return self._reject(path, f"unreadable ({type(exc).__name__}: {exc})")
         problem = self._check(key, entry)
-        if problem:
-            return self._reject(path, problem)
-        return entry["records"], entry["stats"]
+        return self._reject(path, problem) if problem else entry
 
     @staticmethod
     def _check(key: str, entry: Any) -> str | None:
         if not isinstance(entry, dict) or entry.get("format") != ENTRY_FORMAT:
-            return "not a calib-checks score cache entry"
+            return "not a calib-checks score cache chunk"
         if entry.get("version") != ENTRY_VERSION:
-            return f"entry format version {entry.get('version')!r}, expected {ENTRY_VERSION}"
+            return f"chunk format version {entry.get('version')!r}, expected {ENTRY_VERSION}"
         if entry.get("complete") is not True:
             return "not marked complete"
         if entry.get("key") != key:
             return f"it names key {str(entry.get('key'))[:16]}..., not this one"
-        records, stats, inputs = entry.get("records"), entry.get("stats"), entry.get("inputs")
-        if not isinstance(records, list) or not isinstance(stats, dict) or not isinstance(inputs, dict):
-            return "records, stats or inputs missing"
-        if entry.get("n_records") != len(records):
-            return f"header says {entry.get('n_records')} records, found {len(records)}"
+        records, stats, inputs, items = (entry.get(k) for k in ("records", "stats", "inputs", "items"))
+        if not (isinstance(records, list) and isinstance(stats, dict) and isinstance(inputs, dict)
+                and isinstance(items, list)):
+            return "records, items, stats or inputs missing"
         if not all(isinstance(row, dict) for row in records):
             return "records are not JSON objects"
         if hashlib.sha256(canonical_json(inputs).encode("utf-8")).hexdigest() != key:
             return "its recorded inputs do not hash to its key"
-        if [row.get("id") for row in records] != inputs.get("item_ids"):
-            return "its records' item ids differ from the ids it was keyed on"
+        if not all(isinstance(it, list) and len(it) == 2 for it in items):
+            return "its item list is malformed"
+        if [row.get("id") for row in records] != [item_id for item_id, _ in items]:
+            return "its records' item ids differ from its item list"
         return None
 
     @staticmethod
     def _reject(path: Path, problem: str) -> None:
         warnings.warn(
-            f"ignoring score cache entry {path}: {problem}; it will be recomputed", ScoreCacheWarning, stacklevel=3
+            f"ignoring score cache chunk {path}: {problem}; its items will be recomputed", ScoreCacheWarning,
+            stacklevel=3,
         )
         return None

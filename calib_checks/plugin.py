@@ -12,9 +12,9 @@ Mapping of the gate onto pytest:
 - one test per expected case, `test_calibration[PAIR:TASK:EXTRACTOR:METRIC]`, plus `test_gate_verdict`, the
   last test, which fails with the run's reason unless the run ships (so JUnit shows the run verdict).
 - the session fixture `calib_results` scores and judges every selected case at the first case
-  (`Gate.judge`: the family correction needs all of a pair's cases). Outcomes: pass -> passed; fail ->
-  FAILED; inconclusive -> skipped `INCONCLUSIVE: ...` (or FAILED under `on_inconclusive = "fail"`); not-gated
-  -> skipped `REPORT ONLY`; error -> ERROR, one line. Under pytest-xdist every worker judges the same way (the
+  (`Gate.judge`: the family correction needs all of a pair's cases). Outcomes: pass -> passed; a case that
+  blocks the release (`GatePolicy.blocks`: fail, error, and inconclusive under `on_inconclusive = "fail"`) ->
+  FAILED or ERROR, one line; inconclusive -> skipped `INCONCLUSIVE: ...`; not-gated -> skipped `REPORT ONLY`. Under pytest-xdist every worker judges the same way (the
   score cache shares the scoring, each model scored once) and reports its share.
 - each case's CaseResult travels in `report.user_properties` (xdist serialises them to the controller),
   which at the end accounts for cases that never ran (an error unless `--calib-allow-partial`), writes the run
@@ -44,6 +44,7 @@ from calib_checks.models import ATTENTION_CHOICES
 from calib_checks.progress import Progress
 
 if TYPE_CHECKING:
+    from calib_checks.thresholds import GatePolicy
     from calib_checks.verdicts import CaseResult
 
 PLUGIN_NAME = "calib_checks.plugin"
@@ -115,7 +116,9 @@ def _options(config: pytest.Config) -> GateOptions:
 def configure_gate(config: pytest.Config) -> None:
     """Activate the gate for this session (called by tests_models/conftest.py's pytest_configure).
 
-    Checks options and thresholds before anything is collected or loaded; raises pytest.UsageError.
+    Checks options and thresholds before anything is collected or loaded; raises pytest.UsageError. Nothing
+    here loads a model, hashes weights or asks the hub: the sides' identities are checked once, by the
+    controller, at session start (`_SessionHooks.pytest_sessionstart`), and not at all for --collect-only.
     """
     if config.stash.get(GATE_KEY, None) is not None:
         return
@@ -203,15 +206,16 @@ def calib_result(calib_case: Case, calib_results: dict[Case, CaseResult], calib_
     return result
 
 
-def check_case(result: CaseResult, on_inconclusive: str) -> None:
-    """The pytest outcome of a judged case (the body of `test_calibration`)."""
+def check_case(result: CaseResult, policy: GatePolicy) -> None:
+    """The pytest outcome of a judged case (the body of `test_calibration`): passed, FAILED when the case blocks
+    the release (`GatePolicy.blocks`, the one rule), else skipped with one line."""
     if result.verdict == "pass":
         return
+    if policy.blocks(result.verdict):
+        pytest.fail(result.headline(), pytrace=False)
     if result.verdict == "not-gated":
         pytest.skip(f"REPORT ONLY: gate = false for {result.metric}")
-    if result.verdict == "inconclusive" and on_inconclusive == "pass":
-        pytest.skip(f"INCONCLUSIVE: {result.message}")
-    pytest.fail(result.message, pytrace=False)
+    pytest.skip(result.headline())
 
 
 def check_run(gate: Gate, results: dict[Case, CaseResult], selected: list[Case]) -> None:
@@ -242,6 +246,16 @@ class _SessionHooks:
         self.outcome: tuple[str, str] | None = None
         self.results_path: Any = None
         self.write_error: str | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        """The controller refuses a model compared with itself before anything is collected or scored (the
+        identities may hash weights or ask the hub: once, here, never on a worker or for --collect-only)."""
+        if self.worker or session.config.option.collectonly:
+            return
+        try:
+            self.gate.check_sides()
+        except GateUsageError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
     @pytest.hookimpl(optionalhook=True)
     def pytest_configure_node(self, node: Any) -> None:
@@ -325,20 +339,26 @@ def _num(value: float | None, sign: str = "") -> str:
 
 
 def summary_lines(gate: Gate, results: dict[tuple, dict], outcome: tuple[str, str], verbose: bool) -> list[str]:
-    """The terminal summary: per pair a table of its gated cases (report-only ones with -v), then the verdict."""
+    """The terminal summary: per comparison a table of its gated cases (report-only ones with -v), then the verdict.
+
+    A comparison's headline is `verdicts.run_verdict` over its own cases, so it never contradicts the run's.
+    """
+    from calib_checks.verdicts import VERDICTS, run_verdict
+
     lines: list[str] = []
     order = {c.key: i for i, c in enumerate(gate.cases())}
     cases = [results[k] for k in sorted(results, key=lambda k: order.get(k, len(order)))]
-    for pair in gate.pairs:
-        mine = [c for c in cases if c["pair"] == pair.name]
+    for comparison in gate.comparisons:
+        mine = [c for c in cases if c["pair"] == comparison.name]
         if not mine:
             continue
-        counts = {v: sum(c["verdict"] == v for c in mine) for v in ("fail", "error", "inconclusive", "pass",
-                                                                     "not-gated")}
-        state = ("REGRESSION" if counts["fail"] else "ERROR" if counts["error"] else
-                 "NO REGRESSION DETECTED" if counts["inconclusive"] else "PASS" if counts["pass"] else "NOT GATED")
-        lines.append(f"pair {pair.name}: {gate.sides[pair.base].label} -> {gate.sides[pair.aligned].label}  "
-                     f"{state}: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+        counts = {v: sum(c["verdict"] == v for c in mine) for v in VERDICTS}
+        verdict, _ = run_verdict([c["verdict"] for c in mine], True, gate.policy)
+        state = ("NOT GATED" if counts["not-gated"] == len(mine) else "REGRESSION" if verdict == "regression" else
+                 "ERROR" if verdict == "error" else "NO REGRESSION DETECTED" if counts["inconclusive"] else "PASS")
+        lines.append(f"pair {comparison.name}: {gate.sides[comparison.base].label} -> "
+                     f"{gate.sides[comparison.aligned].label}  {state}: "
+                     + ", ".join(f"{counts[v]} {v}" for v in ("fail", "error", "inconclusive", "pass", "not-gated")))
         lines.append(f"  {'task':<16} {'extractor':<17} {'metric':<14} {'base':>8} {'aligned':>8} {'change':>8}  "
                      f"{'interval':<20} {'p_adj':>7}  verdict")
         shown = [c for c in mine if verbose or c["verdict"] != "not-gated"]

@@ -28,8 +28,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from calib_checks import metrics
 from calib_checks.fileio import atomic_write_text
 from calib_checks.recalibration import RecalibrationError, TemperatureFit, cross_fit, regime
+from calib_checks.records import LETTER_MASS_FLOOR, ItemRecord, letter_mass_summary
 from calib_checks.results import (
-    CASE_VERDICTS,
     REPORT_FILE,
     ResultsError,
     load_items,
@@ -37,15 +37,10 @@ from calib_checks.results import (
     load_results,
     resolve_run_dir,
 )
-from calib_checks.scoring import (  # imports no torch: scoring loads it lazily, for forward passes
-    LETTER_MASS_FLOOR,
-    ItemRecord,
-    letter_mass_summary,
-)
 from calib_checks.tasks import LETTERS
 from calib_checks.thresholds import Rule
+from calib_checks.verdicts import VERDICTS
 
-CLI_HELP = "re-render report.html from a saved run, without inference"
 
 DEFAULT_BINS = 15
 N_WRONG = 8
@@ -125,9 +120,9 @@ class ModelScores:
 def _model_scores(records: dict[str, ItemRecord], ids: Sequence[str]) -> ModelScores:
     """Arrays over `ids` (in that order), padded to the largest option count (as `TaskScores.probs`)."""
     rows = [records[item_id] for item_id in ids]
-    k_max = max(len(row.n_tokens) for row in rows)
+    k_max = max(row.n_options for row in rows)
     probs, scores = {}, {}
-    for extractor in rows[0].probs:
+    for extractor in rows[0].scores:
         p = np.zeros((len(rows), k_max))
         s = np.full((len(rows), k_max), -np.inf)
         for i, row in enumerate(rows):
@@ -138,7 +133,7 @@ def _model_scores(records: dict[str, ItemRecord], ids: Sequence[str]) -> ModelSc
 
 
 def _load_model_records(run_dir: Path, model: str, task: str) -> dict[str, ItemRecord] | None:
-    """The model's records on the task by id, checked by `ItemRecord.from_json` (ScoringError if malformed)."""
+    """The model's records on the task by id, checked by `ItemRecord.from_json` (RecordError if malformed)."""
     rows = load_records(run_dir, model, task)
     return None if rows is None else {record.id: record for record in map(ItemRecord.from_json, rows)}
 
@@ -465,8 +460,9 @@ def _ece_tolerance(cases: list[dict], pair: str, task: str, extractor: str) -> f
 
 
 def _option(items: dict | None, item_id: str, index: int) -> str:
-    if items and item_id in items and index < len(items[item_id]["options"]):
-        return f"{LETTERS[index]}. {items[item_id]['options'][index]}"
+    options = (items or {}).get(item_id, {}).get("options") or ()  # sides from score files know no texts
+    if index < len(options):
+        return f"{LETTERS[index]}. {options[index]}"
     return LETTERS[index]
 
 
@@ -483,7 +479,7 @@ def _wrong_items(
     rows = []
     for i in order:
         item_id = aligned.ids[i]
-        question = items[item_id]["context"] if items and item_id in items else ""
+        question = (items or {}).get(item_id, {}).get("context") or ""
         base_pick = int(base_probs[i].argmax())
         rows.append(
             WrongItem(
@@ -748,7 +744,7 @@ def build_context(run_dir: Path, results: dict) -> dict:
                 name=pair["name"],
                 base=pair["base"],
                 aligned=pair["aligned"],
-                counts={v: sum(c["verdict"] == v for c in pair_cases) for v in CASE_VERDICTS},
+                counts={v: sum(c["verdict"] == v for c in pair_cases) for v in VERDICTS},
                 overview=_overview(pair_cases, pair_tasks, extractors, metric_names),
                 matrix=[_case_row(c) for c in pair_cases],
                 tasks=[_pair_task_view(run_dir, pair, task, cases, extractors) for task in pair_tasks],

@@ -37,18 +37,17 @@ import time
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from filelock import FileLock
 
 from calib_checks.errors import CalibChecksError
-from calib_checks.fileio import atomic_write_text, read_jsonl
+from calib_checks.fileio import atomic_write_text, canonical_json, read_jsonl
+from calib_checks.verdicts import RUN_VERDICTS, VERDICTS, run_verdict
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bumped on any change a reader of results.json must know about (renamed/removed field, changed meaning)."""
 
-RUN_VERDICTS = ("ship", "regression", "error", "incomplete")
-CASE_VERDICTS = ("pass", "fail", "inconclusive", "not-gated", "error")
 
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
@@ -139,43 +138,6 @@ def describe_task(task_data: Any) -> dict:
     }
 
 
-def run_verdict(cases: Iterable[dict], complete: bool, *, partial: dict | None = None,
-                on_inconclusive: str = "pass") -> tuple[str, str]:
-    """The run's verdict and a one-line reason.
-
-    incomplete: the session did not end normally (whatever the cases say, they are not all there);
-    regression: at least one case failed, or was inconclusive under ``on_inconclusive = "fail"``; error: no case
-    failed but one could not be judged (a case that never ran included), or there were no cases at all, or none
-    was gated; ship: no gated case failed. An inconclusive case under ``on_inconclusive = "pass"`` does not stop
-    a release, and the reason says how many there were: "no regression detected" is not "shown to be within
-    the thresholds". A partial run (an explicit opt-in) says so.
-    """
-    counts = {verdict: 0 for verdict in CASE_VERDICTS}
-    for case in cases:
-        counts[case["verdict"]] += 1
-    total = sum(counts.values())
-    part = (f" PARTIAL RUN: {partial['judged']} of {partial['expected']} expected cases judged "
-            "(--calib-allow-partial)." if partial else "")
-    if not complete:
-        return "incomplete", f"the run did not finish: {total} case(s) were judged before it stopped"
-    blocking = counts["inconclusive"] if on_inconclusive == "fail" else 0
-    if counts["fail"] or blocking:
-        inconclusive = f" and {blocking} inconclusive (on_inconclusive = \"fail\")" if blocking else ""
-        return "regression", f"{counts['fail']} of {total} case(s) failed their threshold{inconclusive}.{part}"
-    if counts["error"]:
-        return "error", f"{counts['error']} of {total} case(s) could not be judged.{part}"
-    if total == 0:
-        return "error", "no case was judged: check the selected tasks, pairs and thresholds"
-    gated = counts["pass"] + counts["inconclusive"]
-    if gated == 0:
-        return "error", f"none of the {total} case(s) is gated by a threshold: nothing was checked"
-    if counts["inconclusive"]:
-        return "ship", (f"no regression detected: {counts['pass']} of {gated} gated case(s) passed, "
-                        f"{counts['inconclusive']} INCONCLUSIVE (these items cannot show the change is within the "
-                        f"threshold; each case states the smallest worsening they could detect).{part}")
-    return "ship", f"all {counts['pass']} gated case(s) passed ({counts['not-gated']} reported, not gated).{part}"
-
-
 class RunWriter:
     """Writes one run directory `report_dir/run_id` (layout in the module docstring and docs/RESULTS.md).
 
@@ -198,7 +160,7 @@ class RunWriter:
     def write_records(self, scores: Any) -> Path:
         """Write `records/<model-label>/<task>.jsonl` (one ItemRecord a line) and its `.meta.json`.
 
-        `scores` is a `scoring.TaskScores`. Returns the `.jsonl` path.
+        `scores` is a `records.TaskScores`. Returns the `.jsonl` path.
         """
         label = safe_name(scores.model_label, "model label")
         task = safe_name(scores.task, "task name")
@@ -210,7 +172,7 @@ class RunWriter:
             "task": task,
             "model_identity": scores.model_identity,
             "data_fingerprint": scores.data_fingerprint,
-            "stats": scores.stats,
+            "stats": scores.stats.to_json(),
             "n_records": len(lines),
             "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
         }
@@ -221,31 +183,47 @@ class RunWriter:
         return path
 
     def write_items(self, task_data: Any) -> Path:
-        """Write `items/<task>.jsonl` (id, gold, options, context, subject per item) and its `.meta.json`.
+        """Add `task_data`'s items to `items/<task>.jsonl` (id, gold, options, context, subject per item) and
+        describe them in its `.meta.json` (`describe_task`).
 
-        `task_data` is a `data.TaskData`. The report shows option texts from here; `finish` fills a task's
-        entry from the `.meta.json` when its `tasks` argument lacks it. Returns the `.jsonl` path.
+        `task_data` is a `data.TaskData`. The report shows option texts from here; `finish` fills a task's entry
+        from the `.meta.json`. Comparisons judged on different items of one task (e.g. two lm-eval runs with
+        different `--limit`) add up: the file holds every item any of them was judged on. Returns the path.
         """
-        task = safe_name(task_data.task, "task name")
+        rows = [{"id": item.id, "gold": int(item.gold), "options": list(item.options), "context": item.context,
+                 "subject": item.subject} for item in task_data.items]
+        return self._add_items(task_data.task, rows, describe_task(task_data))
+
+    def write_record_items(self, scores: Any) -> Path:
+        """Add the items of a side that decides no items and needs none (a scores folder), as its records name
+        them (id and gold; no texts are known), so that the run records which items it gated."""
+        rows = [{"id": r.id, "gold": int(r.gold)} for r in scores.records]
+        ids = [row["id"] for row in rows]
+        description = {"source": scores.stats.source, "fingerprint": None, "n_available": scores.stats.n_available,
+                       "n_items": len(ids), "limit": None, "seed": None, "item_ids": ids, "skipped": {}}
+        return self._add_items(scores.task, rows, description)
+
+    def _add_items(self, task: str, rows: list[dict], description: dict) -> Path:
+        task = safe_name(task, "task name")
         what = f"items of {task}"
-        body = "".join(
-            _dumps(
-                {
-                    "id": item.id,
-                    "gold": int(item.gold),
-                    "options": list(item.options),
-                    "context": item.context,
-                    "subject": item.subject,
-                },
-                what,
-            )
-            + "\n"
-            for item in task_data.items
-        )
         path = self.run_dir / "items" / f"{task}.jsonl"
+        meta_path = path.with_suffix(".meta.json")
         with self._lock(f"items--{task}"):
-            atomic_write_text(path, body)
-            atomic_write_text(path.with_suffix(".meta.json"), _dumps(describe_task(task_data), what, indent=2) + "\n")
+            if path.exists() and meta_path.exists():
+                old_rows = read_jsonl(path, ResultsError, what)
+                old = _read_json(meta_path, "items metadata")
+                known = {row["id"] for row in old_rows}
+                added = [row for row in rows if row["id"] not in known]
+                if not added and old.get("fingerprint") == description.get("fingerprint"):
+                    return path
+                rows = old_rows + added
+                if old.get("fingerprint") != description.get("fingerprint"):
+                    sources = [s for s in dict.fromkeys([old.get("source"), description.get("source")]) if s]
+                    description = {**old, "source": " + ".join(sources), "n_items": len(rows),
+                                   "item_ids": [row["id"] for row in rows],
+                                   "fingerprint": hashlib.sha256(canonical_json(rows).encode()).hexdigest()}
+            atomic_write_text(path, "".join(_dumps(row, what) + "\n" for row in rows))
+            atomic_write_text(meta_path, _dumps(description, what, indent=2) + "\n")
         return path
 
     def _record_files(self) -> list[dict]:
@@ -289,8 +267,8 @@ class RunWriter:
         ...}), `dtype`, `device`, `thresholds_file`, optional `started_at` (epoch seconds; default: when this
         writer was made) and `argv` (default `sys.argv`); other JSON-able keys are kept under `run`.
         pairs: `[{"name", "base", "aligned"}, ...]` model labels. tasks: task -> `describe_task(...)` entries.
-        cases: `verdicts.CaseResult` objects. verdict: the run's (verdict, reason) as `run_verdict` gives it
-        (default: `run_verdict(cases, complete)`). Returns the results.json path.
+        cases: `verdicts.CaseResult` objects. verdict: the run's (verdict, reason) as `verdicts.run_verdict`
+        gives it (default: under the built-in policy). Returns the results.json path.
         """
         identity = dict(identity)
         for pair in pairs:
@@ -299,12 +277,12 @@ class RunWriter:
                 raise ResultsError(f"pair {pair!r} lacks {sorted(missing)}: each pair needs name, base, aligned")
         case_dicts = [_as_dict(case, "case") for case in cases]
         for case in case_dicts:
-            if case.get("verdict") not in CASE_VERDICTS:
-                raise ResultsError(f"case verdict {case.get('verdict')!r} is not one of {CASE_VERDICTS}")
-        verdict, reason = verdict or run_verdict(case_dicts, complete)
+            if case.get("verdict") not in VERDICTS:
+                raise ResultsError(f"case verdict {case.get('verdict')!r} is not one of {VERDICTS}")
+        verdict, reason = verdict or run_verdict([case["verdict"] for case in case_dicts], complete)
         if verdict not in RUN_VERDICTS:
             raise ResultsError(f"run verdict {verdict!r} is not one of {RUN_VERDICTS}")
-        summary = {v: sum(case["verdict"] == v for case in case_dicts) for v in CASE_VERDICTS}
+        summary = {v: sum(case["verdict"] == v for case in case_dicts) for v in VERDICTS}
 
         started = identity.pop("started_at", self.started_at)
         if isinstance(started, bool) or not isinstance(started, (int, float)):
@@ -422,7 +400,7 @@ def load_results(run_dir: str | Path) -> dict:
     if results["verdict"] not in RUN_VERDICTS:
         raise ResultsError(f"{path} has verdict {results['verdict']!r}, not one of {RUN_VERDICTS}")
     for case in results["cases"]:
-        if not isinstance(case, dict) or case.get("verdict") not in CASE_VERDICTS:
+        if not isinstance(case, dict) or case.get("verdict") not in VERDICTS:
             raise ResultsError(f"{path} holds a case without a valid verdict: {str(case)[:120]}")
     return results
 
@@ -436,7 +414,8 @@ def load_records(run_dir: str | Path, model: str, task: str) -> list[dict] | Non
 
 
 def load_items(run_dir: str | Path, task: str) -> dict[str, dict] | None:
-    """The items of `task` by id (`id`, `gold`, `options`, `context`, `subject`), or None where absent."""
+    """The items of `task` by id (`id`, `gold`, and where known `options`, `context`, `subject`), or None where
+    absent (items known only from score files carry id and gold)."""
     path = Path(run_dir) / "items" / f"{safe_name(task, 'task name')}.jsonl"
     if not path.is_file():
         return None

@@ -1,6 +1,6 @@
-"""Per-option scores of multiple-choice items: one forward pass per context, four extractors.
+"""The scoring engine: per-option scores of multiple-choice items, one forward pass per item, four extractors.
 
-Extractors (``EXTRACTORS``), all read from per-token log-probabilities
+Extractors (`records.EXTRACTORS`, computed by `records.extract`), all read from per-token log-probabilities
 ``log p(t_j | t_<j) = z[t_j] - logsumexp(z)``, where ``z = softcap(W h) / T`` is computed in float32:
 ``W h`` is the model's output head applied to the final hidden state, ``softcap(x) = c * tanh(x / c)`` where the
 config sets ``final_logit_softcapping = c`` (Gemma 2/3) and the identity otherwise, and ``T`` is
@@ -15,13 +15,13 @@ config sets ``final_logit_softcapping = c`` (Gemma 2/3) and the identity otherwi
   continuation ``" " + letters[k]``, which must be exactly one token after the prompt (``"ĠA"`` in byte-level
   BPE, ``"▁A"`` in SentencePiece); the ids read are recorded per item and in the stats.
 
-Per item and extractor, ``probs[k] = exp(s_k - max s) / sum_l exp(s_l - max s)`` (softmax across options,
-float64).
+Probabilities are the softmax of the scores across options (`records.probabilities`).
 
 Letter mass: the choice extractor renormalises over the letters, so a model that would rather answer "The ..."
 after "Answer:" still gets confident letter probabilities. Each record keeps ``letter_mass = sum_k
 p(letter_k)`` under the full-vocabulary softmax at the answer position (temperature applied), i.e.
-``exp(logsumexp_k choice_k)``; the stats summarise it per model and task (`letter_mass_summary`), and
+``exp(logsumexp_k choice_k)`` (`records.letter_mass`; summarised per model and task by
+`records.letter_mass_summary`), and
 `score_items` warns (`LowLetterMassWarning`) when the mean is below `LETTER_MASS_FLOOR`.
 
 Numerics: ``logsumexp`` in float32 is within ~1e-6 of the float64 value, while torch's float32 ``log_softmax``
@@ -66,12 +66,19 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-
 from calib_checks.errors import CalibChecksError
+from calib_checks.records import (
+    LETTER_MASS_FLOOR,
+    EngineStats,
+    ItemRecord,
+    RecordError,
+    extract,
+    letter_mass,
+    letter_mass_summary,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -82,8 +89,6 @@ if TYPE_CHECKING:
 # Bump when a change alters any number written into a record: the result cache's key includes it.
 SCORING_VERSION = "4"  # 2: records carry letter_mass; 3: packed rows, shared prompt prefixes, timing stats;
 # 4: the output head in float32 for bf16 / fp16 models
-
-EXTRACTORS = ("continuation-sum", "continuation-min", "continuation-mean", "choice")
 
 # Rows * longest row per batch when batch_size="auto"; halved on out-of-memory. Tokens per packed row (a longer
 # sequence gets a row of its own): the dense mask makes attention cost grow with the square of the row length,
@@ -102,147 +107,12 @@ _HEAD_CHUNK_ELEMENTS = 1 << 26
 _MASKABLE_ATTENTION = ("flex_attention", "sdpa", "eager")
 _PROBE_TOKENS = 16
 
-LETTER_MASS_FLOOR = 0.5
-"""Mean letter mass below which the choice extractor's numbers describe the model poorly.
-
-Below one half the model puts more probability on answers that are not a letter than on the letters, so the
-renormalised choice probabilities are drawn from the minority of its belief: their calibration says more about
-the prompt format than about the model (an instruct model answering in words, a base model continuing the list).
-Above it the letters are what the model mostly answers, and the renormalisation changes confidences by less than
-a factor of two."""
-
-
 class ScoringError(CalibChecksError):
     """A model or item that cannot be scored (tokenizer without letter tokens, NaN scores, out of memory)."""
 
 
 class LowLetterMassWarning(UserWarning):
     """A model's mean letter mass on a task is below `LETTER_MASS_FLOOR`: read its choice numbers with care."""
-
-
-@dataclass
-class ItemRecord:
-    """Scores of one item under one model: what the metrics, the gate and the report read.
-
-    ``scores[extractor][k]`` and ``probs[extractor][k]`` are floats in the data set's option order;
-    ``n_tokens[k]`` counts option k's continuation tokens; ``letter_token_ids[k]`` is the token read for letter k;
-    ``letter_mass`` is ``sum_k p(letter_k)`` under the full-vocabulary softmax at the answer position (None in
-    records written before it existed).
-    """
-
-    id: str
-    gold: int
-    scores: dict[str, list[float]]
-    probs: dict[str, list[float]]
-    n_tokens: list[int]
-    letter_token_ids: list[int]
-    truncated: bool = False
-    prefix_fallback: bool = False
-    letter_mass: float | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (one line of ``records/<model>/<task>.jsonl``)."""
-        return {
-            "id": self.id,
-            "gold": self.gold,
-            "scores": {name: [float(v) for v in values] for name, values in self.scores.items()},
-            "probs": {name: [float(v) for v in values] for name, values in self.probs.items()},
-            "n_tokens": [int(n) for n in self.n_tokens],
-            "letter_token_ids": [int(t) for t in self.letter_token_ids],
-            "truncated": bool(self.truncated),
-            "prefix_fallback": bool(self.prefix_fallback),
-            "letter_mass": None if self.letter_mass is None else float(self.letter_mass),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ItemRecord:
-        """Inverse of `to_json`; raises `ScoringError` on a malformed record."""
-        try:
-            record = cls(
-                id=str(data["id"]),
-                gold=int(data["gold"]),
-                scores={str(k): [float(v) for v in vs] for k, vs in data["scores"].items()},
-                probs={str(k): [float(v) for v in vs] for k, vs in data["probs"].items()},
-                n_tokens=[int(n) for n in data["n_tokens"]],
-                letter_token_ids=[int(t) for t in data["letter_token_ids"]],
-                truncated=bool(data.get("truncated", False)),
-                prefix_fallback=bool(data.get("prefix_fallback", False)),
-                letter_mass=None if data.get("letter_mass") is None else float(data["letter_mass"]),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ScoringError(f"malformed item record {dict(data)!r:.200}: {exc!r}; re-score the item") from exc
-        n_options = len(record.n_tokens)
-        lengths = {len(v) for v in (*record.scores.values(), *record.probs.values())}
-        if lengths - {n_options} or not 0 <= record.gold < n_options:
-            raise ScoringError(
-                f"item record {record.id!r} is inconsistent: {n_options} options, gold {record.gold}, "
-                f"score lists of lengths {sorted(lengths)}; re-score the item"
-            )
-        return record
-
-
-@dataclass
-class TaskScores:
-    """All records of one model on one task, with the scoring stats (see `score_items`)."""
-
-    model_label: str
-    model_identity: dict[str, Any]
-    task: str
-    data_fingerprint: str
-    records: list[ItemRecord]
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    def labels(self) -> np.ndarray:
-        """Gold option indices, shape (N,), int64."""
-        return np.array([r.gold for r in self.records], dtype=np.int64)
-
-    def probs(self, extractor: str) -> np.ndarray:
-        """Option probabilities, shape (N, K_max), float64; items with fewer options are padded with 0."""
-        if extractor not in EXTRACTORS:
-            raise ScoringError(f"unknown extractor {extractor!r}; choose one of {', '.join(EXTRACTORS)}")
-        k_max = max((len(r.n_tokens) for r in self.records), default=0)
-        out = np.zeros((len(self.records), k_max), dtype=np.float64)
-        for i, record in enumerate(self.records):
-            row = record.probs[extractor]
-            out[i, : len(row)] = row
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model_label": self.model_label,
-            "model_identity": self.model_identity,
-            "task": self.task,
-            "data_fingerprint": self.data_fingerprint,
-            "records": [r.to_json() for r in self.records],
-            "stats": self.stats,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> TaskScores:
-        try:
-            return cls(
-                model_label=str(data["model_label"]),
-                model_identity=dict(data["model_identity"]),
-                task=str(data["task"]),
-                data_fingerprint=str(data["data_fingerprint"]),
-                records=[ItemRecord.from_json(r) for r in data["records"]],
-                stats=dict(data["stats"]),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ScoringError(f"malformed task scores: {exc!r}; re-score the task") from exc
-
-
-def letter_mass_summary(records: Sequence[ItemRecord]) -> dict[str, float] | None:
-    """``{"mean", "min", "below_floor"}`` of the records' letter masses (``below_floor``: the share of items
-    under `LETTER_MASS_FLOOR`); None when no record has one (records scored before letter mass existed)."""
-    masses = np.array([r.letter_mass for r in records if r.letter_mass is not None], dtype=np.float64)
-    if not len(masses):
-        return None
-    return {
-        "mean": float(masses.mean()),
-        "min": float(masses.min()),
-        "below_floor": float((masses < LETTER_MASS_FLOOR).mean()),
-    }
 
 
 def encode_pairs(
@@ -278,8 +148,8 @@ def score_items(
     batch_size: int | Literal["auto"] = "auto",
     progress: bool | Callable[[int, int], None] = True,
     row_tokens: int | None = None,
-) -> tuple[list[ItemRecord], dict[str, Any]]:
-    """Score every item with all `EXTRACTORS`; return the records in item order and the stats.
+) -> tuple[list[ItemRecord], EngineStats]:
+    """Score every item with all `records.EXTRACTORS`; return the records in item order and the stats.
 
     Each item is a token tree (its context with the options and its lettered prompt with the letters, their
     common leading tokens once; a truncated item is one sequence per truncation instead). The sequences are
@@ -295,8 +165,7 @@ def score_items(
     common leading tokens once, as here: what a token tree must run),
     ``probe_tokens`` (the one short forward that checks the output-head path against the model's own logits),
     ``truncated`` and ``prefix_fallbacks`` (item counts), ``letter_tokens`` (``{letter: id}``, a sorted list of
-    ids where items disagree), ``letter_mass`` (`letter_mass_summary`; a `LowLetterMassWarning` when its mean
-    is below `LETTER_MASS_FLOOR`), ``seconds`` (all of it) and where they went: ``seconds_tokenise``
+    ids where items disagree), ``seconds`` (all of it) and where they went: ``seconds_tokenise``
     (tokenising and planning), ``seconds_forward`` (the decoder, its inputs and masks), ``seconds_head`` (the
     output head, log-softmax and gathering); ``rows``, ``batches`` and ``sequences`` (how many of each were
     forwarded),
@@ -307,6 +176,8 @@ def score_items(
     ``attention_pairs`` (query-key pairs one layer's attention computed, summed over batches: rows * width^2
     for a dense mask, computed blocks * block area for a block mask) and ``head_positions`` (hidden states
     through the output head), which with the model's shapes give the run's FLOPs (bench/run_bench.py).
+    A `LowLetterMassWarning` when the records' mean letter mass (`records.letter_mass_summary`) is below
+    `records.LETTER_MASS_FLOOR`.
     ``progress``: True draws a tqdm bar on a terminal; a callable is called ``(items done, items)`` after every
     batch (the gate's live progress, calib_checks/progress.py); False is silent.
     Scores depend on the packing and batching only through floating-point summation order (float32: within
@@ -330,42 +201,27 @@ def score_items(
         run = _run_batches(model, plan, batch_size, row_tokens, mask_kind, progress, clock)
 
     records = plan.records(model)
-    letter_mass = letter_mass_summary(records)
-    if letter_mass is not None and letter_mass["mean"] < LETTER_MASS_FLOOR:
+    mass = letter_mass_summary(records)
+    if mass is not None and mass["mean"] < LETTER_MASS_FLOOR:
         warnings.warn(
-            f"model {model.label}: the letters get {letter_mass['mean']:.3f} of the probability at the answer "
-            f"position on average over {len(records)} items (least {letter_mass['min']:.3g}; "
-            f"{letter_mass['below_floor']:.0%} of items below {LETTER_MASS_FLOOR}): the model mostly answers "
+            f"model {model.label}: the letters get {mass['mean']:.3f} of the probability at the answer "
+            f"position on average over {len(records)} items (least {mass['min']:.3g}; "
+            f"{mass['below_floor']:.0%} of items below {LETTER_MASS_FLOOR}): the model mostly answers "
             f"something else than a letter, so its choice-extractor probabilities (renormalised over the letters) "
             f"say little about it",
             LowLetterMassWarning,
             stacklevel=2,
         )
-    stats = {
-        "tokens_forwarded": run.tokens_forwarded,
-        "tokens_padded": run.tokens_padded,
-        "token_lower_bound": plan.lower_bound,
-        "token_tree_lower_bound": plan.lower_bound - plan.shared_tokens,
-        "probe_tokens": probe_tokens,
-        "truncated": sum(r.truncated for r in records),
-        "prefix_fallbacks": sum(r.prefix_fallback for r in records),
-        "letter_tokens": plan.letter_tokens(),
-        "letter_mass": letter_mass,
-        "seconds": time.perf_counter() - started,
-        "seconds_tokenise": clock.tokenise,
-        "seconds_forward": clock.forward,
-        "seconds_head": clock.head,
-        "rows": run.rows,
-        "batches": run.batches,
-        "sequences": len(plan.segments),
-        "batch_size": run.most_rows,
-        "row_tokens": run.row_tokens,
-        "token_budget": run.token_budget,
-        "attention": run.attention,
-        "attention_fallback": run.attention_fallback,
-        "attention_pairs": run.attention_pairs,
-        "head_positions": run.head_positions,
-    }
+    stats = EngineStats(
+        tokens_forwarded=run.tokens_forwarded, tokens_padded=run.tokens_padded, token_lower_bound=plan.lower_bound,
+        token_tree_lower_bound=plan.lower_bound - plan.shared_tokens, probe_tokens=probe_tokens,
+        truncated=sum(r.truncated for r in records), prefix_fallbacks=sum(r.prefix_fallback for r in records),
+        letter_tokens=plan.letter_tokens(), seconds=time.perf_counter() - started, seconds_tokenise=clock.tokenise,
+        seconds_forward=clock.forward, seconds_head=clock.head, rows=run.rows, batches=run.batches,
+        sequences=len(plan.segments), batch_size=run.most_rows, row_tokens=run.row_tokens,
+        token_budget=run.token_budget, attention=run.attention, attention_fallback=run.attention_fallback,
+        attention_pairs=run.attention_pairs, head_positions=run.head_positions,
+    )
     return records, stats
 
 
@@ -515,34 +371,15 @@ class _Plan:
     def records(self, model: LoadedModel) -> list[ItemRecord]:
         out = []
         for i, item in enumerate(self.items):
-            per_token = self.token_logprobs[i]
-            scores = {
-                "continuation-sum": [math.fsum(t) for t in per_token],
-                "continuation-min": [min(t) for t in per_token],
-                "continuation-mean": [math.fsum(t) / len(t) for t in per_token],
-                "choice": list(self.choice_logprobs[i]),
-            }
-            for name, values in scores.items():
-                if not all(math.isfinite(v) for v in values):
-                    raise ScoringError(
-                        f"model {model.label} gave a non-finite {name} score {values} on item {item.id!r}: its "
-                        f"logits hold NaN or inf; check the weights and dtype (fp16 overflows; try bf16 or fp32)"
-                    )
-            out.append(
-                ItemRecord(
-                    id=item.id,
-                    gold=item.gold,
-                    scores=scores,
-                    probs={name: _softmax(values) for name, values in scores.items()},
-                    n_tokens=self.n_tokens[i],
-                    letter_token_ids=self.letter_ids[i],
-                    truncated=self.truncated[i],
-                    prefix_fallback=self.fallback[i],
-                    # The choice scores are full-vocabulary log-probabilities at one position, so their
-                    # logsumexp is the log of the letters' total probability.
-                    letter_mass=float(np.exp(np.logaddexp.reduce(np.asarray(scores["choice"], dtype=np.float64)))),
-                )
-            )
+            scores = extract(self.token_logprobs[i], self.choice_logprobs[i])
+            try:
+                out.append(ItemRecord(
+                    id=item.id, gold=item.gold, scores=scores, n_options=len(item.options), n_tokens=self.n_tokens[i],
+                    letter_token_ids=self.letter_ids[i], truncated=self.truncated[i],
+                    prefix_fallback=self.fallback[i], letter_mass=letter_mass(scores["choice"]),
+                ))
+            except RecordError as exc:  # a non-finite score: the model's logits hold NaN or inf
+                raise ScoringError(f"model {model.label}: {exc}") from None
         return out
 
     def letter_tokens(self) -> dict[str, int | list[int]]:
@@ -570,12 +407,6 @@ def _check_item(item: Item, label: str) -> None:
             f"item {item.id!r} has {k} options, {len(item.letters)} letters and gold {item.gold}; "
             f"each option needs one letter and gold must index an option (scoring {label})"
         )
-
-
-def _softmax(values: Sequence[float]) -> list[float]:
-    scores = np.asarray(values, dtype=np.float64)
-    weights = np.exp(scores - scores.max())
-    return (weights / weights.sum()).tolist()
 
 
 def _encode(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:

@@ -19,8 +19,9 @@ Conventions (thresholds.py has the rule's fields):
 * ``p_value``: one-sided, H0 "worsening <= margin" (``BootstrapResult.p_value``); ``p_adjusted``: Holm's
   step-down over the case's family (the case alone until `apply_family`).
 * verdict:
-  - ``error`` when the case cannot be judged (different items or labels in the two scores, no items, NaN/inf
-    or invalid probabilities, a margin the metric can never exceed on this K): it never passes;
+  - ``error`` when the case cannot be judged (different items or labels in the two scores, no items, an
+    extractor a side lacks, invalid probabilities, a margin the metric can never exceed on this K): it never
+    passes;
   - ``not-gated`` when the rule says ``gate = false`` (report only);
   - ``fail`` when ``p_adjusted <= alpha``, or when any number it rests on is NaN;
   - ``error`` when there are fewer items than ``min_items`` and it does not already fail ("too few items to tell");
@@ -44,12 +45,16 @@ from calib_checks.metrics import METRICS, MetricInputError, normal_quantile, pai
 from calib_checks.thresholds import BUILTIN_POLICY, GatePolicy, Rule, max_change
 
 if TYPE_CHECKING:
-    from calib_checks.scoring import TaskScores
+    from calib_checks.records import TaskScores
 
-__all__ = ["POWER", "VERDICTS", "CaseResult", "Decision", "VerdictError", "apply_family", "case_from_decision",
-           "detectable_worsening", "holm", "judge_arrays", "judge_case"]
+__all__ = ["POWER", "RUN_VERDICTS", "VERDICTS", "CaseResult", "Decision", "VerdictError", "apply_family",
+           "case_from_decision", "detectable_worsening", "error_case", "holm", "judge_arrays", "judge_case",
+           "run_verdict"]
 
+#: A case's verdicts (docs/GATE.md, "Cases and outcomes").
 VERDICTS = ("pass", "fail", "inconclusive", "not-gated", "error")
+#: A run's verdicts (`run_verdict`).
+RUN_VERDICTS = ("ship", "regression", "error", "incomplete")
 
 #: The power at which `detectable` is stated.
 POWER = 0.8
@@ -116,6 +121,19 @@ class CaseResult:
     def gated(self) -> bool:
         """True when a threshold decided this case (pass, fail or inconclusive)."""
         return self.verdict in ("pass", "fail", "inconclusive")
+
+    def headline(self) -> str:
+        """The case in one short line for a terminal (the full `message` is in the report and results.json)."""
+        where = f"{self.task} {self.extractor} {self.metric}"
+        if self.verdict == "error" or self.worsening is None or self.margin is None or self.compared is None:
+            return self.message
+        numbers = f"worsening {self.worsening:+.4f} (upper end {self.compared:+.4f}) vs margin {self.margin:.4g}"
+        if self.verdict == "fail":
+            return f"FAIL {where}: {numbers}, adjusted p {_p(self.p_adjusted)} <= {self.alpha:g}"
+        if self.verdict == "inconclusive":
+            return (f"INCONCLUSIVE {where}: {numbers}; n={self.n_items} detects {self.detectable:+.4f} or more "
+                    "(details: report)")
+        return f"{self.verdict.upper()} {where}: {numbers}"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -311,70 +329,77 @@ def case_from_decision(d: Decision, *, pair: str, base: str, aligned: str, task:
     return case
 
 
-def _first_difference(a: list[Any], b: list[Any]) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return f"position {i}: {x!r} vs {y!r}"
-    return f"lengths {len(a)} vs {len(b)}"
+def error_case(*, pair: str, base: str, aligned: str, task: str, extractor: str, metric: str, rule: Rule,
+               message: str, seed: int = 0, n_items: int = 0, alpha: float = BUILTIN_POLICY.alpha) -> CaseResult:
+    """An `error` CaseResult (no numbers; it never passes) whose message says why the case cannot be judged."""
+    return CaseResult(
+        pair=pair, base=base, aligned=aligned, task=task, extractor=extractor, metric=metric, base_value=None,
+        aligned_value=None, change=None, relative_change=None, ci_low=None, ci_high=None, ci_method=rule.interval,
+        confidence=rule.confidence, n_items=n_items, rule=rule.to_json(), rule_source=rule.source, verdict="error",
+        message=f"ERROR {metric} on {task} ({extractor}): {message}", higher_is_worse=_metric(metric), seed=seed,
+        alpha=alpha,
+    )
 
 
-def _bad_rows(probs: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(~np.isfinite(probs).all(axis=1))
+def _same_items(base: TaskScores, aligned: TaskScores) -> tuple[TaskScores, str | None]:
+    """`aligned` in the base's item order, or why the two sides cannot be compared item for item (a side read
+    from files may list its items in another order; what matters is that both scored the same ids)."""
+    base_ids, aligned_ids = base.ids, aligned.ids
+    if base_ids == aligned_ids:
+        return aligned, None
+    only_base = [i for i in base_ids if i not in set(aligned_ids)]
+    only_aligned = sorted(set(aligned_ids) - set(base_ids))
+    if only_base or only_aligned or len(set(aligned_ids)) != len(aligned_ids):
+        which = (f"item {only_base[0]!r} is missing on the aligned side" if only_base else
+                 f"item {only_aligned[0]!r} is missing on the base side" if only_aligned else "an item is repeated")
+        return aligned, (f"base and aligned scored different items ({len(base_ids)} vs {len(aligned_ids)}; {which}); "
+                         "score both on the same items")
+    return aligned.select(base_ids), None
 
 
 def judge_case(base: TaskScores, aligned: TaskScores, extractor: str, metric: str, rule: Rule, seed: int = 0,
                *, pair: str | None = None, alpha: float = BUILTIN_POLICY.alpha) -> CaseResult:
     """Judge one case as its own family (raw p = adjusted p, level `alpha`); `apply_family` corrects a run.
 
-    Data problems give an `error` CaseResult (never a pass), misuse raises VerdictError. `pair` names the pair
-    in the result (default: the aligned model's label).
+    Data problems give an `error` CaseResult (never a pass): different items or labels on the two sides, no
+    items, an extractor a side cannot provide. Misuse raises VerdictError. `pair` names
+    the pair in the result (default: the aligned model's label).
     """
-    from calib_checks.scoring import EXTRACTORS
+    from calib_checks.records import EXTRACTORS
 
-    higher_is_worse = _metric(metric)
     if extractor not in EXTRACTORS:
         raise VerdictError(f"unknown extractor {extractor!r}; known: {', '.join(EXTRACTORS)}")
-    where = f"{metric} on {base.task} ({extractor})"
-    header: dict[str, Any] = dict(
-        pair=pair or aligned.model_label, base=base.model_label, aligned=aligned.model_label, task=base.task,
-        extractor=extractor, metric=metric, ci_method=rule.interval, confidence=rule.confidence,
-        rule=rule.to_json(), rule_source=rule.source, higher_is_worse=higher_is_worse, seed=seed, alpha=alpha,
-    )
 
-    def error(problem: str, n_items: int) -> CaseResult:
-        return CaseResult(**header, base_value=None, aligned_value=None, change=None, relative_change=None,
-                          ci_low=None, ci_high=None, n_items=n_items, verdict="error",
-                          message=f"ERROR {where}: {problem}")
+    def error(problem: str, n_items: int = 0) -> CaseResult:
+        return error_case(pair=pair or aligned.model_label, base=base.model_label, aligned=aligned.model_label,
+                          task=base.task, extractor=extractor, metric=metric, rule=rule, message=problem, seed=seed,
+                          n_items=n_items, alpha=alpha)
 
-    base_ids = [r.id for r in base.records]
-    aligned_ids = [r.id for r in aligned.records]
     if base.task != aligned.task:
-        return error(f"base scored task {base.task!r} but aligned scored {aligned.task!r}", 0)
-    if base_ids != aligned_ids:
-        return error(
-            f"base and aligned scored different items ({len(base_ids)} vs {len(aligned_ids)}; first difference at "
-            f"{_first_difference(base_ids, aligned_ids)}); score both models on the same TaskData", 0
-        )
-    n = len(base_ids)
+        return error(f"base scored task {base.task!r} but aligned scored {aligned.task!r}")
+    aligned, problem = _same_items(base, aligned)
+    if problem is not None:
+        return error(problem)
+    n = len(base.records)
     if n == 0:
-        return error("no items were scored (empty data set or --limit 0); an empty case cannot pass", 0)
+        return error("no items were scored (empty data set or --limit 0); an empty case cannot pass")
+    for role, scores in (("base", base), ("aligned", aligned)):
+        lacking = scores.lacking(extractor)
+        if lacking:  # e.g. continuation-min from lm-eval, which logs only sums: never judged as a pass
+            return error(f"{extractor} is not available from the {role} side ({scores.stats.source}): {lacking} of "
+                         f"{n} items lack it; drop it from --calib-extractors or score that side with calib-checks", n)
     labels = base.labels()
     if not np.array_equal(labels, aligned.labels()):
         i = int(np.flatnonzero(labels != aligned.labels())[0])
-        return error(f"base and aligned disagree on the gold label of item {base_ids[i]!r} "
-                     f"({labels[i]} vs {aligned.labels()[i]}); they must be scored on the same TaskData", n)
-    base_probs, aligned_probs = base.probs(extractor), aligned.probs(extractor)
-    for who, scores, probs in (("base", base, base_probs), ("aligned", aligned, aligned_probs)):
-        bad = _bad_rows(probs)
-        if bad.size:
-            return error(f"{who} model {scores.model_label} has NaN/inf {extractor} probabilities on {bad.size} of "
-                         f"{n} items (first: {base_ids[bad[0]]!r}); check the model's logits and dtype", n)
-    try:
-        d = judge_arrays(base_probs, aligned_probs, labels, metric, rule, seed, alpha=alpha)
+        return error(f"base and aligned disagree on the gold label of item {base.ids[i]!r} "
+                     f"({labels[i]} vs {aligned.labels()[i]}); they must be scored on the same items", n)
+    try:  # the probabilities are finite: records refuse non-finite scores when they are made
+        d = judge_arrays(base.probs(extractor), aligned.probs(extractor), labels, metric, rule, seed, alpha=alpha)
     except MetricInputError as exc:
         return error(str(exc), n)
-    return case_from_decision(d, pair=header["pair"], base=base.model_label, aligned=aligned.model_label,
-                              task=base.task, extractor=extractor, metric=metric, rule=rule, seed=seed)
+    return case_from_decision(d, pair=pair or aligned.model_label, base=base.model_label,
+                              aligned=aligned.model_label, task=base.task, extractor=extractor, metric=metric,
+                              rule=rule, seed=seed)
 
 
 def _in_family(case: CaseResult) -> bool:
@@ -408,3 +433,42 @@ def apply_family(cases: Sequence[CaseResult], policy: GatePolicy = BUILTIN_POLIC
             new.message = _message(new)
             out[i] = new
     return out
+
+
+def run_verdict(verdicts: Sequence[str], complete: bool, policy: GatePolicy = BUILTIN_POLICY, *,
+                partial: dict | None = None) -> tuple[str, str]:
+    """The run's verdict and a one-line reason, from its cases' verdicts; `policy.blocks` is the one rule of what
+    stops a release.
+
+    incomplete: the session did not end normally (whatever the cases say, they are not all there);
+    regression: a case that blocks is a fail, or an inconclusive under ``on_inconclusive = "fail"``; error: the
+    only blocking cases could not be judged (a case that never ran included), or there were no cases at all, or
+    none was gated; ship: nothing blocks. An inconclusive case under ``on_inconclusive = "pass"`` does not stop a
+    release, and the reason says how many there were: "no regression detected" is not "shown to be within the
+    thresholds". A partial run (an explicit opt-in) says so.
+    """
+    counts = {verdict: 0 for verdict in VERDICTS}
+    for verdict in verdicts:
+        counts[verdict] += 1
+    total = sum(counts.values())
+    part = (f" PARTIAL RUN: {partial['judged']} of {partial['expected']} expected cases judged "
+            "(--calib-allow-partial)." if partial else "")
+    if not complete:
+        return "incomplete", f"the run did not finish: {total} case(s) were judged before it stopped"
+    regressions = {v: counts[v] for v in ("fail", "inconclusive") if counts[v] and policy.blocks(v)}
+    if regressions:
+        blocking = regressions.get("inconclusive", 0)
+        inconclusive = f" and {blocking} inconclusive (on_inconclusive = \"fail\")" if blocking else ""
+        return "regression", f"{counts['fail']} of {total} case(s) failed their threshold{inconclusive}.{part}"
+    if counts["error"]:
+        return "error", f"{counts['error']} of {total} case(s) could not be judged.{part}"
+    if total == 0:
+        return "error", "no case was judged: check the selected tasks, pairs and thresholds"
+    gated = counts["pass"] + counts["inconclusive"]
+    if gated == 0:
+        return "error", f"none of the {total} case(s) is gated by a threshold: nothing was checked"
+    if counts["inconclusive"]:
+        return "ship", (f"no regression detected: {counts['pass']} of {gated} gated case(s) passed, "
+                        f"{counts['inconclusive']} INCONCLUSIVE (these items cannot show the change is within the "
+                        f"threshold; each case states the smallest worsening they could detect).{part}")
+    return "ship", f"all {counts['pass']} gated case(s) passed ({counts['not-gated']} reported, not gated).{part}"

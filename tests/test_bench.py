@@ -54,8 +54,8 @@ def test_items_lower_bound_matches_the_engines_count(tiny_model_dir):
         loaded.add_bos = add_bos
         _, stats = score_items(loaded, items, progress=False)
         bound, tree_bound = bench.items_lower_bound(loaded.tokenizer, items, add_bos)
-        assert (bound, tree_bound) == (stats["token_lower_bound"], stats["token_tree_lower_bound"])
-        assert stats["tokens_forwarded"] == tree_bound < bound
+        assert (bound, tree_bound) == (stats.token_lower_bound, stats.token_tree_lower_bound)
+        assert stats.tokens_forwarded == tree_bound < bound
 
 
 def test_extractor_scores_from_per_token_logprobs():
@@ -236,7 +236,7 @@ def test_random_llama_for_gpu_timing_loads_and_scores(tiny_model_dir, tmp_path):
     loaded = load_model(str(folder), device="cpu", dtype="float32")
     assert loaded.model.config.hidden_size == 32
     records, stats = score_items(loaded, [_item()], progress=False)
-    assert len(records[0].scores["choice"]) == 2 and stats["tokens_forwarded"] == stats["token_tree_lower_bound"]
+    assert len(records[0].scores["choice"]) == 2 and stats.tokens_forwarded == stats.token_tree_lower_bound
 
 
 def test_flops_count_the_engines_arithmetic_from_the_model_shapes(tiny_model_dir):
@@ -259,17 +259,17 @@ def test_flops_count_the_engines_arithmetic_from_the_model_shapes(tiny_model_dir
                             choice_prompt="Question: Is it?\nA. maybe\nB. never\nC. so\nAnswer:")]
     _, stats = score_items(loaded, items, progress=False)
     flops = bench.engine_flops(shapes, stats)
-    assert flops["body"] == 2 * shapes["body_linear_params"] * stats["tokens_padded"]
+    assert flops["body"] == 2 * shapes["body_linear_params"] * stats.tokens_padded
     # A dense mask computes every (query, key) pair of each row: rows * width^2, here one row.
-    assert stats["rows"] == 1 and stats["attention_pairs"] == stats["tokens_padded"] ** 2
-    assert flops["attention"] == 4 * 4 * 8 * 2 * stats["tokens_padded"] ** 2
+    assert stats.rows == 1 and stats.attention_pairs == stats.tokens_padded ** 2
+    assert flops["attention"] == 4 * 4 * 8 * 2 * stats.tokens_padded ** 2
     # The head sees each scored position once: the context's last token (shared by the options), every option
     # token but its last, and the lettered prompt's answer position (shared by the letters).
     from calib_checks.scoring import encode_pairs
 
     pairs = [[(it.context, " " + option) for option in it.options] for it in items]
     options = [len(ids) - 1 for item_pairs in pairs for _, ids, _ in encode_pairs(loaded.tokenizer, item_pairs)]
-    assert stats["head_positions"] == 2 * len(items) + sum(options)
-    assert flops["head"] == 2 * 32 * c.vocab_size * stats["head_positions"] > 0
+    assert stats.head_positions == 2 * len(items) + sum(options)
+    assert flops["head"] == 2 * 32 * c.vocab_size * stats.head_positions > 0
     rate = bench.matmul_rate(shapes, tokens=64, head_rows=8, device="cpu", dtype=torch.float32, repeats=1)
     assert 1e6 < rate < 1e14

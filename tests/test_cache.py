@@ -20,18 +20,27 @@ IDENTITY = {"source": "folder", "name": "/m", "revision": None, "weights": "ab" 
 IDS = ["q-0", "q-1", "q-2"]
 STACK = {"calib_checks": "0.1.0", "torch": "2.13.0+cpu", "transformers": "5.24.0", "tokenizers": "0.23.3",
          "device": "cpu", "attention": ["sdpa", "eager"]}  # fmt: skip
+INPUTS = {"model_identity": IDENTITY, "stack": STACK, "prompt_version": "lm-eval-0shot-v1", "scoring_version": "1"}
 
 
-def _key(cache: ScoreCache, ids: list[str] = IDS, stack: dict = STACK) -> str:
-    return cache.key(IDENTITY, "piqa", "f" * 64, ids, "lm-eval-0shot-v1", "1", stack=stack)
+def _key(cache: ScoreCache, inputs: dict = INPUTS, task: str = "piqa") -> str:
+    return cache.key(inputs, task)
+
+
+def _items(ids: list[str] = IDS, digest: str = "d") -> list[tuple[str, str]]:
+    return [(item, digest * 64) for item in ids]
 
 
 def _records(ids: list[str] = IDS, scale: float = 1.0) -> list[dict]:
     return [
-        {"id": item, "gold": i % 2, "scores": {"continuation-sum": [-scale * i, -0.1]},
-         "probs": {"continuation-sum": [0.25, 0.75]}, "n_tokens": [3, 4], "letter_token_ids": [5, 6]}
+        {"id": item, "gold": i % 2, "scores": {"continuation-sum": [-scale * i, -0.1]}, "n_options": 2,
+         "n_tokens": [3, 4], "letter_token_ids": [5, 6]}
         for i, item in enumerate(ids)
     ]  # fmt: skip
+
+
+def _by_id(records: list[dict]) -> dict[str, dict]:
+    return {r["id"]: r for r in records}
 
 
 def test_cache_dir_from_env_then_xdg_then_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -51,76 +60,92 @@ def test_key_is_deterministic_and_depends_on_every_input(tmp_path: Path) -> None
     base = _key(cache)
     assert base == _key(ScoreCache(tmp_path / "elsewhere"))
     assert len(base) == 64 and int(base, 16) >= 0
-    reordered = dict(reversed(list(IDENTITY.items())))
-    assert cache.key(reordered, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK) == base
+    reordered = {**INPUTS, "model_identity": dict(reversed(list(IDENTITY.items())))}
+    assert _key(cache, reordered) == base
     variants = [
-        cache.key({**IDENTITY, "temperature": 0.5}, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK),
-        cache.key({**IDENTITY, "dtype": "bfloat16"}, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK),
-        cache.key(IDENTITY, "arc_easy", "f" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK),
-        cache.key(IDENTITY, "piqa", "e" * 64, IDS, "lm-eval-0shot-v1", "1", stack=STACK),
-        cache.key(IDENTITY, "piqa", "f" * 64, IDS[::-1], "lm-eval-0shot-v1", "1", stack=STACK),
-        cache.key(IDENTITY, "piqa", "f" * 64, IDS[:2], "lm-eval-0shot-v1", "1", stack=STACK),
-        cache.key(IDENTITY, "piqa", "f" * 64, IDS, "lm-eval-0shot-v2", "1", stack=STACK),
-        cache.key(IDENTITY, "piqa", "f" * 64, IDS, "lm-eval-0shot-v1", "2", stack=STACK),
-        *(_key(cache, stack={**STACK, part: "other"}) for part in STACK),
+        _key(cache, {**INPUTS, "model_identity": {**IDENTITY, "temperature": 0.5}}),
+        _key(cache, {**INPUTS, "model_identity": {**IDENTITY, "dtype": "bfloat16"}}),
+        _key(cache, task="arc_easy"),
+        _key(cache, {**INPUTS, "prompt_version": "lm-eval-0shot-v2"}),
+        _key(cache, {**INPUTS, "scoring_version": "2"}),
+        *(_key(cache, {**INPUTS, "stack": {**STACK, part: "other"}}) for part in STACK),
     ]
     assert len({base, *variants}) == len(variants) + 1
 
 
-def test_an_entry_made_by_another_software_stack_is_not_returned(tmp_path: Path) -> None:
+def test_a_chunk_made_by_another_software_stack_is_not_returned(tmp_path: Path) -> None:
     cache = ScoreCache(tmp_path)
     old = _key(cache)
-    cache.put(old, _records(), {"torch": STACK["torch"]})
-    upgraded = _key(ScoreCache(tmp_path), stack={**STACK, "torch": "2.14.0+cpu"})
+    cache.put(old, _items(), _records(), {"torch": STACK["torch"]})
+    upgraded = _key(ScoreCache(tmp_path), {**INPUTS, "stack": {**STACK, "torch": "2.14.0+cpu"}})
     assert upgraded != old
     with warnings.catch_warnings():
-        warnings.simplefilter("error", ScoreCacheWarning)  # not a damaged entry: simply another key
-        assert ScoreCache(tmp_path).get(upgraded) is None
-    assert ScoreCache(tmp_path).get(old) == (_records(), {"torch": STACK["torch"]})
-    entry = json.loads(gzip.decompress(cache.path(old).read_bytes()))
-    assert entry["inputs"]["stack"] == STACK  # an entry says which software made it
+        warnings.simplefilter("error", ScoreCacheWarning)  # not a damaged chunk: simply another key
+        assert ScoreCache(tmp_path).get(upgraded, _items()) == ({}, [])
+    assert ScoreCache(tmp_path).get(old, _items()) == (_by_id(_records()), [{"torch": STACK["torch"]}])
+    (chunk,) = cache.folder(old).iterdir()
+    entry = json.loads(gzip.decompress(chunk.read_bytes()))
+    assert entry["inputs"]["inputs"]["stack"] == STACK  # a chunk says which software made it
 
 
 def test_put_then_get_round_trips_json_without_temp_files(tmp_path: Path) -> None:
     cache = ScoreCache(tmp_path)
     key = _key(cache)
-    assert cache.get(key) is None
-    path = cache.put(key, _records(), {"seconds": 1.5, "letter_tokens": {"A": 330}})
-    assert path == cache.path(key) and path.is_file()
-    records, stats = ScoreCache(tmp_path).get(key)
-    assert records == _records() and stats == {"seconds": 1.5, "letter_tokens": {"A": 330}}
+    assert cache.get(key, _items()) == ({}, [])
+    path = cache.put(key, _items(), _records(), {"seconds": 1.5, "letter_tokens": {"A": 330}})
+    assert path.parent == cache.folder(key) and path.is_file()
+    records, stats = ScoreCache(tmp_path).get(key, _items())
+    assert records == _by_id(_records()) and stats == [{"seconds": 1.5, "letter_tokens": {"A": 330}}]
     entry = json.loads(gzip.decompress(path.read_bytes()))
-    assert entry["complete"] is True and entry["n_records"] == 3 and entry["inputs"]["item_ids"] == IDS
+    assert entry["complete"] is True and [i for i, _ in entry["items"]] == IDS
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_chunks_add_up_and_serve_only_the_items_asked_for_with_their_content(tmp_path: Path) -> None:
+    """A later request for more items finds the earlier ones (the next chunk holds only the new ones); an item
+    stored under another content digest (its prompt changed) is not served."""
+    cache = ScoreCache(tmp_path)
+    key = _key(cache)
+    more = [f"q-{i}" for i in range(5)]
+    cache.put(key, _items(IDS), _records(IDS), {"chunk": 1})
+    found, stats = cache.get(key, _items(more))
+    assert sorted(found) == IDS and stats == [{"chunk": 1}]
+    new = [i for i in more if i not in found]
+    cache.put(key, _items(new), [r for r in _records(more) if r["id"] in new], {"chunk": 2})
+    found, stats = ScoreCache(tmp_path).get(key, _items(more))
+    assert found == _by_id(_records(more)) and sorted(s["chunk"] for s in stats) == [1, 2]
+    found, stats = cache.get(key, _items(IDS[:1]))
+    assert list(found) == IDS[:1] and stats == [{"chunk": 1}]  # only the chunks that served something
+    assert cache.get(key, _items(IDS, digest="e")) == ({}, [])
 
 
 def test_put_needs_a_key_made_by_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="call key\\(\\) first"):
-        ScoreCache(tmp_path).put("0" * 64, _records(), {})
+        ScoreCache(tmp_path).put("0" * 64, _items(), _records(), {})
 
 
-def test_a_failed_write_leaves_the_old_entry_and_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_write_leaves_the_old_chunk_and_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cache = ScoreCache(tmp_path)
     key = _key(cache)
-    cache.put(key, _records(), {"run": 1})
+    path = cache.put(key, _items(), _records(), {"run": 1})
 
     def crash(src, dst):
         raise OSError("disk full")
 
     monkeypatch.setattr(cache_module.os, "replace", crash)
     with pytest.raises(ScoreCacheError, match="disk full"):
-        cache.put(key, _records(scale=2.0), {"run": 2})
+        cache.put(key, _items(), _records(scale=2.0), {"run": 2})
     monkeypatch.undo()
-    assert cache.get(key) == (_records(), {"run": 1})
-    assert [p.name for p in cache.path(key).parent.iterdir()] == [cache.path(key).name]
+    assert cache.get(key, _items()) == (_by_id(_records()), [{"run": 1}])
+    assert [p.name for p in cache.folder(key).iterdir()] == [path.name]
 
 
 def test_an_unusable_cache_folder_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a folder")
     cache = ScoreCache(tmp_path / "a-file" / "cache")
     key = _key(cache)
-    for use in (lambda: cache.lock(key).__enter__(), lambda: cache.put(key, _records(), {})):
-        with pytest.raises(ScoreCacheError, match="cannot write to the score cache .*--no-cache"):
+    for use in (lambda: cache.lock(key).__enter__(), lambda: cache.put(key, _items(), _records(), {})):
+        with pytest.raises(ScoreCacheError, match="cannot write to the score cache .*--calib-no-cache"):
             use()
 
 
@@ -138,65 +163,69 @@ def _rewrite(path: Path, change) -> None:
         (lambda p: p.write_bytes(gzip.compress(b'{"format": "calib-checks-score-cache", "records": [')), "unreadable"),
         (lambda p: _rewrite(p, lambda e: e.update(complete=False)), "not marked complete"),
         (lambda p: _rewrite(p, lambda e: e.pop("complete")), "not marked complete"),
-        (lambda p: _rewrite(p, lambda e: e["records"].pop()), "header says 3 records, found 2"),
-        (lambda p: _rewrite(p, lambda e: e["records"].reverse()), "item ids differ"),
+        (lambda p: _rewrite(p, lambda e: e["records"].pop()), "differ from its item list"),
+        (lambda p: _rewrite(p, lambda e: e["records"].reverse()), "differ from its item list"),
+        (lambda p: _rewrite(p, lambda e: e["items"].append("x")), "item list is malformed"),
         (lambda p: _rewrite(p, lambda e: e["inputs"].update(task="arc_easy")), "do not hash to its key"),
         (lambda p: _rewrite(p, lambda e: e.update(version=99)), "format version 99"),
-        (lambda p: _rewrite(p, lambda e: e.update(format="other")), "not a calib-checks score cache entry"),
+        (lambda p: _rewrite(p, lambda e: e.update(format="other")), "not a calib-checks score cache chunk"),
     ],
 )
-def test_damaged_entries_are_ignored_with_a_warning_and_recomputed(tmp_path: Path, damage, reason: str) -> None:
+def test_damaged_chunks_are_ignored_with_a_warning_and_recomputed(tmp_path: Path, damage, reason: str) -> None:
     cache = ScoreCache(tmp_path)
     key = _key(cache)
-    cache.put(key, _records(), {})
-    damage(cache.path(key))
+    path = cache.put(key, _items(), _records(), {})
+    damage(path)
     with pytest.warns(ScoreCacheWarning, match=reason):
-        assert cache.get(key) is None
-    cache.put(key, _records(), {"again": True})
-    assert cache.get(key) == (_records(), {"again": True})
+        assert cache.get(key, _items()) == ({}, [])
+    cache.put(key, _items(), _records(), {"again": True})
+    assert cache.get(key, _items()) == (_by_id(_records()), [{"again": True}])
 
 
-def test_an_entry_stored_under_another_key_is_not_trusted(tmp_path: Path) -> None:
+def test_a_chunk_stored_under_another_key_is_not_trusted(tmp_path: Path) -> None:
     cache = ScoreCache(tmp_path)
-    key, other = _key(cache), _key(cache, IDS[:2])
-    cache.put(key, _records(), {})
-    cache.path(other).parent.mkdir(parents=True, exist_ok=True)
-    cache.path(other).write_bytes(cache.path(key).read_bytes())
+    key, other = _key(cache), _key(cache, task="arc_easy")
+    path = cache.put(key, _items(), _records(), {})
+    cache.folder(other).mkdir(parents=True, exist_ok=True)
+    (cache.folder(other) / path.name).write_bytes(path.read_bytes())
     with pytest.warns(ScoreCacheWarning, match="names key"):
-        assert cache.get(other) is None
+        assert cache.get(other, _items()) == ({}, [])
 
 
 # ---------------------------------------------------------------------------------------------- processes
 
+MANY = [f"q-{i}" for i in range(2000)]
+
 
 def _put_many(root: str, scale: float, rounds: int) -> None:
     cache = ScoreCache(root)
-    key = _key(cache, [f"q-{i}" for i in range(2000)])
+    key = _key(cache)
     for _ in range(rounds):
-        cache.put(key, _records([f"q-{i}" for i in range(2000)], scale=scale), {"writer": scale})
+        cache.put(key, _items(MANY), _records(MANY, scale=scale), {"writer": scale})
 
 
-def test_concurrent_puts_from_two_processes_leave_a_valid_entry(tmp_path: Path) -> None:
+def test_concurrent_puts_from_two_processes_leave_a_valid_chunk(tmp_path: Path) -> None:
     context = multiprocessing.get_context("spawn")
     writers = [context.Process(target=_put_many, args=(str(tmp_path), scale, 15)) for scale in (1.0, 2.0)]
     for writer in writers:
         writer.start()
     cache = ScoreCache(tmp_path)
-    ids = [f"q-{i}" for i in range(2000)]
     reads = 0
     with warnings.catch_warnings():
-        warnings.simplefilter("error", ScoreCacheWarning)  # a reader must never meet a partial entry
+        warnings.simplefilter("error", ScoreCacheWarning)  # a reader must never meet a partial chunk
         while any(w.is_alive() for w in writers):
-            hit = cache.get(_key(cache, ids))
-            reads += hit is not None
+            found, _ = cache.get(_key(cache), _items(MANY))
+            reads += bool(found)
+            assert not found or len(found) == len(MANY)
     for writer in writers:
         writer.join(120)
     assert [w.exitcode for w in writers] == [0, 0]
     assert reads > 0
-    records, stats = cache.get(_key(cache, ids))
-    assert stats["writer"] in (1.0, 2.0)
-    assert records == _records(ids, scale=stats["writer"])  # one writer's whole entry, never a mix
-    assert [p.name for p in cache.path(_key(cache, ids)).parent.iterdir()] == [cache.path(_key(cache, ids)).name]
+    records, stats = cache.get(_key(cache), _items(MANY))
+    (stat,) = stats
+    assert stat["writer"] in (1.0, 2.0)
+    assert records == _by_id(_records(MANY, scale=stat["writer"]))  # one writer's whole chunk, never a mix
+    assert len(list(cache.folder(_key(cache)).iterdir())) == 1  # same items: the same chunk, replaced
 
 
 def _fill_once(root: str, counter: str, barrier, out: str) -> None:
@@ -205,15 +234,15 @@ def _fill_once(root: str, counter: str, barrier, out: str) -> None:
     barrier.wait()  # both processes ask for the key at the same moment
     report = {"requested": time.time()}
     with cache.lock(key):
-        hit = cache.get(key)
-        if hit is not None:
-            report["records"] = hit[0]
+        found, _ = cache.get(key, _items())
+        if found:
+            report["records"] = [found[i] for i in IDS]
         else:
             with open(counter, "a") as handle:
                 handle.write(f"{os.getpid()}\n")
             time.sleep(1.0)  # a slow computation: the other process must wait on the lock meanwhile
             report["records"] = _records(scale=float(os.getpid()))
-            cache.put(key, report["records"], {"by": os.getpid()})
+            cache.put(key, _items(), report["records"], {"by": os.getpid()})
             report["computed"] = True
         report["released"] = time.time()
     Path(out).write_text(json.dumps(report))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from calib_checks import demo
-from calib_checks.scoring import EXTRACTORS
+from calib_checks.records import EXTRACTORS
 from calib_checks.tasks import TASKS
 from calib_checks.thresholds import load_thresholds
 

@@ -1,4 +1,5 @@
-"""The engine: scores through the cache (a hit loads nothing and runs no forward pass) and the `score` CLI."""
+"""The engine behind a checkpoint source: scores through the cache (a hit loads nothing and runs no forward pass,
+more items compute only the new ones) and the `score` CLI."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,9 @@ from calib_checks.cache import ScoreCache
 from calib_checks.data import load_task
 from calib_checks.engine import Scorer, write_records_jsonl
 from calib_checks.errors import CalibChecksError
-from calib_checks.scoring import EXTRACTORS, ItemRecord
+from calib_checks.records import EXTRACTORS, ItemRecord
+from calib_checks.sources import Source, SourceContext, open_source
+from calib_checks.sources.cached import CachedSource
 
 REPO = Path(__file__).resolve().parents[1]
 GOALS = [
@@ -42,32 +46,58 @@ def _same(a: list[ItemRecord], b: list[ItemRecord]) -> bool:
     return [r.to_json() for r in a] == [r.to_json() for r in b]
 
 
+def _cached(spec: str, cache_root: Path | None) -> tuple[Source, Scorer]:
+    """A checkpoint source as the gate opens it (through the score cache unless `cache_root` is None), and the
+    engine's scorer inside it (its forward counter and load state)."""
+    cache = None if cache_root is None else ScoreCache(cache_root)
+    source = open_source(spec, SourceContext(device="cpu", progress=False, cache=cache))
+    inner = source.inner if isinstance(source, CachedSource) else source
+    return source, inner.scorer
+
+
 def test_second_score_is_a_cache_hit_without_load_or_forward(
     tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path
 ) -> None:
     data = load_task("piqa", source=str(piqa_folder))
-    first = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
-    scores = first.score(data)
-    assert scores.stats["cache"] == "miss"
-    assert first.loaded and first.forward_calls > 0
+    first, scorer = _cached(str(tiny_model_dir), tmp_path)
+    scores = first.scores("piqa", data)
+    assert scores.stats.cache == "miss" and scores.stats.computed == len(data.items)
+    assert scorer.loaded and scorer.forward_calls > 0
     assert [r.id for r in scores.records] == list(data.item_ids)
     assert scores.model_label == tiny_model_dir.name and scores.task == "piqa"
-    assert scores.data_fingerprint == data.fingerprint and scores.model_identity == first.identity
+    assert scores.data_fingerprint == data.fingerprint and scores.model_identity == scorer.identity
 
-    calls = first.forward_calls
-    assert first.score(data).stats["cache"] == "hit" and first.forward_calls == calls
+    calls = scorer.forward_calls
+    assert first.scores("piqa", data).stats.cache == "hit" and scorer.forward_calls == calls
 
-    # A new run (new Scorer, new ScoreCache object on the same folder): nothing loaded, nothing forwarded.
-    second = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
-    again = second.score(data)
-    assert again.stats["cache"] == "hit"
-    assert second.forward_calls == 0 and not second.loaded
+    # A new run (new source, new ScoreCache object on the same folder): nothing loaded, nothing forwarded.
+    second, second_scorer = _cached(str(tiny_model_dir), tmp_path)
+    again = second.scores("piqa", data)
+    assert again.stats.cache == "hit" and again.stats.computed == 0
+    assert second_scorer.forward_calls == 0 and not second_scorer.loaded
     assert _same(again.records, scores.records)
     assert again.labels().tolist() == scores.labels().tolist()
     assert (again.probs("choice") == scores.probs("choice")).all()
-    assert {k: v for k, v in again.stats.items() if k != "cache"} == {
-        k: v for k, v in scores.stats.items() if k != "cache"
-    }
+    assert again.stats.engine == scores.stats.engine and again.stats.stack == scores.stats.stack
+
+
+def test_more_items_compute_only_the_new_ones(tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path) -> None:
+    """A raised --calib-limit (or the gate's next look) extends the stored records: the items already scored
+    are read, only the others are forwarded, and the records equal a one-shot run's within float32 rounding."""
+    small, large = (load_task("piqa", source=str(piqa_folder), limit=n, seed=2) for n in (2, 5))
+    assert set(small.item_ids) < set(large.item_ids)
+    source, scorer = _cached(str(tiny_model_dir), tmp_path)
+    source.scores("piqa", small)
+    extended = source.scores("piqa", large)
+    assert extended.stats.cache == "partial" and extended.stats.computed == 3
+    assert [r.id for r in extended.records] == list(large.item_ids)
+    fresh, _ = _cached(str(tiny_model_dir), None)
+    for ours, theirs in zip(extended.records, fresh.scores("piqa", large).records):
+        for name in EXTRACTORS:
+            assert ours.scores[name] == pytest.approx(theirs.scores[name], abs=1e-5)
+    # An item whose content changed (same id) is never served from the cache: it is scored again.
+    changed = large.restricted([replace(large.items[0], context=large.items[0].context + " Really?")])
+    assert source.scores("piqa", changed).stats.cache == "miss"
 
 
 def test_a_new_aligned_candidate_reuses_the_base_entries(
@@ -77,12 +107,12 @@ def test_a_new_aligned_candidate_reuses_the_base_entries(
     cache_root = tmp_path / "cache"
     # Run 1: base + candidate A (the base, sharpened). Run 2: base + candidate B (flattened).
     for candidate in (":temperature=0.5", ":temperature=2"):
-        base = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(cache_root), progress=False)
-        aligned = Scorer(str(tiny_model_dir) + candidate, device="cpu", cache=ScoreCache(cache_root), progress=False)
-        base_scores, aligned_scores = base.score(data), aligned.score(data)
-        assert aligned_scores.stats["cache"] == "miss" and aligned.forward_calls > 0
+        base, base_scorer = _cached(str(tiny_model_dir), cache_root)
+        aligned, aligned_scorer = _cached(str(tiny_model_dir) + candidate, cache_root)
+        base_scores, aligned_scores = base.scores("piqa", data), aligned.scores("piqa", data)
+        assert aligned_scores.stats.cache == "miss" and aligned_scorer.forward_calls > 0
         assert not _same(aligned_scores.records, base_scores.records)
-    assert base_scores.stats["cache"] == "hit" and base.forward_calls == 0 and not base.loaded
+    assert base_scores.stats.cache == "hit" and base_scorer.forward_calls == 0 and not base_scorer.loaded
 
 
 def test_scores_carry_the_stack_and_another_torch_version_is_a_miss(
@@ -93,27 +123,27 @@ def test_scores_carry_the_stack_and_another_torch_version_is_a_miss(
     from calib_checks.models import software_stack
 
     data = load_task("piqa", source=str(piqa_folder), limit=2)
-    first = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False).score(data)
-    assert first.stats["stack"] == software_stack("cpu") and first.stats["stack"]["device"] == "cpu"
-    again = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
-    assert again.score(data).stats["cache"] == "hit" and not again.loaded
+    first = _cached(str(tiny_model_dir), tmp_path)[0].scores("piqa", data)
+    assert first.stats.stack == software_stack("cpu") and first.stats.stack["device"] == "cpu"
+    again, again_scorer = _cached(str(tiny_model_dir), tmp_path)
+    assert again.scores("piqa", data).stats.cache == "hit" and not again_scorer.loaded
 
     monkeypatch.setattr(torch, "__version__", "9.9.9+cpu")
-    upgraded = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
-    scores = upgraded.score(data)
-    assert scores.stats["cache"] == "miss" and upgraded.forward_calls > 0
-    assert scores.stats["stack"] == {**first.stats["stack"], "torch": "9.9.9+cpu"}
-    assert len(list((tmp_path / "scores").rglob("*.json.gz"))) == 2  # the old entry is kept, not overwritten
+    upgraded, upgraded_scorer = _cached(str(tiny_model_dir), tmp_path)
+    scores = upgraded.scores("piqa", data)
+    assert scores.stats.cache == "miss" and upgraded_scorer.forward_calls > 0
+    assert scores.stats.stack == {**first.stats.stack, "torch": "9.9.9+cpu"}
+    assert len(list((tmp_path / "scores").rglob("*.json.gz"))) == 2  # the old chunk is kept, not overwritten
 
 
 def test_no_cache_always_computes(tiny_model_dir: Path, piqa_folder: Path) -> None:
     data = load_task("piqa", source=str(piqa_folder), limit=2)
-    scorer = Scorer(str(tiny_model_dir), device="cpu", cache=None, progress=False)
-    first = scorer.score(data)
+    source, scorer = _cached(str(tiny_model_dir), None)
+    first = source.scores("piqa", data)
     calls = scorer.forward_calls
-    second = scorer.score(data)
-    assert first.stats["cache"] == second.stats["cache"] == "off"
-    assert first.stats["stack"] == scorer.stack
+    second = source.scores("piqa", data)
+    assert first.stats.cache == second.stats.cache == "off"
+    assert first.stats.stack == scorer.stack
     assert scorer.forward_calls == 2 * calls > 0
     assert _same(first.records, second.records)
 
@@ -122,18 +152,18 @@ def test_a_damaged_entry_is_recomputed(tiny_model_dir: Path, piqa_folder: Path, 
     from calib_checks.cache import ScoreCacheWarning
 
     data = load_task("piqa", source=str(piqa_folder), limit=3)
-    Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False).score(data)
+    _cached(str(tiny_model_dir), tmp_path)[0].scores("piqa", data)
     (entry,) = (tmp_path / "scores").rglob("*.json.gz")
     entry.write_bytes(entry.read_bytes()[:100])
-    scorer = Scorer(str(tiny_model_dir), device="cpu", cache=ScoreCache(tmp_path), progress=False)
+    source, scorer = _cached(str(tiny_model_dir), tmp_path)
     with pytest.warns(ScoreCacheWarning, match="unreadable"):
-        assert scorer.score(data).stats["cache"] == "miss"
+        assert source.scores("piqa", data).stats.cache == "miss"
     assert scorer.forward_calls > 0
 
 
 def test_write_records_refuses_non_finite_numbers(tmp_path: Path) -> None:
-    record = ItemRecord(id="x", gold=0, scores={"choice": [math.nan, 0.0]}, probs={"choice": [0.5, 0.5]},
-                        n_tokens=[1, 1], letter_token_ids=[3, 4])  # fmt: skip
+    record = ItemRecord(id="x", gold=0, scores={"choice": [1.0, 0.0]}, n_options=2, n_tokens=[1, 1],
+                        letter_token_ids=[3, 4], letter_mass=math.inf)  # fmt: skip
     with pytest.raises(CalibChecksError, match="non-finite"):
         write_records_jsonl(tmp_path / "out.jsonl", [record])
     assert not list(tmp_path.iterdir())
@@ -212,7 +242,7 @@ def test_score_cli_rejects_a_bad_batch_size(capsys: pytest.CaptureFixture) -> No
 
 
 def test_score_cli_on_a_task_file_feeds_the_gate_as_scores_folders(
-    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, task_registry: dict,
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     from calib_checks.gate import GateOptions, run_gate
 
@@ -226,7 +256,8 @@ def test_score_cli_on_a_task_file_feeds_the_gate_as_scores_folders(
     # The files `score --out` writes are exactly what a scores:DIR side reads.
     outcome = run_gate(GateOptions(pairs=(f"scores:{tmp_path / 'base'},scores:{tmp_path / 'hot'}",),
                                    tasks=("support_tickets",), metrics=("ece", "overconfidence"),
-                                   thresholds=REPO / "thresholds-demo.toml", report_dir=tmp_path / "reports"))
+                                   thresholds=REPO / "thresholds-demo.toml", report_dir=tmp_path / "reports",
+                                   task_files=(example,)))
     assert {c.task for c in outcome.cases} == {"support_tickets"}
     # 40 items are below the demo rules' min_items: never a quiet pass, an error unless the change is clear.
     assert {c.verdict for c in outcome.cases} <= {"fail", "error"} and outcome.exit_code == 1

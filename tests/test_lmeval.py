@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from calib_checks import lmeval
+from calib_checks.sources import lmeval
 from calib_checks.gate import Gate, GateOptions, GateUsageError, run_gate
-from calib_checks.lmeval import LmEvalError
+from calib_checks.sources.lmeval import LmEvalError
 from calib_checks.tasks import get_task
 from tests.test_scoring import assert_same_choice
 
@@ -118,7 +118,7 @@ def test_spec_and_name_mapping() -> None:
     assert lmeval.parse_spec("lm-eval:/out") == ("/out", {})
     assert lmeval.parse_spec("lm-eval:/out?tasks=my_arc=arc_easy+my_mc=arc_easy") == (
         "/out", {"my_arc": "arc_easy", "my_mc": "arc_easy"})
-    with pytest.raises(LmEvalError, match="Did you mean 'arc_easy'"):
+    with pytest.raises(LmEvalError, match="did you mean 'arc_easy'"):
         lmeval.parse_spec("lm-eval:/out?tasks=my_arc=arc_eazy")
     with pytest.raises(LmEvalError, match="is not NAME=TASK"):
         lmeval.parse_spec("lm-eval:/out?tasks=arc_easy")
@@ -268,7 +268,7 @@ def test_gate_lmeval_pair(tmp_path: Path) -> None:
     # The same samples in another folder are the same model.
     twin = write_run(tmp_path / "twin", {"piqa": piqa_samples(), "p_mc": piqa_samples(lettered=True)})
     with pytest.raises(GateUsageError, match="same checkpoint"):
-        Gate(_options(tmp_path, f"lm-eval:{base}?tasks=p_mc=piqa,lm-eval:{twin}?tasks=p_mc=piqa"))
+        Gate(_options(tmp_path, f"lm-eval:{base}?tasks=p_mc=piqa,lm-eval:{twin}?tasks=p_mc=piqa")).check_sides()
 
 
 def test_gate_mixed_pair_scores_the_lmeval_items(tmp_path: Path, tiny_model_dir: Path) -> None:
@@ -278,7 +278,7 @@ def test_gate_mixed_pair_scores_the_lmeval_items(tmp_path: Path, tiny_model_dir:
                          device="cpu", dtype="float32"))
     (result,) = {c: r for c, r in gate.judge(gate.cases()).items() if c.metric == "ece"}.values()
     assert result.verdict != "error" and result.n_items == 3, result.message
-    data = gate.task_data("piqa")
+    data = gate.collection.items(gate.comparisons[0].family, "piqa")
     assert data.item_ids == ("validation-0", "validation-1", "validation-2")
     assert data.source.startswith("lm-eval:") and data.items[1] == get_task("piqa").convert(PIQA_ROWS[1],
                                                                                               "validation-1")

@@ -271,13 +271,13 @@ def test_xdist_gives_the_serial_verdicts_and_scores_each_model_once(gate, tmp_pa
                                      for task in ("arc_easy", "piqa")})
     workers = {e["worker"] for e in two["run"]["scoring"] if e["cache"] == "miss"}
     assert workers == {"gw0", "gw1"}, two["run"]["scoring"]
-    assert len(list(fresh.glob("scores/*/*.json.gz"))) == 6
+    assert len(list(fresh.glob("scores/*/*/*.json.gz"))) == 6  # one chunk per model x task
     # Without the user's cache the workers share a scratch cache in the run directory, removed at the end.
     private, private_reports = gate(*args, "-n", "2", "--calib-no-cache", cache=tmp_path / "unused-cache")
     assert private.ret == 1 and verdicts(load_run(private_reports)) == verdicts(one)
     assert computed(load_run(private_reports)) == computed(two)
     assert not (private_reports / "latest" / ".scores").exists()
-    assert not list((tmp_path / "unused-cache").glob("scores/*/*.json.gz"))  # the user's cache got no scores
+    assert not list((tmp_path / "unused-cache").glob("scores/**/*.json.gz"))  # the user's cache got no scores
 
 
 def test_plugin_is_inert_outside_the_gate(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch,

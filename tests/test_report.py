@@ -29,7 +29,7 @@ from calib_checks.errors import CalibChecksError
 from calib_checks.recalibration import RecalibrationError, cross_fit, fit_temperature, regime, split_halves
 from calib_checks.report import confidence_histogram, fmt, fmt_signed, reliability_plot, render_report
 from calib_checks.results import ResultsError, RunWriter, load_results
-from calib_checks.scoring import EXTRACTORS, ItemRecord, TaskScores
+from calib_checks.records import EXTRACTORS, ItemRecord, ScoreStats, TaskScores
 from calib_checks.tasks import Item
 from calib_checks.thresholds import load_thresholds
 from calib_checks.verdicts import apply_family, judge_case
@@ -78,16 +78,15 @@ def records_for_model(data: TaskData, temperature: float, seed: int = 0) -> list
     records = []
     for i, item in enumerate(data.items):
         z, _ = _latent(data.task, i, seed)
-        scores, probs = {}, {}
+        scores = {}
         for j, extractor in enumerate(EXTRACTORS):
             noise = np.random.default_rng([seed, i, j, 7]).normal(0.0, 0.25, size=len(item.options))
             s = (z + noise) / temperature - 3.0 * (j + 1)  # log-scores; the shift does not change the softmax
             if item.options[0] == HOSTILE_SCRIPT and temperature < 1:
                 s = np.array([8.0, 0.0, 0.0, 0.0]) / temperature  # confidently wrong, on the hostile option
-            p = np.exp(s - s.max())
-            scores[extractor], probs[extractor] = s.tolist(), (p / p.sum()).tolist()
+            scores[extractor] = s.tolist()
         records.append(
-            ItemRecord(item.id, item.gold, scores, probs, [3] * len(item.options),
+            ItemRecord(item.id, item.gold, scores, len(item.options), [3] * len(item.options),
                        [32 + k for k in range(len(item.options))])
         )
     return records
@@ -123,7 +122,7 @@ def build_run(
         for label in models:
             scores[label, task] = TaskScores(
                 label, {"path": f"/models/{label}", "dtype": "float32"}, task, data.fingerprint,
-                records_for_model(data, TEMPERATURES[label]), {"tokens_forwarded": 100, "seconds": 0.5},
+                records_for_model(data, TEMPERATURES[label]), ScoreStats(source="test scores"),
             )
             writer.write_records(scores[label, task])
     cases = [
@@ -388,7 +387,7 @@ def test_records_of_different_data_are_flagged_not_drawn(run: tuple[Path, dict, 
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     page = render_report(run_dir).read_text()
     assert "disagree on the gold option of 1 item(s) (first: piqa-0003)" in page
-    rows[3].pop("probs")
+    rows[3].pop("scores")
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     with pytest.raises(CalibChecksError, match="malformed item record"):
         render_report(run_dir)

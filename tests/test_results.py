@@ -22,10 +22,10 @@ from calib_checks.results import (
     new_run_id,
     point_latest,
     resolve_run_dir,
-    CASE_VERDICTS,
-    run_verdict,
 )
-from calib_checks.scoring import ItemRecord, TaskScores
+from calib_checks.thresholds import GatePolicy
+from calib_checks.verdicts import VERDICTS, run_verdict
+from calib_checks.records import EngineStats, ItemRecord, ScoreStats, TaskScores
 from tests.test_report import build_run, make_task_data, records_for_model
 
 
@@ -37,7 +37,7 @@ def _scores(label: str, task: str, n: int, seed: int) -> TaskScores:
         task=task,
         data_fingerprint=data.fingerprint,
         records=records_for_model(data, temperature=0.7, seed=seed),
-        stats={"tokens_forwarded": 10 * n, "seconds": 0.1},
+        stats=ScoreStats(source="test", engine=EngineStats(tokens_forwarded=10 * n, seconds=0.1)),
     )
 
 
@@ -146,9 +146,9 @@ def test_results_json_follows_the_documented_schema(two_runs: Path) -> None:
     assert results["schema_version"] == SCHEMA_VERSION
     assert results["complete"] is True
     assert results["run_id"] == run_dir.name
-    counts = {v: sum(c["verdict"] == v for c in results["cases"]) for v in CASE_VERDICTS}
+    counts = {v: sum(c["verdict"] == v for c in results["cases"]) for v in VERDICTS}
     assert results["summary"] == counts
-    assert results["verdict"] == run_verdict(results["cases"], True)[0]
+    assert results["verdict"] == run_verdict([c["verdict"] for c in results["cases"]], True)[0]
     run = results["run"]
     for key in ("started_at", "finished_at", "duration_s", "argv", "dtype", "device", "thresholds", "versions"):
         assert key in run, key
@@ -227,15 +227,15 @@ def test_latest_that_is_a_real_directory_is_not_clobbered(tmp_path: Path) -> Non
     ],
 )
 def test_run_verdict(verdicts: list[str], complete: bool, expected: str) -> None:
-    verdict, reason = run_verdict([{"verdict": v} for v in verdicts], complete)
+    verdict, reason = run_verdict(verdicts, complete)
     assert verdict == expected and reason
     if "inconclusive" in verdicts and complete:
         assert "INCONCLUSIVE" in reason  # "no regression detected" is never worded as "shown within"
 
 
 def test_inconclusive_blocks_under_on_inconclusive_fail_and_partial_runs_say_so() -> None:
-    cases = [{"verdict": "pass"}, {"verdict": "inconclusive"}]
-    verdict, reason = run_verdict(cases, True, on_inconclusive="fail")
+    cases = ["pass", "inconclusive"]
+    verdict, reason = run_verdict(cases, True, GatePolicy(on_inconclusive="fail"))
     assert verdict == "regression" and "1 inconclusive" in reason
     verdict, reason = run_verdict(cases[:1], True, partial={"expected": 2, "judged": 1})
     assert verdict == "ship" and "PARTIAL RUN: 1 of 2" in reason

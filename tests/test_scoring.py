@@ -16,17 +16,16 @@ import pytest
 import torch
 
 from calib_checks.models import LoadedModel, load_model
-from calib_checks.scoring import (
+from calib_checks.records import (
     EXTRACTORS,
     LETTER_MASS_FLOOR,
     ItemRecord,
-    LowLetterMassWarning,
-    ScoringError,
+    RecordError,
+    ScoreStats,
     TaskScores,
-    encode_pairs,
     letter_mass_summary,
-    score_items,
 )
+from calib_checks.scoring import LowLetterMassWarning, ScoringError, encode_pairs, score_items
 from calib_checks.tasks import Item
 
 # The tiny random models put almost no probability on the letters; the tests that check the warning catch it.
@@ -153,8 +152,8 @@ def test_tiny_model_equals_naive_reference(tiny: LoadedModel, tiny_scored) -> No
             expected = np.exp(record.scores[name]) / np.exp(record.scores[name]).sum()
             np.testing.assert_allclose(probs, expected, rtol=1e-9)
     assert any(n > 1 for r in records for n in r.n_tokens)  # multi-token options were exercised
-    assert stats["letter_tokens"] == {x: tiny.tokenizer.convert_tokens_to_ids("Ġ" + x) for x in "ABCDE"}
-    assert stats["truncated"] == 0 and stats["prefix_fallbacks"] == 0
+    assert stats.letter_tokens == {x: tiny.tokenizer.convert_tokens_to_ids("Ġ" + x) for x in "ABCDE"}
+    assert stats.truncated == 0 and stats.prefix_fallbacks == 0
 
 
 def test_tokens_forwarded_is_the_lower_bound(tiny: LoadedModel, tiny_scored) -> None:
@@ -168,24 +167,24 @@ def test_tokens_forwarded_is_the_lower_bound(tiny: LoadedModel, tiny_scored) -> 
         + len(encode(it.choice_prompt))
         for it in TINY_ITEMS
     )
-    assert stats["token_lower_bound"] == expected
+    assert stats.token_lower_bound == expected
     # A context and its lettered prompt forward their common leading token ids once (a token tree).
     shared = 0
     for it in TINY_ITEMS:
         context, prompt = encode(it.context.rstrip()), encode(it.choice_prompt)
         shared += next((n for n, (a, b) in enumerate(zip(context, prompt)) if a != b), min(len(context), len(prompt)))
-    assert shared > 0 and stats["token_tree_lower_bound"] == expected - shared
-    assert stats["tokens_forwarded"] == expected - shared  # exactly, not within 5 %
+    assert shared > 0 and stats.token_tree_lower_bound == expected - shared
+    assert stats.tokens_forwarded == expected - shared  # exactly, not within 5 %
     lm_eval_tokens = sum(
         len(encode(it.context + " " + o)) - 1 for it in TINY_ITEMS for o in it.options
     ) + sum(len(encode(it.choice_prompt)) for it in TINY_ITEMS for _ in it.letters)
-    assert stats["tokens_forwarded"] < lm_eval_tokens
+    assert stats.tokens_forwarded < lm_eval_tokens
 
 
 def test_scores_do_not_depend_on_packing(tiny: LoadedModel, tiny_scored) -> None:
     """The same items packed differently (row budget, item order, batch size) score the same within 1e-5."""
     reference, ref_stats = tiny_scored
-    assert ref_stats["rows"] < ref_stats["sequences"] == len(TINY_ITEMS)  # one tree per item, several a row
+    assert ref_stats.rows < ref_stats.sequences == len(TINY_ITEMS)  # one tree per item, several a row
     settings = [
         ({"batch_size": 1, "row_tokens": 1}, False),  # one sequence per row, one row per batch: no padding
         ({"batch_size": 3, "row_tokens": 1}, False),  # one sequence per row, rows of different lengths padded
@@ -202,14 +201,14 @@ def test_scores_do_not_depend_on_packing(tiny: LoadedModel, tiny_scored) -> None
             for name in EXTRACTORS:
                 np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=0, atol=1e-5, err_msg=f"{options}")
             assert b.letter_mass == pytest.approx(a.letter_mass, rel=1e-5)
-        assert stats["tokens_forwarded"] == ref_stats["tokens_forwarded"]
-        assert stats["rows"] > 1
+        assert stats.tokens_forwarded == ref_stats.tokens_forwarded
+        assert stats.rows > 1
         if options["row_tokens"] == 1:
-            assert stats["rows"] == stats["sequences"]
+            assert stats.rows == stats.sequences
         if options["batch_size"] == 1:
-            assert stats["tokens_padded"] == stats["tokens_forwarded"]
+            assert stats.tokens_padded == stats.tokens_forwarded
         else:
-            assert stats["tokens_padded"] > stats["tokens_forwarded"]
+            assert stats.tokens_padded > stats.tokens_forwarded
 
 
 def test_a_context_that_is_all_trunk_is_scored(tiny: LoadedModel) -> None:
@@ -220,7 +219,7 @@ def test_a_context_that_is_all_trunk_is_scored(tiny: LoadedModel) -> None:
     assert encode(it.choice_prompt)[: len(context)] == context
     records, stats = score_items(tiny, [it], progress=False)
     assert_matches_naive(tiny, [it], records, tol=5e-4)
-    assert stats["tokens_forwarded"] == stats["token_lower_bound"] - len(context)
+    assert stats.tokens_forwarded == stats.token_lower_bound - len(context)
 
 
 def test_out_of_memory_halves_the_batch_then_the_rows(
@@ -240,8 +239,8 @@ def test_out_of_memory_halves_the_batch_then_the_rows(
 
     monkeypatch.setattr(scoring, "_forward_batch", small_memory)
     records, stats = score_items(tiny, TINY_ITEMS, batch_size="auto", progress=False, row_tokens=128)
-    assert shapes[0] != [1] and stats["rows"] == stats["sequences"] and stats["batch_size"] == 1
-    assert stats["row_tokens"] < 128 and stats["token_budget"] < scoring._AUTO_TOKEN_BUDGET["other"]
+    assert shapes[0] != [1] and stats.rows == stats.sequences and stats.batch_size == 1
+    assert stats.row_tokens < 128 and stats.token_budget < scoring._AUTO_TOKEN_BUDGET["other"]
     for a, b in zip(tiny_scored[0], records):
         for name in EXTRACTORS:
             np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=0, atol=1e-5)
@@ -279,10 +278,10 @@ def test_truncation_keeps_the_scored_tail(tiny: LoadedModel) -> None:
     short = replace(tiny, max_length=10)
     items = TINY_ITEMS[1:4]
     records, stats = score_items(short, items, batch_size=2, progress=False)
-    assert all(r.truncated for r in records) and stats["truncated"] == len(items)
+    assert all(r.truncated for r in records) and stats.truncated == len(items)
     assert_matches_naive(short, items, records, tol=5e-4)
     # Options of different lengths need differently truncated contexts: more than the lower bound is run.
-    assert stats["tokens_forwarded"] > stats["token_lower_bound"]
+    assert stats.tokens_forwarded > stats.token_lower_bound
     # An option longer than the window cannot be scored whole (lm-eval would silently drop its first tokens).
     with pytest.raises(ScoringError, match=r"option 2 of item 'three' is 9 tokens, outside 1..max_length=8"):
         score_items(replace(tiny, max_length=8), items, progress=False)
@@ -292,7 +291,7 @@ def test_nan_weights_raise_naming_model_and_item(tiny_model_dir: Path) -> None:
     lm = replace(load_model(str(tiny_model_dir), device="cpu", dtype="float32"), label="broken-llama")
     with torch.no_grad():
         lm.model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
-    with pytest.raises(ScoringError, match=r"broken-llama.*non-finite.*'two'"):
+    with pytest.raises(ScoringError, match=r"broken-llama.*'two'.*non-finite"):
         score_items(lm, TINY_ITEMS[:2], progress=False)
 
 
@@ -343,7 +342,7 @@ def test_prefix_fallback_is_scored_and_counted() -> None:
     lm = loaded(char_model(tok), tok, label="char-llama")
     items = [item("merge", "ab", ["cd", "dd"], 0, context="ab"), item("plain", "a", ["cd", "e"], 1, context="ax")]
     records, stats = score_items(lm, items, progress=False)
-    assert [r.prefix_fallback for r in records] == [True, False] and stats["prefix_fallbacks"] == 1
+    assert [r.prefix_fallback for r in records] == [True, False] and stats.prefix_fallbacks == 1
     # The fallback scores " cd" encoded on its own after encode("ab"): one forward over those ids.
     ids = lambda s: tok(s, add_special_tokens=False).input_ids  # noqa: E731
     context, option = ids("ab"), ids(" cd")
@@ -402,8 +401,8 @@ def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: 
     # One batch (one compiled shape for flex attention).
     records, stats = score_items(lm, TINY_ITEMS[:4], batch_size=1, row_tokens=4096, progress=False)
     assert_matches_naive(lm, TINY_ITEMS[:4], records, tol=5e-4)
-    assert stats["tokens_forwarded"] == stats["token_tree_lower_bound"]
-    assert (stats["attention"], stats["attention_fallback"]) == (attention, None)
+    assert stats.tokens_forwarded == stats.token_tree_lower_bound
+    assert (stats.attention, stats.attention_fallback) == (attention, None)
 
 
 def test_flex_attention_equals_the_dense_mask_and_skips_blocks(tiny_model_dir: Path, fresh_compile) -> None:
@@ -415,16 +414,16 @@ def test_flex_attention_equals_the_dense_mask_and_skips_blocks(tiny_model_dir: P
     settings = {"batch_size": 1, "row_tokens": 1 << 14, "progress": False}  # one row: one compiled shape
     ours, ours_stats = score_items(flex, items, **settings)
     theirs, theirs_stats = score_items(dense, items, **settings)
-    assert (ours_stats["attention"], ours_stats["attention_fallback"]) == ("flex_attention", None)
-    assert ours_stats["rows"] == 1
-    assert theirs_stats["attention"] == "sdpa" and theirs_stats["rows"] == 1
+    assert (ours_stats.attention, ours_stats.attention_fallback) == ("flex_attention", None)
+    assert ours_stats.rows == 1
+    assert theirs_stats.attention == "sdpa" and theirs_stats.rows == 1
     for a, b in zip(ours, theirs, strict=True):
         for name in EXTRACTORS:
             np.testing.assert_allclose(a.scores[name], b.scores[name], rtol=0, atol=1e-5, err_msg=f"{a.id} {name}")
-    width = theirs_stats["tokens_padded"]
-    assert theirs_stats["attention_pairs"] == width * width
+    width = theirs_stats.tokens_padded
+    assert theirs_stats.attention_pairs == width * width
     # 36 items side by side: most (query, key) blocks belong to two different items and are skipped.
-    assert ours_stats["attention_pairs"] < 0.5 * theirs_stats["attention_pairs"]
+    assert ours_stats.attention_pairs < 0.5 * theirs_stats.attention_pairs
 
 
 def test_a_failing_flex_kernel_falls_back_to_the_dense_mask(
@@ -445,8 +444,8 @@ def test_a_failing_flex_kernel_falls_back_to_the_dense_mask(
     flex = load_model(str(tiny_model_dir), device="cpu", dtype="float32", attention="flex")
     with pytest.warns(RuntimeWarning, match=r"tiny-llama.*flex attention failed \(RuntimeError: CppCompileError"):
         records, stats = score_items(flex, TINY_ITEMS, batch_size=3, progress=False)
-    assert stats["attention"] == "sdpa" and flex.model.config._attn_implementation == "sdpa"
-    assert stats["attention_fallback"] == "RuntimeError: CppCompileError: C++ compile error"
+    assert stats.attention == "sdpa" and flex.model.config._attn_implementation == "sdpa"
+    assert stats.attention_fallback == "RuntimeError: CppCompileError: C++ compile error"
     for a, b in zip(records, tiny_scored[0], strict=True):
         for name in EXTRACTORS:  # the dense path on the same batches
             np.testing.assert_allclose(a.scores[name], b.scores[name], rtol=0, atol=1e-6, err_msg=f"{a.id} {name}")
@@ -486,19 +485,19 @@ def test_unreproduced_logit_scaling_is_refused(tiny_model_dir: Path) -> None:
 
 def test_records_round_trip_through_json(tiny_scored) -> None:
     records, stats = tiny_scored
-    scores = TaskScores("tiny", {"path": "x"}, "arc_easy", "f" * 64, records, stats)
-    back = TaskScores.from_json(json.loads(json.dumps(scores.to_json())))
-    assert back == scores
+    back = TaskScores("tiny", {"path": "x"}, "arc_easy", "f" * 64,
+                      [ItemRecord.from_json(json.loads(json.dumps(r.to_json()))) for r in records])
+    assert back.records == records
     assert all(isinstance(v, float) for r in back.records for vs in r.scores.values() for v in vs)
     probs = back.probs("choice")
     assert probs.shape == (len(records), 5) and probs.dtype == np.float64
     assert probs[0, 2:].tolist() == [0.0, 0.0, 0.0]  # two-option item padded to K_max = 5
     np.testing.assert_allclose(probs.sum(axis=1), 1.0)
     assert back.labels().tolist() == [it.gold for it in TINY_ITEMS]
-    with pytest.raises(ScoringError, match="unknown extractor"):
+    with pytest.raises(RecordError, match="unknown extractor"):
         back.probs("continuation-max")
     broken = records[0].to_json() | {"gold": 7}
-    with pytest.raises(ScoringError, match="inconsistent"):
+    with pytest.raises(RecordError, match="inconsistent"):
         ItemRecord.from_json(broken)
 
 
@@ -514,12 +513,12 @@ def test_smollm2_equals_naive_reference(smollm2_model: LoadedModel) -> None:
     # sequence per row, so the bound leaves room for another CPU's kernels (the AMD lesson) and the figure is
     # printed below. An indexing bug shifts a score by whole nats, far above it.
     assert worst < 2e-4, worst
-    assert stats["tokens_forwarded"] == stats["token_tree_lower_bound"] < stats["token_lower_bound"]
-    assert stats["letter_tokens"]["A"] == smollm2_model.tokenizer.convert_tokens_to_ids("ĠA")
+    assert stats.tokens_forwarded == stats.token_tree_lower_bound < stats.token_lower_bound
+    assert stats.letter_tokens["A"] == smollm2_model.tokenizer.convert_tokens_to_ids("ĠA")
     print(
-        f"SmolLM2: worst |ours - naive| {worst:.2e}; {len(items) / stats['seconds']:.2f} items/s; "
-        f"tokens forwarded {stats['tokens_forwarded']} = token-tree bound {stats['token_tree_lower_bound']} "
-        f"(separate sequences: {stats['token_lower_bound']})"
+        f"SmolLM2: worst |ours - naive| {worst:.2e}; {len(items) / stats.seconds:.2f} items/s; "
+        f"tokens forwarded {stats.tokens_forwarded} = token-tree bound {stats.token_tree_lower_bound} "
+        f"(separate sequences: {stats.token_lower_bound})"
     )
 
 
@@ -537,7 +536,7 @@ def test_letter_mass_is_the_letters_share_of_the_full_vocabulary(tiny: LoadedMod
         expected = float(np.exp(np.logaddexp.reduce(letters)))
         assert record.letter_mass == pytest.approx(expected, rel=1e-4)
     masses = [r.letter_mass for r in records]
-    assert stats["letter_mass"] == {
+    assert letter_mass_summary(records) == {
         "mean": pytest.approx(np.mean(masses)), "min": min(masses),
         "below_floor": sum(m < LETTER_MASS_FLOOR for m in masses) / len(masses),
     }  # fmt: skip
@@ -569,12 +568,12 @@ def test_low_letter_mass_warns(tiny: LoadedModel, tiny_model_dir: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error", LowLetterMassWarning)
         records, stats = score_items(lm, TINY_ITEMS, progress=False)
-    assert stats["letter_mass"]["mean"] > 0.9
+    assert letter_mass_summary(records)["mean"] > 0.9
     assert_matches_naive(lm, TINY_ITEMS, records, tol=5e-4)
     # The same model at a high temperature spreads its answer over the whole vocabulary.
     with pytest.warns(LowLetterMassWarning, match=r"letter-llama@T50"):
-        _, hot = score_items(replace(lm, label="letter-llama@T50", temperature=50.0), TINY_ITEMS, progress=False)
-    assert hot["letter_mass"]["mean"] < LETTER_MASS_FLOOR
+        hot, _ = score_items(replace(lm, label="letter-llama@T50", temperature=50.0), TINY_ITEMS, progress=False)
+    assert letter_mass_summary(hot)["mean"] < LETTER_MASS_FLOOR
 
 
 def test_report_shows_letter_mass(tiny: LoadedModel, tiny_scored, tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -585,7 +584,8 @@ def test_report_shows_letter_mass(tiny: LoadedModel, tiny_scored, tiny_model_dir
     models = {"tiny": tiny, "letter-llama": letter_loving(tiny_model_dir)}
     for label, lm in models.items():
         records, stats = score_items(lm, TINY_ITEMS, progress=False)
-        writer.write_records(TaskScores(label, {"label": label}, "arc_easy", "f" * 64, records, stats))
+        writer.write_records(TaskScores(label, {"label": label}, "arc_easy", "f" * 64, records,
+                                        ScoreStats(source="test", engine=stats)))
     pairs = [{"name": "p", "base": "tiny", "aligned": "letter-llama"}]
     writer.finish({"models": {label: {} for label in models}}, pairs, {"arc_easy": {}}, [], complete=True)
     html = render_report(writer.run_dir).read_text()
@@ -593,7 +593,7 @@ def test_report_shows_letter_mass(tiny: LoadedModel, tiny_scored, tiny_model_dir
     section = section[: section.index("</table>")]
     rows = {row.split("</b>")[0]: row for row in section.split("<tr><td><b>")[1:]}
     assert set(rows) == {"tiny", "letter-llama"}
-    mean = tiny_scored[1]["letter_mass"]["mean"]
+    mean = letter_mass_summary(tiny_scored[0])["mean"]
     assert f"{mean:.3f} (low)" in rows["tiny"] and "mass-low" in rows["tiny"]  # far below the floor
     assert "mass-low" not in rows["letter-llama"] and "(low)" not in rows["letter-llama"]
 
@@ -647,4 +647,4 @@ def test_smollm2_chat_template_changes_the_prompts_and_the_scores(smollm2_path: 
     for name in EXTRACTORS:  # another prompt, other numbers
         assert not np.allclose(plain_records[0].scores[name], chat_records[0].scores[name], atol=1e-3), name
     # The rendered prompt is what was forwarded: its tokens are counted in the bound.
-    assert stats["token_lower_bound"] > score_items(smollm2_model, [item], progress=False)[1]["token_lower_bound"]
+    assert stats.token_lower_bound > score_items(smollm2_model, [item], progress=False)[1].token_lower_bound

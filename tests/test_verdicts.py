@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from calib_checks.metrics import paired_bootstrap
-from calib_checks.scoring import EXTRACTORS, ItemRecord, TaskScores
+from calib_checks.records import EXTRACTORS, ItemRecord, RecordError, TaskScores
 from calib_checks.thresholds import Rule
 from calib_checks.thresholds import GatePolicy
 from calib_checks.verdicts import VERDICTS, CaseResult, VerdictError, apply_family, holm, judge_arrays, judge_case
@@ -31,7 +31,7 @@ def make_scores(label: str, probs: np.ndarray, labels: np.ndarray, ids: list[str
     ids = ids or [f"test-{i}" for i in range(len(labels))]
     records = [
         ItemRecord(id=item_id, gold=int(y), scores={e: np.log(np.maximum(p, 1e-300)).tolist() for e in EXTRACTORS},
-                   probs={e: p.tolist() for e in EXTRACTORS}, n_tokens=[1] * len(p), letter_token_ids=[1, 2, 3, 4])
+                   n_options=len(p), n_tokens=[1] * len(p), letter_token_ids=[1, 2, 3, 4])
         for item_id, y, p in zip(ids, labels, probs)
     ]
     return TaskScores(model_label=label, model_identity={"name": label}, task="arc_easy", data_fingerprint="f",
@@ -188,7 +188,7 @@ def test_relative_limit_adds_tolerance_and_base_zero_has_no_relative_change() ->
     assert decision.margin == 0.02
 
 
-@pytest.mark.parametrize("problem", ["other-ids", "order", "labels", "empty", "nan-base", "nan-aligned", "task"])
+@pytest.mark.parametrize("problem", ["other-ids", "repeated", "labels", "empty", "task", "lacking"])
 def test_unjudgeable_cases_are_errors_never_passes(data, problem: str) -> None:
     logits, labels = data
     probs = softmax(logits[:60])
@@ -198,20 +198,15 @@ def test_unjudgeable_cases_are_errors_never_passes(data, problem: str) -> None:
     aligned = make_scores("a", probs, y, ids)
     if problem == "other-ids":
         aligned = make_scores("a", probs, y, ids[:-1] + ["test-999"])
-    elif problem == "order":
-        aligned = make_scores("a", probs, y, ids[1:] + ids[:1])
+    elif problem == "repeated":
+        aligned = make_scores("a", probs, y, ids[:-1] + ids[:1])
     elif problem == "labels":
         aligned = make_scores("a", probs, (y + 1) % K, ids)
     elif problem == "empty":
         base, aligned = make_scores("b", probs[:0], y[:0]), make_scores("a", probs[:0], y[:0])
-    elif problem == "nan-base":
-        bad = probs.copy()
-        bad[7] = np.nan
-        base = make_scores("b", bad, y, ids)
-    elif problem == "nan-aligned":
-        bad = probs.copy()
-        bad[3, 1] = np.inf
-        aligned = make_scores("a", bad, y, ids)
+    elif problem == "lacking":  # e.g. continuation-min from an lm-eval side, which logs only sums
+        for record in aligned.records[:5]:
+            del record.scores["choice"]
     else:
         aligned.task = "piqa"
     result = judge_case(base, aligned, "choice", "ece", Rule(max_increase=0.5, min_items=1, n_resamples=1000))
@@ -219,16 +214,41 @@ def test_unjudgeable_cases_are_errors_never_passes(data, problem: str) -> None:
     assert result.message.startswith("ERROR ece on arc_easy (choice): ")
     assert result.change is None and result.compared is None
     json.dumps(result.to_json(), allow_nan=False)  # results.json refuses NaN
-    if problem.startswith("nan"):
-        assert "NaN/inf" in result.message and ("test-7" in result.message or "test-3" in result.message)
+    if problem == "lacking":
+        assert "choice is not available from the aligned side" in result.message and "5 of 60" in result.message
 
 
-def test_invalid_probabilities_are_an_error_verdict(data) -> None:
+def test_the_aligned_side_is_matched_to_the_base_by_item_id(data) -> None:
+    """A side read from files may list its items in another order: judged item for item, the same verdict."""
     logits, labels = data
-    probs = softmax(logits[:60]) * 1.5  # rows sum to 1.5
-    result = judge_case(make_scores("b", probs, labels[:60]), make_scores("a", probs, labels[:60]), "choice", "ece",
-                        Rule(max_increase=0.01, min_items=1, n_resamples=1000))
-    assert result.verdict == "error" and "sums to" in result.message
+    probs, sharp, y = softmax(logits[:300]), softmax(logits[:300] / 0.6), labels[:300]
+    ids = [f"test-{i}" for i in range(300)]
+    order = np.random.default_rng(1).permutation(300)
+    base = make_scores("b", probs, y, ids)
+    shuffled = make_scores("a", sharp[order], y[order], [ids[i] for i in order])
+    straight = judge_case(base, make_scores("a", sharp, y, ids), "choice", "overconfidence", RULE)
+    assert judge_case(base, shuffled, "choice", "overconfidence", RULE) == straight
+
+
+def test_non_finite_scores_never_become_a_record() -> None:
+    """A NaN or inf score is refused where the record is made (engine, score file, lm-eval run), so no case
+    can ever be judged on it."""
+    with pytest.raises(RecordError, match="non-finite choice score"):
+        ItemRecord(id="x", gold=0, scores={"choice": [0.0, float("nan")]}, n_options=2)
+
+
+def test_scores_become_probabilities_by_the_one_softmax(data) -> None:
+    """Scores shifted by a constant per item are the same probabilities: the same verdict."""
+    logits, labels = data
+    probs, y = softmax(logits[:200]), labels[:200]
+    base = make_scores("b", probs, y)
+    aligned = make_scores("a", softmax(logits[:200] / 0.7), y)
+    shifted = make_scores("a", softmax(logits[:200] / 0.7), y)
+    for i, record in enumerate(shifted.records):
+        record.scores = {e: [v - 3.0 * i for v in values] for e, values in record.scores.items()}
+    rule = Rule(max_increase=0.01, min_items=1, n_resamples=1000)
+    ours, theirs = judge_case(base, shifted, "choice", "ece", rule), judge_case(base, aligned, "choice", "ece", rule)
+    assert ours.verdict == theirs.verdict and ours.change == pytest.approx(theirs.change, abs=1e-12)
 
 
 def test_misuse_raises(data) -> None:

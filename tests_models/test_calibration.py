@@ -13,7 +13,7 @@ from calib_checks.plugin import check_case, check_run
 
 
 def test_calibration(calib_case, calib_result, calib_gate) -> None:
-    check_case(calib_result, calib_gate.policy.on_inconclusive)
+    check_case(calib_result, calib_gate.policy)
 
 
 def test_gate_verdict(calib_gate, calib_results, request) -> None:

@@ -1,4 +1,4 @@
-"""lm-evaluation-harness output as a model: the `lm-eval:PATH` side of a gate pair (docs/LMEVAL.md).
+"""lm-evaluation-harness output as a score source: the ``lm-eval:PATH`` side of a gate pair (docs/LMEVAL.md).
 
 Teams that score big checkpoints with lm-eval (vLLM, SGLang, HF + accelerate) gate them here without
 scoring again: a pair side ``lm-eval:PATH`` reads the ``samples_<task>_<date>.jsonl`` files that
@@ -24,6 +24,7 @@ beside them.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import hashlib
 import json
@@ -35,11 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 from calib_checks.errors import CalibChecksError
 from calib_checks.fileio import read_jsonl
-from calib_checks.tasks import MMLU_SUBJECTS, TASKS, DataError, Item, Skip, TaskSpec, get_task
+from calib_checks.tasks import MMLU_SUBJECTS, TASKS, DataError, Item, Skip, TaskSpec
+
+from calib_checks.sources import Source, SourceContext, SourceError, safe_label
 
 if TYPE_CHECKING:
     from calib_checks.data import TaskData
-    from calib_checks.scoring import TaskScores
+    from calib_checks.records import TaskScores
 
 PREFIX = "lm-eval:"
 TASKS_OPTION = "?tasks="
@@ -57,7 +60,8 @@ class LmEvalError(CalibChecksError):
     """lm-eval output that cannot be gated as written (one line: which file, doc or task, and the fix)."""
 
 
-def calib_task_of(lmeval_task: str, custom: Mapping[str, str] | None = None) -> str | None:
+def calib_task_of(lmeval_task: str, custom: Mapping[str, str] | None = None,
+                  tasks: Mapping[str, TaskSpec] = TASKS) -> str | None:
     """The calib-checks task an lm-eval task's samples belong to, or None when it maps to none.
 
     `custom` (the spec's ``?tasks=`` mapping) wins. Built in: ``arc_easy``, ``arc_challenge``, ``hellaswag``,
@@ -70,7 +74,7 @@ def calib_task_of(lmeval_task: str, custom: Mapping[str, str] | None = None) -> 
     if lmeval_task in _SAME_NAME:
         return lmeval_task
     bench = _BENCH_NAME.match(lmeval_task)
-    if bench and bench["task"] in TASKS:
+    if bench and bench["task"] in tasks:
         return bench["task"]
     mmlu = _MMLU_NAME.match(lmeval_task)
     if mmlu and mmlu["subject"] in MMLU_SUBJECTS:
@@ -84,7 +88,8 @@ def mmlu_subject(lmeval_task: str) -> str | None:
     return mmlu["subject"] if mmlu and mmlu["subject"] in MMLU_SUBJECTS else None
 
 
-def feeds(lmeval_task: str, task: str, custom: Mapping[str, str] | None = None) -> bool:
+def feeds(lmeval_task: str, task: str, custom: Mapping[str, str] | None = None,
+          tasks: Mapping[str, TaskSpec] = TASKS) -> bool:
     """Whether an lm-eval task's samples are items of calib-checks task `task`.
 
     An MMLU group (``mmlu_stem``, ...) is fed by the per-subject tasks of its subjects; anything else by the
@@ -93,16 +98,16 @@ def feeds(lmeval_task: str, task: str, custom: Mapping[str, str] | None = None) 
     if custom and lmeval_task in custom:
         return custom[lmeval_task] == task
     subject = mmlu_subject(lmeval_task)
-    spec = TASKS.get(task)
+    spec = tasks.get(task)
     if subject is not None and spec is not None and spec.per_subject and calib_task_of(lmeval_task) == "mmlu":
         return subject in spec.subjects
-    return calib_task_of(lmeval_task, custom) == task
+    return calib_task_of(lmeval_task, custom, tasks) == task
 
 
 # ------------------------------------------------------------------------------------------------ the spec
 
 
-def parse_spec(text: str) -> tuple[str, dict[str, str]] | None:
+def parse_spec(text: str, tasks: Mapping[str, TaskSpec] = TASKS) -> tuple[str, dict[str, str]] | None:
     """(PATH text, custom task mapping) of ``lm-eval:PATH[?tasks=NAME=TASK+NAME=TASK]``; None when `text` is not
     an lm-eval spec. The mapping is checked against the registered tasks (`LmEvalError` with a close name)."""
     if not text.startswith(PREFIX):
@@ -115,10 +120,10 @@ def parse_spec(text: str) -> tuple[str, dict[str, str]] | None:
         name, sep, task = entry.partition("=")
         if not sep or not name or not task:
             raise LmEvalError(f"{text!r}: {entry!r} is not NAME=TASK (e.g. lm-eval:OUT?tasks=my_arc=arc_easy)")
-        try:
-            get_task(task)
-        except DataError as exc:
-            raise LmEvalError(f"{text!r}: {exc}") from None
+        if task not in tasks:
+            close = difflib.get_close_matches(task, list(tasks), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise LmEvalError(f"{text!r}: unknown task {task!r}{hint}; known: {', '.join(tasks)}")
         custom[name] = task
     return path, custom
 
@@ -145,6 +150,7 @@ class LmEvalRun:
     folder: Path  # PATH's folder, the part of its path before any wildcard: what the side is named after
     custom: dict[str, str]
     files: dict[str, SamplesFile]  # lm-eval task name -> its file
+    tasks: Mapping[str, TaskSpec] = field(default_factory=lambda: TASKS)  # the run's task registry
     results: dict[Path, dict[str, Any]] = field(default_factory=dict)  # results file -> parsed
     # calib-checks task -> task_items' answer: the gate asks for it twice (items, then scores) per task.
     parsed: dict[str, tuple[list[Item], dict[str, dict[str, tuple[float, ...]]]]] = field(default_factory=dict)
@@ -156,19 +162,19 @@ class LmEvalRun:
 
     def sources(self, task: str) -> list[SamplesFile]:
         """The samples files holding items of calib-checks task `task`, by lm-eval task name."""
-        return [f for name, f in sorted(self.files.items()) if feeds(name, task, self.custom)]
+        return [f for name, f in sorted(self.files.items()) if feeds(name, task, self.custom, self.tasks)]
 
     def calib_tasks(self) -> list[str]:
         """The calib-checks tasks this run has samples of (for messages)."""
-        found = {calib_task_of(name, self.custom) for name in self.files}
+        found = {calib_task_of(name, self.custom, self.tasks) for name in self.files}
         return sorted(t for t in found if t is not None)
 
 
-def open_run(spec: str) -> LmEvalRun:
+def open_run(spec: str, tasks: Mapping[str, TaskSpec] = TASKS) -> LmEvalRun:
     """The run(s) an ``lm-eval:PATH`` spec names: PATH is an ``--output_path`` folder (searched below), one
     samples file, or a glob pattern of samples files. Every samples file needs its run's ``results_<date>.json``
     beside it, and each lm-eval task may come from one run only. Raises `LmEvalError`."""
-    parsed = parse_spec(spec)
+    parsed = parse_spec(spec, tasks)
     if parsed is None:
         raise LmEvalError(f"{spec!r} is not an lm-eval:PATH spec")
     text, custom = parsed
@@ -200,7 +206,7 @@ def open_run(spec: str) -> LmEvalRun:
     if not files:
         raise LmEvalError(f"{spec}: no samples_*.jsonl under {text!r}; run lm_eval with --log_samples")
     folder = base if base.is_dir() else next(p for p in base.parents if not glob.has_magic(str(p)))
-    run = LmEvalRun(spec, str(base.resolve()) if base.exists() else text, folder.resolve(), custom, files)
+    run = LmEvalRun(spec, str(base.resolve()) if base.exists() else text, folder.resolve(), custom, files, tasks)
     for results_path in sorted({f.results_path for f in files.values()}):
         try:
             run.results[results_path] = json.loads(results_path.read_text(encoding="utf-8"))
@@ -210,7 +216,7 @@ def open_run(spec: str) -> LmEvalRun:
     if len(models) > 1:
         raise LmEvalError(f"{spec}: the samples come from runs of different models ({'; '.join(sorted(models))}); "
                           "one side is one model")
-    unmapped = [name for name in files if calib_task_of(name, custom) is None]
+    unmapped = [name for name in files if calib_task_of(name, custom, tasks) is None]
     if len(unmapped) == len(files):
         raise LmEvalError(f"{spec}: none of its lm-eval tasks ({', '.join(sorted(files))}) maps to a calib-checks "
                           f"task; name them with lm-eval:PATH?tasks={unmapped[0]}=TASK (docs/LMEVAL.md)")
@@ -398,7 +404,7 @@ def task_items(run: LmEvalRun, task: str) -> tuple[list[Item], dict[str, dict[st
 
 
 def _task_items(run: LmEvalRun, task: str) -> tuple[list[Item], dict[str, dict[str, tuple[float, ...]]]]:
-    spec = get_task(task)
+    spec = run.tasks[task]
     sources = run.sources(task)
     if not sources:
         raise LmEvalError(f"{run.spec} has no samples of task {task} (it has: "
@@ -445,7 +451,7 @@ def _task_items(run: LmEvalRun, task: str) -> tuple[list[Item], dict[str, dict[s
 def task_data(run: LmEvalRun, task: str, limit: int | None = None, seed: int = 0) -> TaskData:
     """The run's items of `task` as a `data.TaskData`, with the gate's `--limit` sample among them.
 
-    What a checkpoint the gate scores itself is scored on when it is paired with this run: the very items
+    What a checkpoint the gate scores itself is scored on when it is compared with this run: the very items
     (and so the very prompts) lm-eval scored.
     """
     from calib_checks.data import TaskData, fingerprint_items, sample_items
@@ -458,29 +464,53 @@ def task_data(run: LmEvalRun, task: str, limit: int | None = None, seed: int = 0
 
 
 def task_scores(run: LmEvalRun, task: str, label: str, limit: int | None = None, seed: int = 0) -> TaskScores:
-    """The side's `scoring.TaskScores` on `task`: one `ItemRecord` per item of the `--limit` sample, with the
+    """The side's `records.TaskScores` on `task`: one `ItemRecord` per item of the `--limit` sample, with the
     extractors lm-eval's samples give (the gate errors the cases of the others)."""
-    from calib_checks.data import fingerprint_items, sample_items
-    from calib_checks.scoring import ItemRecord, TaskScores, _softmax
+    from calib_checks.records import ItemRecord, ScoreStats, TaskScores
 
-    items, scores = task_items(run, task)
-    chosen = sample_items(items, limit, seed)
+    data = task_data(run, task, limit, seed)
+    _, scores = task_items(run, task)
     present = [e for e in (CONTINUATION, CHOICE) if any(e in s for s in scores.values())]
-    records = [
-        ItemRecord(
-            id=item.id, gold=item.gold,
-            scores={e: list(scores[item.id][e]) for e in present},
-            # The engine's own softmax, so a lm-eval side and a scored side are turned into probabilities alike.
-            probs={e: _softmax(scores[item.id][e]) for e in present},
-            n_tokens=[0] * len(item.options),  # unknown (lm-eval logs no token counts): only the length is read
-            letter_token_ids=[],
-        )
-        for item in chosen
-    ]
+    records = [ItemRecord(id=item.id, gold=item.gold, scores={e: list(scores[item.id][e]) for e in present},
+                          n_options=len(item.options)) for item in data.items]
     return TaskScores(
-        model_label=label, model_identity=identity(run), task=task, data_fingerprint=fingerprint_items(chosen),
+        model_label=label, model_identity=identity(run), task=task, data_fingerprint=data.fingerprint,
         records=records,
-        # "source" names the side in the gate's error for an extractor the records lack (continuation-min, ...).
-        stats={"cache": "lm-eval", "source": f"lm-eval run {run.where}",
-               "samples": [str(f.path) for f in run.sources(task)], "n_available": len(items)},
+        stats=ScoreStats(source=f"lm-eval run {run.where}", files=tuple(str(f.path) for f in run.sources(task)),
+                         n_available=data.n_available),
     )
+
+
+class LmEvalSource(Source):
+    """``lm-eval:PATH[?tasks=NAME=TASK+...]``: the samples of an ``lm_eval --log_samples`` run. It decides the
+    items of the comparisons it is in (`items`): the checkpoints compared with it are scored on them."""
+
+    prefix = PREFIX
+    fixes_items = True
+
+    def __init__(self, text: str, context: SourceContext) -> None:
+        super().__init__(text, context)
+        try:
+            self.run = open_run(text, context.tasks or TASKS)
+        except LmEvalError as exc:
+            raise SourceError(str(exc)) from None
+
+    @property
+    def label(self) -> str:
+        return safe_label(self.run.folder.name)
+
+    @property
+    def label_context(self) -> tuple[str, ...]:
+        return tuple(safe_label(p) for p in reversed(self.run.folder.parts[1:-1]))
+
+    def identity(self) -> dict[str, Any]:
+        return identity(self.run)
+
+    def describe(self, identity: Mapping[str, Any]) -> str:
+        return describe(identity)
+
+    def items(self, task: str) -> TaskData | None:
+        return task_data(self.run, task, self.context.limit, self.context.seed)
+
+    def scores(self, task: str, data: TaskData | None) -> TaskScores:
+        return task_scores(self.run, task, self.label, self.context.limit, self.context.seed)

@@ -1,0 +1,232 @@
+"""Score sources: where one side of a comparison gets its scores, behind one interface.
+
+A side of a gate pair is a text such as ``meta-llama/Meta-Llama-3-8B``, ``scores:runs/llama/base`` or
+``lm-eval:out/base``. `open_source` finds the source class by the text's prefix in the registry and opens it; the
+gate then asks every source the same questions (`Source`) and never branches on what kind it is.
+
+The registry (`registry()`): the built-in sources, `BUILTIN` (prefix -> "module:Class"), plus every entry point
+of the group ``calib_checks.sources`` that installed packages declare, the way pytest finds plugins; the entry
+point's name is the prefix without its colon::
+
+    # a third party's pyproject.toml: sides written vllm:...
+    [project.entry-points."calib_checks.sources"]
+    vllm = "my_package.vllm_source:VllmSource"
+
+A text with no registered prefix is a checkpoint (`sources.checkpoint`). Adding a source is one file (a `Source`
+subclass) plus one registry line: docs/ARCHITECTURE.md, "Adding a score source", walks through
+examples/csv_source.py, which tests/test_sources.py runs through the whole gate.
+
+Sources that compute their scores from a deterministic model (`Source.cacheable`) are wrapped in
+`sources.cached.CachedSource` by `open_source`, which gives them the score cache: records are stored per item and
+reused by any later run that asks for the same items of the same source.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from calib_checks.errors import CalibChecksError
+
+if TYPE_CHECKING:
+    from calib_checks.cache import ScoreCache
+    from calib_checks.data import TaskData
+    from calib_checks.progress import Progress
+    from calib_checks.records import TaskScores
+    from calib_checks.tasks import TaskSpec
+
+__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Source", "SourceContext", "SourceError", "distinct_labels",
+           "open_source", "registry", "safe_label"]
+
+#: Built-in sources by prefix: "module:Class". A new in-tree source is one line here.
+BUILTIN: dict[str, str] = {
+    "scores:": "calib_checks.sources.scorefolder:ScoreFolderSource",
+    "lm-eval:": "calib_checks.sources.lmeval:LmEvalSource",
+}
+#: The entry-point group through which installed packages register sources (name = the prefix without ':').
+ENTRY_POINT_GROUP = "calib_checks.sources"
+_CHECKPOINT = "calib_checks.sources.checkpoint:CheckpointSource"
+_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+class SourceError(CalibChecksError):
+    """A side that cannot be opened or scored as written (one line: what is wrong and what to do)."""
+
+
+@dataclass(frozen=True)
+class SourceContext:
+    """What every source of one run shares: the run's options that concern scoring, and its task registry.
+
+    ``limit`` and ``seed`` are the gate's `--calib-limit` sample (a source that decides its items, such as an
+    lm-eval run, samples them by `data.sample_items`); ``tasks`` is the run's task registry (built-in tasks and
+    the run's task files); ``cache`` is the score cache that `open_source` gives cacheable sources (None: off).
+    """
+
+    device: str = "auto"
+    dtype: str = "auto"
+    attention: str = "auto"
+    batch_size: int | Literal["auto"] = "auto"
+    trust_remote_code: bool = False
+    progress: Progress | bool = False
+    limit: int | None = None
+    seed: int = 0
+    data_source: str = "auto"
+    tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
+    cache: ScoreCache | None = None
+
+    def task(self, name: str) -> TaskSpec:
+        """The registered task `name` (SourceError naming the known tasks otherwise)."""
+        from calib_checks.tasks import TASKS
+
+        tasks = self.tasks or TASKS
+        if name not in tasks:
+            raise SourceError(f"unknown task {name!r}; known: {', '.join(tasks)}")
+        return tasks[name]
+
+
+class Source(ABC):
+    """One side's scores. Subclasses set `prefix` and implement `label`, `identity` and `scores`.
+
+    The gate's questions, in the order it asks them:
+
+    - `label`: a short, filesystem-safe name (records go under ``records/<label>/``); `label_context` lists the
+      enclosing names that `distinct_labels` prepends when two sides would share a label;
+    - `identity()`: JSON-able, what the numbers are (weights hash, hub commit, file hashes); two sides with
+      equal identities are one model, which the gate refuses to compare with itself. May be slow (hashing): the
+      gate asks once, on the controller only;
+    - `describe(identity)`: one phrase naming it for messages and the report;
+    - `items(task)`: the items when this source decides them (an lm-eval run: the documents it scored), else
+      None; the gate loads the task's data set for the sources that `needs_items`;
+    - `scores(task, data)`: the `records.TaskScores` of `task`. `data` is the items to score (never None when
+      `needs_items`); a source reading files may return more or other items than `data` holds: the gate aligns
+      the two sides by item id and errors a case whose sides differ;
+    - `close()`: free what the source holds (a model's weights).
+
+    `cacheable` sources compute deterministic scores worth keeping (`open_source` wraps them in
+    `sources.cached.CachedSource`); their `cache_inputs()` is everything the numbers depend on besides the items
+    (identity, software stack, versions).
+    """
+
+    prefix: ClassVar[str] = ""
+    needs_items: ClassVar[bool] = False
+    fixes_items: ClassVar[bool] = False
+    cacheable: ClassVar[bool] = False
+
+    def __init__(self, text: str, context: SourceContext) -> None:
+        self.text = text
+        self.context = context
+
+    @property
+    def location(self) -> str:
+        """The text after the prefix."""
+        return self.text[len(self.prefix):]
+
+    @property
+    @abstractmethod
+    def label(self) -> str: ...
+
+    @property
+    def label_context(self) -> tuple[str, ...]:
+        """Names to disambiguate the label with, nearest first (default: the location's parent folders)."""
+        parts = Path(self.location.partition("?")[0]).parts[:-1]
+        return tuple(safe_label(p) for p in reversed(parts) if p not in ("/", ".", ".."))
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]: ...
+
+    def describe(self, identity: Mapping[str, Any]) -> str:
+        return f"{self.text} ({identity.get('name', self.location)})"
+
+    def items(self, task: str) -> TaskData | None:
+        return None
+
+    @abstractmethod
+    def scores(self, task: str, data: TaskData | None) -> TaskScores: ...
+
+    def cache_inputs(self) -> dict[str, Any] | None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def safe_label(text: str) -> str:
+    """`text` as a filesystem-safe label: letters, digits and ``._@+-``, at most 100 characters."""
+    return re.sub(r"[^A-Za-z0-9._@+-]", "_", text).lstrip("._")[:100] or "model"
+
+
+def _load(target: str, where: str) -> type[Source]:
+    module, _, name = target.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise SourceError(f"score source {target!r} ({where}) cannot be imported: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Source)):
+        raise SourceError(f"score source {target!r} ({where}) is not a calib_checks.sources.Source subclass")
+    return cls
+
+
+def registry() -> dict[str, str]:
+    """Prefix -> "module:Class" of every registered source: `BUILTIN`, then the ``calib_checks.sources`` entry
+    points of installed packages (which cannot replace a built-in prefix)."""
+    found = dict(BUILTIN)
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if not _NAME.match(entry.name):
+            raise SourceError(f"entry point {entry.name!r} of group {ENTRY_POINT_GROUP} ({entry.value}) is not a "
+                              "prefix name like 'vllm' (lower-case letters, digits and '-'; sides are then vllm:...)")
+        prefix = f"{entry.name}:"
+        if prefix in BUILTIN:
+            raise SourceError(f"entry point {entry.value!r} claims the built-in prefix {prefix!r}; rename it")
+        found[prefix] = entry.value
+    return found
+
+
+def open_source(text: str, context: SourceContext) -> Source:
+    """The source a side's text names: the registered prefix it starts with (the longest), else a checkpoint.
+
+    Raises `SourceError` (or the source's own `CalibChecksError`) when the text cannot be opened.
+    """
+    prefixes = registry()
+    prefix = max((p for p in prefixes if text.startswith(p)), key=len, default=None)
+    cls = _load(prefixes[prefix], f"prefix {prefix}") if prefix else _load(_CHECKPOINT, "checkpoints")
+    source = cls(text, context)
+    if context.cache is not None and source.cacheable:
+        from calib_checks.sources.cached import CachedSource
+
+        return CachedSource(source, context.cache)
+    return source
+
+
+def distinct_labels(sources: Iterable[Source]) -> dict[str, str]:
+    """Text -> label for each source, made distinct: where labels collide, the colliding sources' labels get their
+    enclosing names (`Source.label_context`) prepended, as few as tell them apart (``runs/llama/base`` and
+    ``runs/mistral/base`` become ``llama_base`` and ``mistral_base``); sources that nothing tells apart keep their
+    label with ``-2``, ``-3``, ... in order. Records are filed under these labels, so they never overwrite each
+    other."""
+    sources = list(sources)
+    labels = {s.text: s.label for s in sources}
+    groups: dict[str, list[Source]] = {}
+    for source in sources:
+        groups.setdefault(source.label, []).append(source)
+    for group in (g for g in groups.values() if len(g) > 1):
+        for depth in range(1, max(len(s.label_context) for s in group) + 1):
+            longer = {s.text: safe_label("_".join([*reversed(s.label_context[:depth]), s.label])) for s in group}
+            if len(set(longer.values())) == len(group):
+                labels.update(longer)
+                break
+    used: set[str] = set()
+    for source in sources:
+        label = candidate = labels[source.text]
+        number = 1
+        while candidate in used:
+            number += 1
+            candidate = f"{label}-{number}"
+        used.add(candidate)
+        labels[source.text] = candidate
+    return labels
