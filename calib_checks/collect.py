@@ -8,8 +8,8 @@ comparisons only, never another pair's.
 
 Workers: under pytest-xdist every worker needs every score (the family correction spans tasks), so `collect_all`
 takes this worker's share of the (side, task) jobs first, in rotated order, and then the others, which the score
-cache's lock makes it wait for and read: each job is computed once over all workers. A source is closed (a model's
-weights dropped) after the last job that is this worker's own.
+cache's lock makes it wait for and read: each job is computed once over all workers. The gate closes a source (a
+model's weights dropped) once every family it belongs to is judged.
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ class GateError(CalibChecksError):
 
 @dataclass(frozen=True)
 class Job:
-    """One side's scores on one task, for one comparison family (whose items they are)."""
+    """One side's scores on one task, for one comparison family (whose items they are), at one look (the first
+    `look` items; None: all)."""
 
     side: str
     task: str
     family: str
+    look: int | None = None
 
 
 class ScoreCollection:
@@ -91,8 +93,24 @@ class ScoreCollection:
             self._items[key] = data
         return self._items[key]
 
-    def scores(self, side: str, task: str, family: str) -> TaskScores:
-        """A side's scores on a task for a family's items: computed, from the cache or from its files, once."""
+    def budget(self, family: str, task: str) -> int:
+        """How many items the family can be judged on for `task` (0 when they cannot be had: its cases error)."""
+        try:
+            data = self.items(family, task)
+            if data is not None:
+                return len(data.items)
+            side = next(t for t in self._family_sides(family) if self.sides[t].source is not None)
+            return len(self.scores(side, task, family).records)
+        except (GateError, StopIteration):
+            return 0
+
+    def scores(self, side: str, task: str, family: str, look: int | None = None) -> TaskScores:
+        """A side's scores on a task for a family's items: computed, from the cache or from its files, once.
+
+        `look`: only the first `look` items in the run's seeded order (`data.sample_ids`: the gate's sequential
+        looks; every later look holds the earlier ones, and the score cache computes only the new items); None:
+        every item.
+        """
         for key in ((side, ""), (side, task)):
             if key in self._failures:
                 raise GateError(self._failures[key])
@@ -101,6 +119,15 @@ class ScoreCollection:
             self._failures[(side, "")] = f"model {entry.label} cannot be used: {entry.error}"
             raise GateError(self._failures[(side, "")])
         data = self.items(family, task)
+        if look is not None and data is None:  # sides that read their own records: a sample of them
+            from calib_checks.data import sample_ids
+
+            full = self.scores(side, task, family)
+            return full.select(sample_ids(full.ids, look, self.selection.options.seed))
+        if look is not None and data is not None and look < len(data.items):
+            from calib_checks.data import sample_items
+
+            data = data.restricted(sample_items(data.items, look, self.selection.options.seed))
         memo = (side, task, None if data is None else data.fingerprint)  # families on the same items share it
         if memo in self._scores:
             return self._scores[memo]
@@ -126,10 +153,11 @@ class ScoreCollection:
         self._scores[memo] = scores
         return scores
 
-    def pair_scores(self, comparison: Comparison, task: str) -> tuple[TaskScores, TaskScores]:
-        """Both sides' scores on `task` (GateError for either)."""
-        return (self.scores(comparison.base, task, comparison.family),
-                self.scores(comparison.aligned, task, comparison.family))
+    def pair_scores(self, comparison: Comparison, task: str, look: int | None = None
+                    ) -> tuple[TaskScores, TaskScores]:
+        """Both sides' scores on `task` (GateError for either); `look` as in `scores`."""
+        return (self.scores(comparison.base, task, comparison.family, look),
+                self.scores(comparison.aligned, task, comparison.family, look))
 
     def scored_identity(self, side: str) -> dict[str, Any] | None:
         """The identity a side's scores carry (what was actually compared), None before it scored anything."""
@@ -144,12 +172,8 @@ class ScoreCollection:
         """Score every job, this worker's share first (module docstring); failures are remembered, not raised."""
         jobs = list(dict.fromkeys(jobs))
         mine = [job for i, job in enumerate(jobs) if i % self.n_workers == self.worker]
-        order = mine + [job for job in jobs if job not in mine]
-        last_own = {job.side: i for i, job in enumerate(mine)}
-        for i, job in enumerate(order):
+        for job in mine + [job for job in jobs if job not in mine]:
             try:
-                self.scores(job.side, job.task, job.family)
+                self.scores(job.side, job.task, job.family, job.look)
             except GateError:
                 pass  # remembered in self._failures; the case says it
-            if last_own.get(job.side, -1) <= i:
-                self.sides.close(job.side)

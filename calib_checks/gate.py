@@ -19,7 +19,8 @@ The steps (the pytest plugin, calib_checks/plugin.py, runs the same ones from it
    family, so none exists before every case of the family has its numbers.
 5. `Gate.finish(results, missing=...)` accounts for completeness (an expected case without a result is an error
    unless `allow_partial`), computes the run verdict (`verdicts.run_verdict`), writes results.json (results.py),
-   then renders report.html (report.py): persistence never calls presentation.
+   then renders report.html (report.py) and results.md (summary.py, also appended to `$GITHUB_STEP_SUMMARY`):
+   persistence never calls presentation.
 
 Nothing here branches on the kind of a side: every side answers the `sources.Source` questions. Identity: the
 resolved commit or content hash of both sides goes into every failure message, results.json and the report.
@@ -91,6 +92,7 @@ class Gate:
         self.selection.name_comparisons(self.sides.labels)
         self._writer: RunWriter | None = None
         self._collection: ScoreCollection | None = None
+        self.sequence: dict[str, dict[str, Any]] = {}  # family -> its looks, where and why it stopped (`judge`)
 
     @property
     def policy(self) -> GatePolicy:
@@ -156,28 +158,78 @@ class Gate:
 
     # ------------------------------------------------------------------------------------------ judging
 
-    def jobs(self, cases: Sequence[Case]) -> list[Job]:
-        """The (side, task, family) scores the cases need, in case order."""
+    def looks(self, family: str, tasks: Sequence[str]) -> list[int | None]:
+        """The family's looks: items per task at each (`first_look`, doubling; None = every item, the last).
+        One look (None) when the run is not sequential."""
+        if not self.options.sequential:
+            return [None]
+        budget = max((self.collection.budget(family, task) for task in tasks), default=0)
+        sizes: list[int | None] = []
+        n = self.options.first_look
+        while n < budget:
+            sizes.append(n)
+            n *= 2
+        return [*sizes, None]
+
+    def judge(self, cases: Sequence[Case]) -> dict[Case, CaseResult]:
+        """Every case judged, the family correction applied per thresholds.toml's [gate] policy.
+
+        Sequentially (the default), each family (pair or chain) is judged at each of its looks on the items seen so
+        far, with `verdicts.look_alpha` of the family's false-alarm rate spent there, and stops at the first look
+        where a case fails: a regression is then certain, and scoring more items would not change the verdict. A
+        family with no failing case runs to its last look, where every item is judged. `self.sequence` records,
+        per family, the looks, where it stopped and why.
+        """
+        from calib_checks.verdicts import apply_family, look_alpha, stopped_early
+
+        by_family: dict[str, list[Case]] = {}
+        for case in cases:
+            by_family.setdefault(self.selection.comparison(case.pair).family, []).append(case)
+        plans = {family: self.looks(family, list(dict.fromkeys(c.task for c in members)))
+                 for family, members in by_family.items()}
+        final: dict[Case, CaseResult] = {}
+        for j in range(max((len(p) for p in plans.values()), default=0)):
+            active = [f for f in by_family if f not in self.sequence and j < len(plans[f])]
+            self.collection.collect_all(self._jobs([c for f in active for c in by_family[f]], plans, j))
+            for family in active:
+                plan = plans[family]
+                alpha = look_alpha(self.policy.alpha, j, len(plan))
+                judged = apply_family([self._judge_one(c, plan[j]) for c in by_family[family]],
+                                      replace(self.policy, alpha=alpha))
+                failed = any(r.verdict == "fail" for r in judged)
+                if failed or j == len(plan) - 1:
+                    early = failed and j < len(plan) - 1
+                    reason = (f"a case failed at look {j + 1} of {len(plan)}: the regression is certain"
+                              if early else f"every item judged (look {j + 1} of {len(plan)})")
+                    self.sequence[family] = {"looks": plan, "stopped_at": j + 1, "reason": reason, "alpha": alpha,
+                                             "items": plan[j]}
+                    for case, result in zip(by_family[family], judged):
+                        final[case] = stopped_early(result, reason) if early else result
+                    self._close_finished(by_family)
+        return {case: self._with_identities(final[case]) for case in cases}
+
+    def _jobs(self, cases: Sequence[Case], plans: dict[str, list[int | None]], look: int) -> list[Job]:
+        """The (side, task, family, look) scores the cases need at their family's look `look`, in case order."""
         jobs: list[Job] = []
         for case in cases:
             c = self.selection.comparison(case.pair)
-            jobs += [Job(c.base, case.task, c.family), Job(c.aligned, case.task, c.family)]
+            n = plans[c.family][look]
+            jobs += [Job(c.base, case.task, c.family, n), Job(c.aligned, case.task, c.family, n)]
         return list(dict.fromkeys(jobs))
 
-    def judge(self, cases: Sequence[Case]) -> dict[Case, CaseResult]:
-        """Every case judged, then the family correction applied per thresholds.toml's [gate] policy."""
-        from calib_checks.verdicts import apply_family
+    def _close_finished(self, by_family: dict[str, list[Case]]) -> None:
+        """Drop the weights of every side whose families are all judged (they are not needed again)."""
+        pending = {t for f in by_family if f not in self.sequence for c in self.comparisons if c.family == f
+                   for t in (c.base, c.aligned)}
+        for side in self.sides:
+            if side.text not in pending:
+                self.sides.close(side.text)
 
-        self.collection.collect_all(self.jobs(cases))
-        raw = [self._judge_one(case) for case in cases]
-        adjusted = apply_family(raw, self.policy)
-        return {case: self._with_identities(result) for case, result in zip(cases, adjusted)}
-
-    def _judge_one(self, case: Case) -> CaseResult:
+    def _judge_one(self, case: Case, look: int | None = None) -> CaseResult:
         from calib_checks.verdicts import judge_case
 
         try:
-            base, aligned = self.collection.pair_scores(self.selection.comparison(case.pair), case.task)
+            base, aligned = self.collection.pair_scores(self.selection.comparison(case.pair), case.task, look)
         except GateError as exc:
             return self.error_result(case, str(exc))
         rule = self.selection.rules[(case.task, case.extractor, case.metric)]
@@ -223,6 +275,7 @@ class Gate:
             "data_source": o.data_source, "batch_size": o.batch_size, "cache": o.use_cache,
             "policy": self.policy.to_json(),
             "selection": {"tasks": list(o.tasks), "extractors": list(o.extractors), "metrics": list(o.metrics)},
+            "sequential": {"on": o.sequential, "first_look": o.first_look, "families": self.sequence},
             **(extra or {}),
         }
 
@@ -255,15 +308,20 @@ class Gate:
         """Write the run (results.json, then report.html); returns (run verdict, reason, results.json path).
         Arguments as in `verdict`."""
         from calib_checks.report import render_report
+        from calib_checks.summary import write_summary
 
         verdict, reason, cases, partial = self.verdict(results, missing, complete, verdict_case_ran)
         pairs = [{"name": c.name, "family": c.family, "base": self.sides[c.base].label,
-                  "aligned": self.sides[c.aligned].label} for c in self.comparisons]
+                  "aligned": self.sides[c.aligned].label, "steps": list(c.steps)} for c in self.comparisons]
+        chains = [{"name": f.name, "checkpoints": [self.sides[t].label for t in f.sides],
+                   "comparisons": [c.name for c in self.comparisons if c.family == f.name]}
+                  for f in self.selection.families if f.kind == "chain"]
         identity = self.run_identity({**(extra or {}), "partial": partial})
-        path = self.writer.finish(identity, pairs, {}, cases, complete, verdict=(verdict, reason))
+        path = self.writer.finish(identity, pairs, {}, cases, complete, verdict=(verdict, reason), chains=chains)
         # The workers' private cache of a --calib-no-cache run (see _cache) is scratch, not part of the run.
         shutil.rmtree(Path(self.writer.run_dir) / ".scores", ignore_errors=True)
         render_report(path.parent)
+        write_summary(path.parent)
         self.writer.publish()
         return verdict, reason, path
 

@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 PLUGIN_NAME = "calib_checks.plugin"
 CASE_PROPERTY = "calib_checks_case"
 SCORED_PROPERTY = "calib_checks_scored"
+SEQUENCE_PROPERTY = "calib_checks_sequence"
 VERDICT_TEST = "test_gate_verdict"
 _RUN_ID = "calib_checks_run_id"
 _STARTED = "calib_checks_started_at"
@@ -60,7 +61,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("calib-checks", "calibration gate (active only for pytest tests_models; docs/GATE.md)")
     group.addoption("--model-pair", action="append", default=[], metavar="[NAME=]BASE,ALIGNED",
                     help="a base model and its aligned sibling (hub id[@rev], folder, .gguf, optionally "
-                         ":temperature=T / :dtype=D; or scores:DIR); repeatable; NAME names the pair")
+                         ":temperature=T / :dtype=D; or scores:DIR, lm-eval:PATH); repeatable; NAME names the pair")
+    group.addoption("--model-chain", action="append", default=[], metavar="[NAME=]A,B,C[,...]",
+                    help="a model's checkpoints in pipeline order (e.g. base,sft,dpo): every step and the whole "
+                         "chain are judged, one family for the error control; repeatable")
 
     def add(name: str, **kwargs: Any) -> None:
         group.addoption(f"--calib-{name}", dest=f"calib_{name.replace('-', '_')}", **kwargs)
@@ -88,6 +92,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="a TOML task file, or a folder of them, declaring your own tasks (docs/TASKS.md); repeatable")
     add("allow-partial", action="store_true", default=False,
         help="gate only the cases that ran (-k, --deselect, ...) instead of erroring the missing ones")
+    add("full", action="store_true", default=False,
+        help="score every item before judging (default: judge in looks of 100, 200, 400, ... items per task and "
+             "stop a pair or chain as soon as its regression is certain)")
+    add("first-look", type=int, default=100, metavar="N", help="items per task at the first look (default 100)")
 
 
 def _options(config: pytest.Config) -> GateOptions:
@@ -98,7 +106,7 @@ def _options(config: pytest.Config) -> GateOptions:
     here = config.invocation_params.dir
     thresholds, report_dir = get("calib_thresholds"), get("calib_report_dir")
     return GateOptions(
-        pairs=tuple(get("model_pair")),
+        pairs=tuple(get("model_pair")), chains=tuple(get("model_chain")),
         tasks=tuple(str(get("calib_tasks")).split(",")),
         extractors=tuple(str(get("calib_extractors")).split(",")),
         metrics=tuple(str(get("calib_metrics")).split(",")),
@@ -108,7 +116,8 @@ def _options(config: pytest.Config) -> GateOptions:
         device=get("calib_device"), dtype=get("calib_dtype"), attention=get("calib_attention"),
         batch_size="auto" if batch == "auto" else int(batch),
         use_cache=not get("calib_no_cache"), allow_same_model=get("calib_allow_same_model"),
-        allow_partial=get("calib_allow_partial"),
+        allow_partial=get("calib_allow_partial"), sequential=not get("calib_full"),
+        first_look=get("calib_first_look"),
         task_files=tuple(here / path for path in get("calib_task_file")),
     )
 
@@ -201,6 +210,7 @@ def calib_result(calib_case: Case, calib_results: dict[Case, CaseResult], calib_
     node.user_properties.append((CASE_PROPERTY, json.dumps(result.to_json())))
     while calib_gate.events:  # this process's scoring log travels once, with the first case it reports
         node.user_properties.append((SCORED_PROPERTY, json.dumps(calib_gate.events.pop(0))))
+    node.user_properties.append((SEQUENCE_PROPERTY, json.dumps(calib_gate.sequence)))  # where families stopped
     if result.verdict == "error":
         pytest.fail(result.message, pytrace=False)
     return result
@@ -240,7 +250,8 @@ class _SessionHooks:
         self.worker = worker
         self.selected: list[Case] = []
         self.results: dict[tuple[str, str, str, str], dict] = {}
-        self.scored: dict[tuple[str, str, str], dict] = {}
+        self.scored: dict[tuple[str, str, str, int], dict] = {}
+        self.sequence: dict[str, dict] = {}  # family -> where it stopped, from whichever process judged it
         self.unjudged: dict[Case, str] = {}
         self.verdict_seen = False
         self.outcome: tuple[str, str] | None = None
@@ -285,7 +296,9 @@ class _SessionHooks:
                 self.results[(data["pair"], data["task"], data["extractor"], data["metric"])] = data
             elif name == SCORED_PROPERTY:
                 event = json.loads(value)
-                self.scored[(event["worker"], event["model"], event["task"])] = event
+                self.scored[(event["worker"], event["model"], event["task"], event["n_items"])] = event
+            elif name == SEQUENCE_PROPERTY:
+                self.sequence.update(json.loads(value))
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.worker or session.config.option.collectonly:
@@ -307,7 +320,9 @@ class _SessionHooks:
             verdict, reason, self.results_path = self.gate.finish(
                 results, missing=missing, complete=complete, verdict_case_ran=self.verdict_seen,
                 extra={"scoring": [self.scored[k] for k in sorted(self.scored)],
-                       "workers": getattr(session.config.option, "numprocesses", None) or 0},
+                       "workers": getattr(session.config.option, "numprocesses", None) or 0,
+                       "sequential": {"on": self.gate.options.sequential, "first_look": self.gate.options.first_look,
+                                      "families": self.sequence}},
             )
         except CalibChecksError as exc:
             verdict, reason = "error", f"the run could not be written: {exc}"

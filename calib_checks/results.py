@@ -259,14 +259,15 @@ class RunWriter:
         return tasks
 
     def finish(self, identity: dict, pairs: list[dict], tasks: dict, cases: list[Any], complete: bool,
-               verdict: tuple[str, str] | None = None) -> Path:
+               verdict: tuple[str, str] | None = None, chains: list[dict] | None = None) -> Path:
         """Write results.json (atomically). report.html is the caller's (calib_checks.gate renders it after this
         returns: persistence never calls presentation); `publish` then repoints `latest` if the run is complete.
 
         identity: the run's identity (docs/RESULTS.md, "run"): `models` (label -> {spec, revision, identity,
         ...}), `dtype`, `device`, `thresholds_file`, optional `started_at` (epoch seconds; default: when this
         writer was made) and `argv` (default `sys.argv`); other JSON-able keys are kept under `run`.
-        pairs: `[{"name", "base", "aligned"}, ...]` model labels. tasks: task -> `describe_task(...)` entries.
+        pairs: `[{"name", "base", "aligned", ...}, ...]` (model labels), one per comparison. chains:
+        `[{"name", "checkpoints", "comparisons"}]` (labels, comparison names). tasks: task -> `describe_task(...)`.
         cases: `verdicts.CaseResult` objects. verdict: the run's (verdict, reason) as `verdicts.run_verdict`
         gives it (default: under the built-in policy). Returns the results.json path.
         """
@@ -315,6 +316,7 @@ class RunWriter:
             "run": run,
             "models": models,
             "pairs": [dict(pair) for pair in pairs],
+            "chains": [dict(chain) for chain in chains or ()],
             "tasks": self._tasks(tasks),
             "cases": case_dicts,
             "records": self._record_files(),

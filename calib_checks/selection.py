@@ -7,8 +7,11 @@ the run's task registry (built-in tasks and its task files: the process-wide reg
 rule of every (task, extractor, metric), the [gate] policy and the side texts.
 
 Comparisons: a pair ``[NAME=]BASE,ALIGNED`` is one `Comparison` of its base and aligned side, in a family of its
-own (the family is what Holm's correction spans). `Case` is one expected gate case: a comparison x task x
-extractor x metric.
+own (the family is what Holm's correction spans). A chain ``[NAME=]A,B,C[,...]`` (a model's checkpoints through
+its alignment pipeline: base -> SFT -> DPO) is one family whose comparisons are every consecutive step,
+``NAME.1-2`` (A -> B), ``NAME.2-3`` (B -> C), ..., and the whole chain ``NAME.1-n`` (A -> last), all judged on the
+same items; a pair is a chain of two. `Case` is one expected gate case: a comparison x task x extractor x
+metric.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ if TYPE_CHECKING:
     from calib_checks.tasks import TaskSpec
     from calib_checks.thresholds import GatePolicy, Rule
 
-__all__ = ["DEFAULT_EXTRACTORS", "DEFAULT_METRICS", "DEFAULT_TASKS", "Case", "Comparison", "GateOptions",
-           "GateUsageError", "Selection", "parse_pair", "select", "split_names"]
+__all__ = ["DEFAULT_EXTRACTORS", "DEFAULT_METRICS", "DEFAULT_TASKS", "Case", "Comparison", "Family", "GateOptions",
+           "GateUsageError", "Selection", "parse_family", "select", "split_names"]
 
 DEFAULT_TASKS = ("arc_easy", "hellaswag", "medmcqa", "mmlu_stem", "mmlu_humanities", "piqa")
 DEFAULT_EXTRACTORS = ("continuation-sum", "continuation-min", "choice")
@@ -67,17 +70,31 @@ class GateOptions:
     allow_same_model: bool = False
     allow_partial: bool = False
     task_files: tuple[str | Path, ...] = ()  # TOML task files or folders of them (calib_checks/taskfiles.py)
+    chains: tuple[str, ...] = ()  # `[NAME=]A,B,C[,...]` texts: checkpoint chains (module docstring)
+    sequential: bool = True  # judge in looks and stop a family once its regression is certain (docs/GATE.md)
+    first_look: int = 100  # items per task at the first look; each later look doubles it, the last takes all
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One base -> aligned comparison: `name` prefixes its case ids, `family` is the group Holm corrects over
-    (a pair is a family of its own), `base` and `aligned` are side texts."""
+    """One base -> aligned comparison: `name` prefixes its case ids, `family` is the pair or chain it belongs to
+    (the group Holm corrects over), `base` and `aligned` are side texts, `steps` the positions of base and
+    aligned in the family's checkpoints (1-based: (1, 2) for a pair)."""
 
     name: str
     family: str
     base: str
     aligned: str
+    steps: tuple[int, int] = (1, 2)
+
+
+@dataclass(frozen=True)
+class Family:
+    """A pair or a chain as given: its name (None until named) and its checkpoints' side texts, in order."""
+
+    name: str | None
+    sides: tuple[str, ...]
+    kind: str  # "pair" or "chain"
 
 
 @dataclass(frozen=True)
@@ -100,35 +117,40 @@ class Case:
 
 @dataclass
 class Selection:
-    """A checked run selection (see `select`). `pairs` are (name or None, base text, aligned text) as given;
-    the gate names unnamed pairs once it knows its sides' labels (`name_comparisons`)."""
+    """A checked run selection (see `select`). `families` are the pairs and chains as given; the gate names the
+    unnamed ones once it knows its sides' labels (`name_comparisons`)."""
 
     options: GateOptions
     tasks: Mapping[str, TaskSpec]
     rules: dict[tuple[str, str, str], Rule]
     policy: GatePolicy
-    pairs: list[tuple[str | None, str, str]]
+    families: list[Family]
     comparisons: list[Comparison] = field(default_factory=list)
 
     @property
     def side_texts(self) -> list[str]:
         """Every side text, once, in the order given."""
-        return list(dict.fromkeys(text for _, base, aligned in self.pairs for text in (base, aligned)))
+        return list(dict.fromkeys(text for family in self.families for text in family.sides))
 
     def name_comparisons(self, labels: Mapping[str, str]) -> None:
-        """Name the comparisons (an unnamed pair after its aligned side's label); GateUsageError for a bad or
-        repeated name."""
+        """Name the families (an unnamed one after its last side's label) and their comparisons; GateUsageError
+        for a bad or repeated name."""
+        named: list[Family] = []
         comparisons: list[Comparison] = []
-        for name, base, aligned in self.pairs:
-            name = name or labels[aligned]
+        for family in self.families:
+            option = f"--model-{family.kind}"
+            name = family.name or labels[family.sides[-1]]
             if not NAME.match(name):
-                raise GateUsageError(f"--model-pair {base},{aligned}: pair name {name!r} must use letters, digits "
-                                     "and ._@+- only; name it with NAME=BASE,ALIGNED")
-            if any(c.name == name for c in comparisons):
-                raise GateUsageError(f"two model pairs are named {name!r}; name them apart with "
-                                     "--model-pair NAME=BASE,ALIGNED")
-            comparisons.append(Comparison(name, name, base, aligned))
-        self.comparisons = comparisons
+                raise GateUsageError(f"{option} {','.join(family.sides)}: name {name!r} must use letters, digits "
+                                     f"and ._@+- only; name it with {option} NAME=...")
+            if any(f.name == name for f in named):
+                raise GateUsageError(f"two pairs or chains are named {name!r}; name them apart with {option} NAME=...")
+            named.append(replace(family, name=name))
+            comparisons += _comparisons(name, family)
+        clash = next((c.name for c in comparisons if sum(d.name == c.name for d in comparisons) > 1), None)
+        if clash is not None:  # e.g. a pair named "dpo.1-2" next to a chain named "dpo"
+            raise GateUsageError(f"two comparisons would be named {clash!r}; rename a pair or chain")
+        self.families, self.comparisons = named, comparisons
 
     def comparison(self, name: str) -> Comparison:
         return next(c for c in self.comparisons if c.name == name)
@@ -138,6 +160,17 @@ class Selection:
         o = self.options
         return [Case(c.name, t, e, m) for c in self.comparisons for t in o.tasks for e in o.extractors
                 for m in o.metrics]
+
+
+def _comparisons(name: str, family: Family) -> list[Comparison]:
+    """A pair's one comparison, named after it; a chain's steps ``NAME.i-(i+1)`` and whole chain ``NAME.1-n``."""
+    sides = family.sides
+    if family.kind == "pair":
+        return [Comparison(name, name, sides[0], sides[1])]
+    steps = [Comparison(f"{name}.{i}-{i + 1}", name, sides[i - 1], sides[i], (i, i + 1)) for i in range(1, len(sides))]
+    if len(sides) > 2:
+        steps.append(Comparison(f"{name}.1-{len(sides)}", name, sides[0], sides[-1], (1, len(sides))))
+    return steps
 
 
 def split_names(text: str, known: Sequence[str], what: str, option: str) -> tuple[str, ...]:
@@ -157,18 +190,24 @@ def split_names(text: str, known: Sequence[str], what: str, option: str) -> tupl
     return tuple(names)
 
 
-def parse_pair(text: str) -> tuple[str | None, str, str]:
-    """(name or None, base text, aligned text) of `[NAME=]BASE,ALIGNED`."""
+def parse_family(text: str, kind: str = "pair") -> Family:
+    """The pair `[NAME=]BASE,ALIGNED` or the chain `[NAME=]A,B,C[,...]` a `--model-pair` / `--model-chain` text
+    names (GateUsageError when it is not one)."""
     named = _NAMED.match(text.strip())
     name, rest = (named["name"], named["rest"]) if named else (None, text.strip())
-    parts = rest.split(",")
-    if len(parts) != 2 or not all(p.strip() for p in parts):
+    sides = tuple(part.strip() for part in rest.split(","))
+    if kind == "pair" and (len(sides) != 2 or not all(sides)):
         raise GateUsageError(
             f"--model-pair {text!r}: expected BASE,ALIGNED (two model specs separated by one comma), optionally "
             "NAME=BASE,ALIGNED, e.g. --model-pair "
             "smollm2=HuggingFaceTB/SmolLM2-135M,HuggingFaceTB/SmolLM2-135M-Instruct"
         )
-    return name, parts[0].strip(), parts[1].strip()
+    if kind == "chain" and (len(sides) < 2 or not all(sides)):
+        raise GateUsageError(f"--model-chain {text!r}: expected two or more checkpoints in pipeline order separated "
+                             "by commas, optionally NAME=..., e.g. --model-chain llama=base,sft,dpo")
+    if kind == "chain" and len(set(sides)) != len(sides):
+        raise GateUsageError(f"--model-chain {text!r}: a checkpoint appears twice; each step needs its own")
+    return Family(name, sides, kind)
 
 
 def select(options: GateOptions) -> Selection:
@@ -191,6 +230,8 @@ def select(options: GateOptions) -> Selection:
         raise GateUsageError(f"--calib-limit must be a positive number of items, got {options.limit}")
     if options.seed < 0:
         raise GateUsageError(f"--calib-seed must be >= 0, got {options.seed}")
+    if options.first_look < 1:
+        raise GateUsageError(f"--calib-first-look must be a positive number of items, got {options.first_look}")
     if (options.device, options.dtype, options.attention) != ("auto", "auto", "auto"):
         from calib_checks.models import ModelLoadError, attention_order, resolve_device, resolve_dtype
 
@@ -205,10 +246,13 @@ def select(options: GateOptions) -> Selection:
                  for t in options.tasks for e in options.extractors for m in options.metrics}
     except ThresholdsError as exc:
         raise GateUsageError(str(exc)) from None
-    if not options.pairs:
+    if not options.pairs and not options.chains:
         raise GateUsageError(
             "no --model-pair given: the gate compares a base model with its aligned sibling. Run e.g. "
             "pytest tests_models --model-pair HuggingFaceTB/SmolLM2-135M,HuggingFaceTB/SmolLM2-135M-Instruct "
-            "(repeatable; NAME=BASE,ALIGNED names the pair; docs/GATE.md)"
+            "(repeatable; NAME=BASE,ALIGNED names the pair; --model-chain NAME=BASE,SFT,DPO gates a pipeline; "
+            "docs/GATE.md)"
         )
-    return Selection(options, tasks, rules, thresholds.policy, [parse_pair(text) for text in options.pairs])
+    families = [parse_family(text, "pair") for text in options.pairs]
+    families += [parse_family(text, "chain") for text in options.chains]
+    return Selection(options, tasks, rules, thresholds.policy, families)

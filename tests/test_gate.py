@@ -68,8 +68,10 @@ def score_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def options(tmp_path: Path, *pairs: str, **kwargs) -> GateOptions:
+    """Gate options over these folders; every item judged at once unless `sequential=True` is passed (the
+    sequential looks have tests of their own)."""
     return GateOptions(pairs=pairs, **{"tasks": tuple(TASKS), "thresholds": REPO / "thresholds.toml",
-                                       "report_dir": tmp_path / "reports", **kwargs})
+                                       "report_dir": tmp_path / "reports", "sequential": False, **kwargs})
 
 
 def by_verdict(cases) -> dict[str, set[str]]:

@@ -141,7 +141,7 @@ def test_sharpened_pair_fails_and_junit_carries_the_run_verdict(gate, tmp_path: 
     m = gate.model
     junit = tmp_path / "gate.xml"
     result, reports = gate("-p", "calib_checks.plugin", "--model-pair", f"hot={m},{m}:temperature=0.5",
-                           "--calib-tasks", "arc_easy", "--junitxml", str(junit))
+                           "--calib-tasks", "arc_easy", "--junitxml", str(junit), "--calib-full")
     assert result.ret == 1, result.stdout.str()
     result.stdout.fnmatch_lines(["GATE VERDICT: REGRESSION*", "FAILED *test_calibration[[]hot:arc_easy:continuation-min:sce[]]*",
                                  "FAILED *test_gate_verdict*"])
@@ -254,7 +254,7 @@ def test_xdist_gives_the_serial_verdicts_and_scores_each_model_once(gate, tmp_pa
     m = gate.model
     args = ["--model-pair", f"near={m},{m}:temperature=1.02", "--model-pair", f"hot={m},{m}:temperature=0.5",
             "--calib-tasks", "arc_easy,piqa", "--calib-extractors", "choice,continuation-sum",
-            "--calib-metrics", "ece,sce,accuracy"]
+            "--calib-metrics", "ece,sce,accuracy", "--calib-full"]
     serial, serial_reports = gate(*args)
     fresh = tmp_path / "fresh-cache"
     parallel, parallel_reports = gate(*args, "-n", "2", cache=fresh)

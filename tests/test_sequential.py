@@ -1,0 +1,82 @@
+"""Sequential looks (issue #24): a pair is judged on 100, 200, 400, ... items per task and stops as soon as a case
+fails; an equally calibrated pair runs to the end and ships; the spending of the false-alarm rate adds up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from calib_checks.gate import Gate, run_gate
+from calib_checks.verdicts import INTERIM_ALPHA_SHARE, look_alpha
+from tests.test_gate import EXTRACTORS, REPO, TASKS, options, write_scores
+
+pytest_plugins = ["pytester"]
+
+N = 2000
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sequential")
+    rng = np.random.default_rng(11)
+    labels = {t: rng.integers(0, k, N) for t, k in TASKS.items()}
+    noise = {(t, e): rng.standard_normal((N, k)) for t, k in TASKS.items() for e in EXTRACTORS}
+    twin = {key: 0.9 * eps + np.sqrt(1 - 0.81) * rng.standard_normal(eps.shape) for key, eps in noise.items()}
+    return {"base": write_scores(root / "base", labels, noise),
+            "equal": write_scores(root / "equal", labels, twin),
+            "hot": write_scores(root / "hot", labels, twin, temperature=0.5)}
+
+
+def test_the_spending_adds_up_to_alpha() -> None:
+    for looks in (1, 2, 5, 9):
+        spent = [look_alpha(0.05, j, looks) for j in range(looks)]
+        assert sum(spent) == pytest.approx(0.05)
+        assert spent[-1] == pytest.approx(0.05 if looks == 1 else 0.05 * (1 - INTERIM_ALPHA_SHARE))
+
+
+def test_a_clear_regression_stops_early_and_an_equal_pair_runs_to_the_end(folders, tmp_path) -> None:
+    d = folders
+    outcome = run_gate(options(tmp_path, f"hot=scores:{d['base']},scores:{d['hot']}",
+                               f"equal=scores:{d['base']},scores:{d['equal']}", metrics=("ece", "overconfidence"),
+                               sequential=True))
+    assert outcome.verdict == "regression"
+    hot = [c for c in outcome.cases if c.pair == "hot"]
+    equal = [c for c in outcome.cases if c.pair == "equal"]
+    assert max(c.n_items for c in hot) <= 500 and any(c.verdict == "fail" for c in hot)
+    assert all("stopped early" in c.message for c in hot) and not any(c.verdict == "error" for c in hot)
+    assert {c.n_items for c in equal} == {N} and {c.verdict for c in equal} <= {"pass", "inconclusive"}
+    sequence = json.loads(outcome.results_path.read_text())["run"]["sequential"]["families"]
+    assert sequence["equal"]["looks"] == [100, 200, 400, 800, 1600, None]
+    assert sequence["equal"]["stopped_at"] == 6 and "every item judged" in sequence["equal"]["reason"]
+    assert sequence["hot"]["stopped_at"] <= 3 and "the regression is certain" in sequence["hot"]["reason"]
+    assert sequence["equal"]["alpha"] == pytest.approx(0.05 * (1 - INTERIM_ALPHA_SHARE))
+    summary = (outcome.results_path.parent / "results.md").read_text()
+    assert "**FAIL**" in summary
+
+
+def test_full_scores_every_item(folders, tmp_path) -> None:
+    d = folders
+    gate = Gate(options(tmp_path, f"hot=scores:{d['base']},scores:{d['hot']}", metrics=("overconfidence",)))
+    judged = gate.judge(gate.cases())
+    assert {c.n_items for c in judged.values()} == {N} and gate.sequence["hot"]["looks"] == [None]
+
+
+def test_xdist_workers_stop_where_a_single_process_stops(folders, tmp_path, pytester: pytest.Pytester) -> None:
+    """Every worker runs the same looks (they judge every case; the cache shares the scoring): the run stops each
+    pair where a single process does, and results.json says where, although the controller judged nothing."""
+    d = folders
+    pairs = [f"hot=scores:{d['base']},scores:{d['hot']}", f"equal=scores:{d['base']},scores:{d['equal']}"]
+    serial = run_gate(options(tmp_path / "serial", *pairs, metrics=("overconfidence",), sequential=True))
+    args = [str(REPO / "tests_models"), "-p", "no:cacheprovider", "-n", "2", "--calib-tasks", ",".join(TASKS),
+            "--calib-metrics", "overconfidence", "--calib-thresholds", str(REPO / "thresholds.toml"),
+            "--calib-report-dir", str(tmp_path / "xdist")]
+    result = pytester.runpytest_subprocess(*args, *[part for p in pairs for part in ("--model-pair", p)])
+    assert result.ret == 1
+    run = json.loads((tmp_path / "xdist" / "latest" / "results.json").read_text())
+    assert run["run"]["sequential"]["families"] == json.loads(serial.results_path.read_text())["run"]["sequential"][
+        "families"]
+    assert {(c["pair"], c["task"], c["extractor"], c["n_items"], c["verdict"]) for c in run["cases"]} == {
+        (c.pair, c.task, c.extractor, c.n_items, c.verdict) for c in serial.cases}
