@@ -20,8 +20,8 @@ CUDA), and times on the carried items:
   FLOP rate (`run_bench.engine_flops` over forward + head seconds) as a share of plain matmuls of the same
   shapes measured in the same process (`run_bench.matmul_rate`), after an untimed warm-up that compiles the
   flex-attention kernel (its seconds are reported apart);
-- the naive per-option baseline (`run_bench.naive_item_scores`: one forward per option and letter, lm-eval's
-  arithmetic at batch 1) on the first items of each task, and the engine on the same items;
+- the naive per-option baseline (`run_bench.naive_item_scores`: one forward per option and letter through
+  sdpa, lm-eval's arithmetic at batch 1) on the first items of each task, and the engine on the same items;
 - a sweep of row budgets x token budgets (`scoring._ROW_TOKENS`, `scoring._AUTO_TOKEN_BUDGET`): items/s,
   tokens/s and peak GPU memory per setting, the figures that set the CUDA defaults (still "a guess, not
   measured yet" in scoring.py until a run of this check measures them).
@@ -391,7 +391,12 @@ def time_model(name: str, carry: Path, device: str, dtype: str, tiny: bool, n_it
           f"({out['matmul_flops_per_second'] / 1e12:.2f} TFLOP/s)", flush=True)
 
     subset = [it for task_items in items.values() for it in task_items[:n_naive]]
-    naive, naive_tokens, naive_seconds = naive_item_scores(loaded, subset, float64_reference=False)
+    # The baseline as lm-eval's HF backend runs it: the model's own causal mask through sdpa.
+    loaded.model.set_attn_implementation("sdpa")
+    try:
+        naive, naive_tokens, naive_seconds = naive_item_scores(loaded, subset, float64_reference=False)
+    finally:
+        loaded.model.set_attn_implementation(out["attention_asked"])
     records, stats, engine_seconds, _ = score(subset)
     out["naive"] = {"items": len(subset), "seconds": naive_seconds, "items_per_second": len(subset) / naive_seconds,
                     "tokens_forwarded": naive_tokens, "engine_seconds": engine_seconds,
@@ -464,15 +469,17 @@ def format_table(steps: Sequence[Mapping[str, str]], models: Mapping[str, Mappin
         lines.append(f"{s['name']:<24} {s['status']:<22} {s['seconds']:>6}  {s['note'][:150]}")
     if models:
         lines += ["", f"{'model':<14} {'items':>5} {'items/s':>8} {'tokens/s':>9} {'matmul%':>7} {'TFLOP/s':>7} "
-                      f"{'peak GiB':>8} {'warm-up s':>9} {'naive it/s':>10} {'speed-up':>8}  attention"]
+                      f"{'peak GiB':>8} {'warm-up s':>9} {'compiles':>8} {'naive it/s':>10} {'speed-up':>8}  attention"]
         for name, m in models.items():
             t, n = m["engine_total"], m["naive"]
             peak = "-" if t["peak_gpu_mib"] is None else f"{t['peak_gpu_mib'] / 1024:.2f}"
+            compiles = f"{m['compiles_in_warmup']}/{m['compiles_while_timed']}"  # torch.compile graphs: warm-up/timed
             attention = ",".join(t["attention"]) + (f" (fallback: {'; '.join(t['attention_fallback'])[:60]})"
                                                     if t["attention_fallback"] else "")
             lines.append(f"{name:<14} {t['items']:>5} {t['items_per_second']:>8.1f} {t['tokens_per_second']:>9.0f} "
                          f"{t['share_of_matmul_rate']:>7.0%} {t['achieved_flops_per_second'] / 1e12:>7.2f} {peak:>8} "
-                         f"{m['warmup_seconds']:>9.1f} {n['items_per_second']:>10.1f} {n['speedup']:>7.1f}x  {attention}")
+                         f"{m['warmup_seconds']:>9.1f} {compiles:>8} {n['items_per_second']:>10.1f} "
+                         f"{n['speedup']:>7.1f}x  {attention}")
         lines += ["", "budgets (row tokens x batch token budget): items/s, peak GiB; '->' marks an OOM back-off"]
         for name, m in models.items():
             cells = []
@@ -517,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("env", help="versions, imports and the device")
     p.add_argument("--carry", type=Path, required=True)
     p.add_argument("--device", default="cuda")
+    p.add_argument("--note", type=Path)
     p = sub.add_parser("cuda-tests", help="pytest tests/test_cuda.py -m cuda")
     p.add_argument("--junit", type=Path, required=True)
     p.add_argument("--workers", type=int, default=0)
@@ -529,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="dry-run shapes (2 layers of width 64)")
     p.add_argument("--items", type=int, default=200, help="items per task for the engine timing")
     p.add_argument("--naive-items", type=int, default=24, help="items per task for the naive baseline")
-    p.add_argument("--sweep-items", type=int, default=48, help="items per task for the budget sweep")
+    p.add_argument("--sweep-items", type=int, default=100, help="items per task for the budget sweep")
     p.add_argument("--sweep", default="1024x65536,2048x65536,4096x65536,2048x16384,2048x262144")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--note", type=Path)
@@ -545,7 +553,9 @@ def main(argv: list[str] | None = None) -> int:
             manifest = prepare(args.carry, args.limit, args.seed, args.wheel)
             print(json.dumps(manifest, indent=1))
         elif args.command == "env":
-            print("\n".join(check_env(args.carry, args.device)))
+            lines = check_env(args.carry, args.device)
+            print("\n".join(lines))
+            note = lines[-1]
         elif args.command == "cuda-tests":
             status, note = run_cuda_tests(args.junit, args.workers)
             print(note)

@@ -19,17 +19,20 @@ MODE=device
 CARRY=""
 OUT_DIR="${OUT:-$REPO/build/gpu-check}"
 BUDGET_S=540            # the device allows 600 s a command; the table needs a few seconds after the last step
-MODELS="smollm2-135m,gemma-3-270m,llama-3.2-1b,llama-3-8b"
-ITEMS=200 NAIVE_ITEMS=24 SWEEP_ITEMS=48
+# The 8B shape second: it sets the memory figures, and the deadline stops the last steps first.
+MODELS="smollm2-135m,llama-3-8b,gemma-3-270m,llama-3.2-1b"
+ITEMS=200 NAIVE_ITEMS=24 SWEEP_ITEMS=100
 SWEEP="1024x65536,2048x65536,4096x65536,2048x16384,2048x262144"
 WORKERS=4               # pytest-xdist workers for the CUDA tests (they compile kernels: CPU-bound)
 LIMIT=""
 WHEELS=()
+TESTS=1
 
 usage() {
   sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
   echo "options: --prepare [--limit N] [--wheel NAME==VERSION]... | --cpu-dry-run; --carry DIR, --out DIR,"
-  echo "         --budget SECONDS, --models LIST, --items N, --naive-items N, --sweep-items N, --sweep RxB,..., --workers N"
+  echo "         --budget SECONDS, --models LIST (empty: none), --items N, --naive-items N, --sweep-items N,"
+  echo "         --sweep ROWSxBUDGET,..., --workers N, --no-tests (skip the cuda-tests step, e.g. to rerun models)"
 }
 
 while (($#)); do
@@ -45,6 +48,7 @@ while (($#)); do
     --sweep-items) SWEEP_ITEMS="$2"; shift ;;
     --sweep) SWEEP="$2"; shift ;;
     --workers) WORKERS="$2"; shift ;;
+    --no-tests) TESTS=0 ;;
     --limit) LIMIT="$2"; shift ;;
     --wheel) WHEELS+=("--wheel" "$2"); shift ;;
     -h|--help) usage; exit 0 ;;
@@ -62,7 +66,7 @@ HELPER=("$PYTHON" "$REPO/bench/gpu_check.py")
 
 if [[ $MODE == prepare ]]; then
   CARRY="${CARRY:-$REPO/.gpu-check}"
-  "${HELPER[@]}" prepare --carry "$CARRY" ${LIMIT:+--limit "$LIMIT"} "${WHEELS[@]}" || exit 1
+  "${HELPER[@]}" prepare --carry "$CARRY" ${LIMIT:+--limit "$LIMIT"} ${WHEELS[@]+"${WHEELS[@]}"} || exit 1
   echo "carry folder $CARRY: $(du -sh "$CARRY" | cut -f1); with the working tree it must stay under 64 MiB"
   exit 0
 fi
@@ -142,15 +146,20 @@ run_step wheels 120 install_wheels
 [[ -d "$WORK/site" ]] && export PYTHONPATH="$WORK/site:$PYTHONPATH"
 
 run_step environment 60 bash -c 'command -v nvidia-smi >/dev/null && nvidia-smi; exec "$@"' _ \
-  "${HELPER[@]}" env --carry "$CARRY" --device "$DEVICE"
+  "${HELPER[@]}" env --carry "$CARRY" --device "$DEVICE" --note "$WORK/notes/environment"
 
-run_step cuda-tests 300 "${HELPER[@]}" cuda-tests --junit "$OUT_DIR/cuda-tests.xml" --workers "$WORKERS" \
-  --note "$WORK/notes/cuda-tests"
+if ((TESTS)); then
+  run_step cuda-tests 300 "${HELPER[@]}" cuda-tests --junit "$OUT_DIR/cuda-tests.xml" --workers "$WORKERS" \
+    --note "$WORK/notes/cuda-tests"
+else
+  record cuda-tests "skipped: --no-tests" 0 "asked for with --no-tests"
+fi
 
-IFS=, read -ra MODEL_LIST <<<"$MODELS"
-for model in "${MODEL_LIST[@]}"; do
-  run_step "model $model" 150 "${HELPER[@]}" model "$model" --carry "$CARRY" --device "$DEVICE" --dtype "$DTYPE" \
-    "${TINY[@]}" --items "$ITEMS" --naive-items "$NAIVE_ITEMS" --sweep-items "$SWEEP_ITEMS" --sweep "$SWEEP" \
+MODEL_LIST=()
+[[ -n "$MODELS" ]] && IFS=, read -ra MODEL_LIST <<<"$MODELS"
+for model in ${MODEL_LIST[@]+"${MODEL_LIST[@]}"}; do
+  run_step "model $model" 180 "${HELPER[@]}" model "$model" --carry "$CARRY" --device "$DEVICE" --dtype "$DTYPE" \
+    ${TINY[@]+"${TINY[@]}"} --items "$ITEMS" --naive-items "$NAIVE_ITEMS" --sweep-items "$SWEEP_ITEMS" --sweep "$SWEEP" \
     --out "$WORK/models/$model.json" --note "$WORK/notes/model $model"
 done
 

@@ -3,26 +3,14 @@ lm-eval tasks. No timing is asserted (that is what `make bench` measures), and n
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.bench_modules import load_bench_module
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("run_bench", REPO / "bench" / "run_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_bench_module("run_bench")
 
 
 def test_item_lower_bound_counts_context_options_but_last_and_prompt():

@@ -3,7 +3,6 @@ before a device is lent), the table, and a failing step that must fail the run a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -13,19 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.bench_modules import load_bench_module
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
 
 
-def _load_gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load_gpu_check()
+gpu_check = load_bench_module("gpu_check")
 
 # Parameters of the published checkpoints (their model cards; the bench counts 134.5 M and 268.1 M on the GGUF
 # conversions of SmolLM2-135M-Instruct and gemma-3-270m).
