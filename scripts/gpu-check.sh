@@ -163,7 +163,9 @@ for model in ${MODEL_LIST[@]+"${MODEL_LIST[@]}"}; do
     --out "$WORK/models/$model.json" --note "$WORK/notes/model $model"
 done
 
-HEADER="gpu-check ($MODE) $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown), $((SECONDS)) s"
+COMMIT="$(git -C "$REPO" describe --always --dirty 2>/dev/null)" ||  # no git history in the device's copy
+  COMMIT="unknown, carry prepared at $(sed -n 's/.*"prepared_at_commit": "\([^"]*\)".*/\1/p' "$CARRY/manifest.json" 2>/dev/null)"
+HEADER="gpu-check ($MODE) $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $COMMIT, $((SECONDS)) s"
 echo
 if ! "${HELPER[@]}" table --work "$WORK" --json "$OUT_DIR/figures.json" --header "$HEADER" >"$OUT_DIR/table.txt" \
     2>>"$LOG"; then
