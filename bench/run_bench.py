@@ -239,11 +239,17 @@ def matmul_rate(shapes: Mapping[str, Any], tokens: int, head_rows: int, device: 
     ceiling the engine's achieved rate is compared with."""
     import torch
 
-    gen = torch.Generator().manual_seed(0)
-    weights = [torch.randn(*shape, generator=gen).to(device, dtype) for shape in shapes["layer_linear_shapes"]]
-    head = torch.randn(shapes["vocab"], shapes["hidden"], generator=gen).to(device)
-    inputs = {n: torch.randn(tokens, n, generator=gen).to(device, dtype) for n in {w.shape[1] for w in weights}}
-    head_in = torch.randn(max(1, head_rows), shapes["hidden"], generator=gen).to(device)
+    # Drawn where they are used: on a GPU, an 8B model's head and batch inputs are billions of numbers, which a
+    # CPU generator would take many seconds to draw.
+    gen = torch.Generator(device).manual_seed(0)
+
+    def randn(*shape: int, dtype: Any = torch.float32) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+
+    weights = [randn(*shape, dtype=dtype) for shape in shapes["layer_linear_shapes"]]
+    head = randn(shapes["vocab"], shapes["hidden"])
+    inputs = {n: randn(tokens, n, dtype=dtype) for n in {w.shape[1] for w in weights}}
+    head_in = randn(max(1, head_rows), shapes["hidden"])
     flops = shapes["layers"] * sum(2.0 * tokens * w.numel() for w in weights) + 2.0 * head_in.shape[0] * head.numel()
 
     def once() -> float:
@@ -770,53 +776,71 @@ def _worker_calib(args: argparse.Namespace) -> int:
     return 0
 
 
-def _worker_naive(args: argparse.Namespace) -> int:
-    """One full forward per option: ``(context + option)[:-1]``, all logits, fp32 log-softmax (lm-eval's way)."""
+def naive_item_scores(loaded: Any, items: Sequence[Any], float64_reference: bool = True) -> tuple[list[dict], int, float]:
+    """The naive per-option baseline on `items`: one full forward per option and per letter of
+    ``(context + option)[:-1]`` (BOS, truncation as the engine), all logits, fp32 log-softmax: lm-eval's
+    arithmetic at batch 1. Returns per item ``{"id", "gold", "scores"}`` (plus ``"float64"``, the same logits
+    normalised in float64, the arbiter of float32 rounding, when `float64_reference`), the tokens forwarded,
+    and the seconds of the scoring work (the float64 reference untimed; on CUDA the device is synchronised)."""
     import torch
+
+    from calib_checks.scoring import encode_pairs
+
+    bos = [loaded.tokenizer.bos_token_id] if loaded.add_bos else []
+    max_len = loaded.max_length
+    cuda = loaded.input_device.type == "cuda"
+    out, tokens, reference_seconds = [], 0, 0.0
+    if cuda:
+        torch.cuda.synchronize(loaded.input_device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for item in items:
+            enc = encode_pairs(
+                loaded.tokenizer,
+                [(item.context, " " + o) for o in item.options] + [(item.choice_prompt, " " + x) for x in item.letters],
+            )
+            per_option, reference = [], []
+            for context, cont, _ in enc:
+                ids = (bos + context + cont)[-(max_len + 1):][:-1]
+                tokens += len(ids)
+                logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.input_device)).logits[0]
+                logp = torch.log_softmax(logits.float(), dim=-1)[-len(cont):]
+                target = torch.tensor(cont, device=logp.device)[:, None]
+                per_option.append(logp.gather(1, target)[:, 0].tolist())
+                if float64_reference:
+                    # Untimed: on CPU torch's float32 log_softmax over a large vocabulary is biased by ~1e-5
+                    # per token, which the float64 one shows.
+                    t0 = time.perf_counter()
+                    exact = torch.log_softmax(logits[-len(cont):].double(), dim=-1).gather(1, target)[:, 0]
+                    reference.append(exact.tolist())
+                    reference_seconds += time.perf_counter() - t0
+            k = len(item.options)
+            row = {"id": item.id, "gold": item.gold, "scores": extractor_scores(per_option, k)}
+            if float64_reference:
+                row["float64"] = extractor_scores(reference, k)
+            out.append(row)
+    if cuda:
+        torch.cuda.synchronize(loaded.input_device)
+    return out, tokens, time.perf_counter() - started - reference_seconds
+
+
+def _worker_naive(args: argparse.Namespace) -> int:
+    """The naive baseline (`naive_item_scores`) on every planned task, in its own process."""
     from peak_rss import gpu_peak_mib, peak_mib, reset_gpu_peak, reset_peak
 
     from calib_checks.models import load_model
-    from calib_checks.scoring import encode_pairs
 
     plan = json.loads(Path(args.plan).read_text(encoding="utf-8"))
     tasks = _plan_items(plan)
     loaded = load_model(args.model_dir, device=args.device, dtype=args.dtype)
-    bos = [loaded.tokenizer.bos_token_id] if loaded.add_bos else []
-    max_len = loaded.max_length
     warm_up(loaded.model, loaded.tokenizer, tasks[0][1].items[0].context, loaded.input_device)
     out: dict[str, Any] = {"tasks": {}}
     for task, data in tasks:
         per_task_peak = reset_peak()
         reset_gpu_peak(args.device)
-        items, tokens, reference_seconds = [], 0, 0.0
-        started = time.perf_counter()
-        with torch.inference_mode():
-            for item in data.items:
-                enc = encode_pairs(
-                    loaded.tokenizer,
-                    [(item.context, " " + o) for o in item.options]
-                    + [(item.choice_prompt, " " + x) for x in item.letters],
-                )
-                per_option, reference = [], []
-                for context, cont, _ in enc:
-                    ids = (bos + context + cont)[-(max_len + 1):][:-1]
-                    tokens += len(ids)
-                    logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.input_device)).logits[0]
-                    logp = torch.log_softmax(logits.float(), dim=-1)[-len(cont):]
-                    target = torch.tensor(cont, device=logp.device)[:, None]
-                    per_option.append(logp.gather(1, target)[:, 0].tolist())
-                    # Untimed: the same logits' log-softmax in float64, the arbiter of float32 rounding (on CPU
-                    # torch's float32 log_softmax over a large vocabulary is biased by ~1e-5 per token).
-                    t0 = time.perf_counter()
-                    exact = torch.log_softmax(logits[-len(cont):].double(), dim=-1).gather(1, target)[:, 0]
-                    reference.append(exact.tolist())
-                    reference_seconds += time.perf_counter() - t0
-                k = len(item.options)
-                items.append({"id": item.id, "gold": item.gold, "scores": extractor_scores(per_option, k),
-                              "float64": extractor_scores(reference, k)})
-        out["tasks"][task] = {"task": task, "seconds": time.perf_counter() - started - reference_seconds,
-                              "tokens_forwarded": tokens, "peak_rss_mib": peak_mib(), "per_task_peak": per_task_peak,
-                              "peak_gpu_mib": gpu_peak_mib(args.device), "items": items}
+        items, tokens, seconds = naive_item_scores(loaded, data.items)
+        out["tasks"][task] = {"task": task, "seconds": seconds, "tokens_forwarded": tokens, "peak_rss_mib": peak_mib(),
+                              "per_task_peak": per_task_peak, "peak_gpu_mib": gpu_peak_mib(args.device), "items": items}
     _write_json(Path(args.out), out)
     return 0
 

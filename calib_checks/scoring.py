@@ -95,7 +95,8 @@ SCORING_VERSION = "4"  # 2: records carry letter_mass; 3: packed rows, shared pr
 # so rows stay short and a batch holds several. SmolLM2-135M's decoder on 2 CPU cores, best of 5 calls (ms per
 # token): 1 x 256 tokens 0.91, 4 x 256 0.78, 16 x 64 0.74, 40 x 96 0.82, 1 x 1024 1.00, 8 x 512 0.89. Rows of
 # 256 in batches of 1024 tokens pad 1-3 % (the rows' fills differ) on the bench's 60 items per task, against
-# 0 % at one row a batch, which costs 15 % more per token. The GPU figures are a guess, not measured yet.
+# 0 % at one row a batch, which costs 15 % more per token. The GPU figures are a guess, not measured yet:
+# scripts/gpu-check.sh prints the items/s and peak GPU memory per row and batch budget that will set them.
 _AUTO_TOKEN_BUDGET = {"cuda": 1 << 16, "other": 1 << 10}
 _ROW_TOKENS = {"cuda": 1 << 11, "other": 1 << 8}
 # Float32 logits computed at once by the output head: positions per chunk = this // vocabulary size. 256 MiB:

@@ -3,26 +3,14 @@ lm-eval tasks. No timing is asserted (that is what `make bench` measures), and n
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.bench_modules import load_bench_module
 
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("run_bench", REPO / "bench" / "run_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["run_bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_bench_module("run_bench")
 
 
 def test_item_lower_bound_counts_context_options_but_last_and_prompt():
@@ -273,3 +261,22 @@ def test_flops_count_the_engines_arithmetic_from_the_model_shapes(tiny_model_dir
     assert flops["head"] == 2 * 32 * c.vocab_size * stats.head_positions > 0
     rate = bench.matmul_rate(shapes, tokens=64, head_rows=8, device="cpu", dtype=torch.float32, repeats=1)
     assert 1e6 < rate < 1e14
+
+
+def test_naive_baseline_equals_the_engine(tiny_model_dir):
+    from calib_checks.models import load_model
+    from calib_checks.scoring import score_items
+
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype="float32")
+    items = [_item(), _item(id="q2", options=("maybe", "never", "so"), letters=("A", "B", "C"),
+                            choice_prompt="Question: Is it?\nA. maybe\nB. never\nC. so\nAnswer:")]
+    naive, tokens, seconds = bench.naive_item_scores(loaded, items)
+    records, _ = score_items(loaded, items, progress=False)
+    assert [row["id"] for row in naive] == ["q1", "q2"] and seconds > 0
+    # One forward per option and per letter: (context + option)[:-1] and the lettered prompt, 5 + 5 of them.
+    assert tokens > sum(len(loaded.tokenizer(it.choice_prompt).input_ids) * len(it.letters) for it in items)
+    for row, record in zip(naive, records):
+        for name, values in row["scores"].items():
+            assert values == pytest.approx(record.scores[name], abs=5e-4)
+            assert row["float64"][name] == pytest.approx(values, abs=5e-4)
+    assert "float64" not in bench.naive_item_scores(loaded, items[:1], float64_reference=False)[0][0]

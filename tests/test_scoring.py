@@ -33,10 +33,10 @@ pytestmark = pytest.mark.filterwarnings("ignore::calib_checks.scoring.LowLetterM
 
 
 def loaded(model, tokenizer, label: str, add_bos: bool = False) -> LoadedModel:
-    """A `LoadedModel` around a model built in the test (no checkpoint folder, so no spec)."""
+    """A `LoadedModel` around a model built in the test (no checkpoint folder, so no spec), on its device."""
     return LoadedModel(
         spec=None, label=label, model=model.eval(), tokenizer=tokenizer, temperature=1.0,
-        input_device=torch.device("cpu"), dtype=next(model.parameters()).dtype, add_bos=add_bos,
+        input_device=next(model.parameters()).device, dtype=next(model.parameters()).dtype, add_bos=add_bos,
         max_length=model.config.max_position_embeddings, identity={"label": label},
     )  # fmt: skip
 
@@ -379,17 +379,15 @@ def fresh_compile():
     torch._dynamo.reset()
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager", "flex_attention"])
-def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: str, request) -> None:
-    """Gemma 3 mixes sliding and full layers and caps its logits; a window of 4 tokens makes both matter."""
+def tiny_gemma3(tiny_model_dir: Path, attention: str, device: str = "cpu", head_dim: int = 8) -> LoadedModel:
+    """A tiny random Gemma 3 (2 layers, one sliding with a window of 4 tokens, one full; logits capped at 3) with
+    the tiny Llama's tokenizer, BOS prepended as for the Gemma family."""
     from transformers import AutoTokenizer, Gemma3ForCausalLM, Gemma3TextConfig
 
-    if attention == "flex_attention":
-        request.getfixturevalue("fresh_compile")
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     config = Gemma3TextConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+        num_key_value_heads=2, head_dim=head_dim, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
         final_logit_softcapping=3.0, max_position_embeddings=256, bos_token_id=0, eos_token_id=0, pad_token_id=0,
         attn_implementation=attention,
     )  # fmt: skip
@@ -397,7 +395,15 @@ def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: 
     model = Gemma3ForCausalLM(config)
     with torch.no_grad():
         model.lm_head.weight.mul_(8.0)
-    lm = loaded(model, tok, label="tiny-gemma3", add_bos=True)
+    return loaded(model.to(device), tok, label="tiny-gemma3", add_bos=True)
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "flex_attention"])
+def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: str, request) -> None:
+    """Gemma 3 mixes sliding and full layers and caps its logits; a window of 4 tokens makes both matter."""
+    if attention == "flex_attention":
+        request.getfixturevalue("fresh_compile")
+    lm = tiny_gemma3(tiny_model_dir, attention)
     # One batch (one compiled shape for flex attention).
     records, stats = score_items(lm, TINY_ITEMS[:4], batch_size=1, row_tokens=4096, progress=False)
     assert_matches_naive(lm, TINY_ITEMS[:4], records, tol=5e-4)

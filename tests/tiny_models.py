@@ -20,8 +20,9 @@ _CORPUS = [
 ]
 
 
-def build_tiny_model(path: str | Path, seed: int = 0, vocab_size: int = 384) -> Path:
-    """Build and save a tiny Llama checkpoint with its tokenizer at `path`; return the path."""
+def build_tiny_model(path: str | Path, seed: int = 0, vocab_size: int = 384, head_dim: int = 8) -> Path:
+    """Build and save a tiny Llama checkpoint with its tokenizer at `path`; return the path. 4 heads of
+    `head_dim` dimensions (CUDA's flex-attention kernel needs at least 16)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -48,6 +49,7 @@ def build_tiny_model(path: str | Path, seed: int = 0, vocab_size: int = 384) -> 
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        head_dim=head_dim,
         max_position_embeddings=512,
         bos_token_id=0,
         eos_token_id=0,
