@@ -357,18 +357,18 @@ def time_model(name: str, carry: Path, device: str, dtype: str, tiny: bool, n_it
         flops = sum(engine_flops(shapes, stats).values())
         engine[task] = {
             "items": len(task_items), "seconds": seconds, "items_per_second": len(task_items) / seconds,
-            "tokens_forwarded": stats["tokens_forwarded"], "tokens_padded": stats["tokens_padded"],
-            "tokens_per_second": stats["tokens_forwarded"] / seconds, "flops": flops,
-            "seconds_forward": stats["seconds_forward"], "seconds_head": stats["seconds_head"],
-            "seconds_tokenise": stats["seconds_tokenise"], "batches": stats["batches"], "rows": stats["rows"],
-            "batch_size": stats["batch_size"], "row_tokens": stats["row_tokens"], "token_budget": stats["token_budget"],
-            "attention": stats["attention"], "attention_fallback": stats["attention_fallback"],
-            "peak_gpu_mib": peak, "head_positions": stats["head_positions"],
+            "tokens_forwarded": stats.tokens_forwarded, "tokens_padded": stats.tokens_padded,
+            "tokens_per_second": stats.tokens_forwarded / seconds, "flops": flops,
+            "seconds_forward": stats.seconds_forward, "seconds_head": stats.seconds_head,
+            "seconds_tokenise": stats.seconds_tokenise, "batches": stats.batches, "rows": stats.rows,
+            "batch_size": stats.batch_size, "row_tokens": stats.row_tokens, "token_budget": stats.token_budget,
+            "attention": stats.attention, "attention_fallback": stats.attention_fallback,
+            "peak_gpu_mib": peak, "head_positions": stats.head_positions,
         }
         print(f"[{name}] {task}: {len(task_items)} items in {seconds:.2f} s ({len(task_items) / seconds:.1f} items/s, "
-              f"{stats['tokens_forwarded'] / seconds:.0f} tokens/s), {stats['batches']} batch(es) of up to "
-              f"{stats['batch_size']} rows x {stats['row_tokens']} tokens, {stats['attention']}"
-              + (f" (fell back: {stats['attention_fallback']})" if stats["attention_fallback"] else "")
+              f"{stats.tokens_forwarded / seconds:.0f} tokens/s), {stats.batches} batch(es) of up to "
+              f"{stats.batch_size} rows x {stats.row_tokens} tokens, {stats.attention}"
+              + (f" (fell back: {stats.attention_fallback})" if stats.attention_fallback else "")
               + (f", peak {peak / 1024:.2f} GiB" if peak is not None else ""), flush=True)
     out["compiles_while_timed"] = _compile_counter() - compiled
     out["engine"] = engine
@@ -430,16 +430,16 @@ def time_model(name: str, carry: Path, device: str, dtype: str, tiny: bool, n_it
                 print(f"[{name}] sweep {row_tokens}x{budget}: {out['sweep'][-1]['error']}", flush=True)
                 continue
             point = {"row_tokens": row_tokens, "token_budget": budget, "items": len(pooled), "seconds": seconds,
-                     "items_per_second": len(pooled) / seconds, "tokens_per_second": stats["tokens_forwarded"] / seconds,
-                     "padding": stats["tokens_padded"] / stats["tokens_forwarded"], "batches": stats["batches"],
-                     "final_row_tokens": stats["row_tokens"], "final_token_budget": stats["token_budget"],
+                     "items_per_second": len(pooled) / seconds, "tokens_per_second": stats.tokens_forwarded / seconds,
+                     "padding": stats.tokens_padded / stats.tokens_forwarded, "batches": stats.batches,
+                     "final_row_tokens": stats.row_tokens, "final_token_budget": stats.token_budget,
                      "peak_gpu_mib": peak}
             out["sweep"].append(point)
             print(f"[{name}] sweep rows {row_tokens} x budget {budget}: {point['items_per_second']:.1f} items/s, "
-                  f"{point['tokens_per_second']:.0f} tokens/s, padding {point['padding']:.3f}, {stats['batches']} "
+                  f"{point['tokens_per_second']:.0f} tokens/s, padding {point['padding']:.3f}, {stats.batches} "
                   f"batch(es)" + (f", peak {peak / 1024:.2f} GiB" if peak is not None else "")
-                  + ("" if (stats["row_tokens"], stats["token_budget"]) == (row_tokens, budget) else
-                     f", backed off to {stats['row_tokens']} x {stats['token_budget']}"), flush=True)
+                  + ("" if (stats.row_tokens, stats.token_budget) == (row_tokens, budget) else
+                     f", backed off to {stats.row_tokens} x {stats.token_budget}"), flush=True)
     finally:
         scoring._AUTO_TOKEN_BUDGET[kind] = saved
     return out

@@ -23,7 +23,8 @@ import pytest
 import torch
 
 from calib_checks.models import LoadedModel, load_model
-from calib_checks.scoring import EXTRACTORS, ItemRecord, score_items
+from calib_checks.records import EXTRACTORS, ItemRecord
+from calib_checks.scoring import score_items
 from calib_checks.tasks import Item
 from tests.test_plugin import GATED, computed, gate, gate_files, load_run  # noqa: F401 - fixtures, reused
 from tests.test_scoring import TINY_ITEMS, assert_same_choice, naive_scores, tiny_gemma3
@@ -143,10 +144,10 @@ def check_bf16_floor(tiny_model_dir: Path, device: str, monkeypatch: pytest.Monk
     reference = float32_twin(lm)
     tolerance = bf16_tolerance(reference, TINY_ITEMS)
     records, stats = score_items(lm, TINY_ITEMS, batch_size=2, progress=False)
-    assert stats["attention_fallback"] is None
+    assert stats.attention_fallback is None
     errors = option_errors(records, reference, TINY_ITEMS)
     worst = max(error / (n * tolerance) for error, n in errors)
-    print(f"bf16 on {device} ({stats['attention']}): worst error {worst:.2f} of the floor "
+    print(f"bf16 on {device} ({stats.attention}): worst error {worst:.2f} of the floor "
           f"({tolerance:.4f} per token)")
     assert worst <= 1.0, f"a bf16 score is {worst:.2f} times the derived floor away from float32"
     options_see_each_other(monkeypatch)
@@ -184,8 +185,8 @@ def test_packed_float32_equals_the_naive_reference_on_cuda(tiny_model_dir: Path,
         reference = tiny_gemma3(tiny_model_dir, "sdpa", head_dim=HEAD_DIM)
     assert lm.model.config._attn_implementation == "flex_attention"
     records, stats = score_items(lm, TINY_ITEMS, batch_size=2, row_tokens=64, progress=False)
-    assert (stats["attention"], stats["attention_fallback"]) == ("flex_attention", None)
-    assert stats["batches"] > 1, "several batch shapes: the kernel compiles for more than one"
+    assert (stats.attention, stats.attention_fallback) == ("flex_attention", None)
+    assert stats.batches > 1, "several batch shapes: the kernel compiles for more than one"
     for it, record in zip(TINY_ITEMS, records, strict=True):
         expected = naive_scores(reference, it)
         for name in EXTRACTORS:
@@ -207,11 +208,11 @@ def test_flex_and_sdpa_agree_on_cuda_and_the_stats_say_which_ran(tiny_model_dir:
     settings = {"batch_size": 2, "row_tokens": 128, "progress": False}
     ours, ours_stats = score_items(flex, items, **settings)
     theirs, theirs_stats = score_items(dense, items, **settings)
-    assert (ours_stats["attention"], ours_stats["attention_fallback"]) == ("flex_attention", None)
-    assert (theirs_stats["attention"], theirs_stats["attention_fallback"]) == ("sdpa", None)
+    assert (ours_stats.attention, ours_stats.attention_fallback) == ("flex_attention", None)
+    assert (theirs_stats.attention, theirs_stats.attention_fallback) == ("sdpa", None)
     assert_close_to(ours, theirs, FP32_TOLERANCE, "flex vs sdpa")
     # The block mask skips the blocks of items packed side by side: fewer (query, key) pairs than dense rows.
-    assert ours_stats["attention_pairs"] < theirs_stats["attention_pairs"]
+    assert ours_stats.attention_pairs < theirs_stats.attention_pairs
 
 
 @cuda_test
@@ -222,7 +223,7 @@ def test_scores_do_not_depend_on_batching_or_packing_on_cuda(tiny_model_dir: Pat
                      {"batch_size": "auto", "row_tokens": 40}, {"batch_size": 2, "row_tokens": 64},
                      {"batch_size": "auto"}):
         records, stats = score_items(lm, TINY_ITEMS, progress=False, **settings)
-        assert stats["attention_fallback"] is None, stats["attention_fallback"]
+        assert stats.attention_fallback is None, stats.attention_fallback
         assert_close_to(records, reference, 1e-5, str(settings))
 
 
@@ -251,9 +252,9 @@ def test_out_of_memory_halves_the_batch_then_repacks_with_the_same_scores(tiny_m
     finally:
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
-    assert stats["token_budget"] < scoring._AUTO_TOKEN_BUDGET["cuda"], "the batch was never halved"
-    assert stats["row_tokens"] < 8192, "the rows were never re-packed"
-    assert stats["attention_fallback"] is None
+    assert stats.token_budget < scoring._AUTO_TOKEN_BUDGET["cuda"], "the batch was never halved"
+    assert stats.row_tokens < 8192, "the rows were never re-packed"
+    assert stats.attention_fallback is None
     assert_close_to(records, reference, 1e-5, "after the back-off")
 
 
@@ -297,8 +298,8 @@ def test_gate_on_cuda_exits_0_and_1_as_on_cpu(gate) -> None:
     near, reports = gate("--model-pair", f"near={m},{m}:temperature=1.02", *args)
     assert near.ret == 0, near.stdout.str()
     stats = scored_on(reports, Path(m).name, "arc_easy")
-    assert stats["stack"]["device"] == "cuda" and stats["attention"] == "flex_attention", stats
-    assert stats["attention_fallback"] is None
+    assert stats["stack"]["device"] == "cuda" and stats["engine"]["attention"] == "flex_attention", stats
+    assert stats["engine"]["attention_fallback"] is None
     hot, reports = gate("--model-pair", f"hot={m},{m}:temperature=0.5", *args)
     assert hot.ret == 1, hot.stdout.str()
     by_case = {(c["extractor"], c["metric"]): c["verdict"] for c in load_run(reports)["cases"]}

@@ -52,7 +52,7 @@ def test_every_model_builds_and_scores_at_dry_run_size(tiny_model_dir: Path, tmp
         assert loaded.add_bos == name.startswith("gemma")
         with pytest.warns(UserWarning):  # random weights: no letter mass
             records, stats = score_items(loaded, TINY_ITEMS[:2], progress=False)
-        assert [r.id for r in records] == ["two", "three"] and stats["attention"] == "sdpa"
+        assert [r.id for r in records] == ["two", "three"] and stats.attention == "sdpa"
 
 
 def test_parse_sweep() -> None:
