@@ -13,7 +13,12 @@ torchmetrics, netcal and Kumar's ``uncertainty-calibration`` package):
 * Empty bins contribute nothing.
 
 Inputs are validated (``MetricInputError``, a ``ValueError``): finite, non-negative, rows summing to 1 within
-``ROW_SUM_ATOL``, integer labels in ``0..K-1``, matching non-empty shapes, ``n_bins >= 1``.
+``ROW_SUM_ATOL`` (then divided by their sum, so probabilities stored in bf16 or fp16 are accepted), integer labels
+in ``0..K-1``, matching non-empty shapes, ``n_bins >= 1``.
+
+Top-label correctness is fractional on ties: ``correct_i = [y_i in T_i] / |T_i|``, T_i the options whose
+probability equals the row's maximum exactly (as stored), so no metric depends on the order of the options
+(torchmetrics and numpy's argmax take the lowest index instead; docs/METRICS.md).
 
 Variable option counts: rows padded with probability 0 for absent options (``scoring.TaskScores.probs``)
 leave top-label ECE/MCE/debiased ECE, Brier, NLL and accuracy unchanged, and leave SCE's per-class sums for
@@ -27,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -62,10 +67,12 @@ __all__ = [
     "use_matrix_sums",
 ]
 
-#: Largest accepted ``|sum_k probs[i, k] - 1|``. Probabilities come from an fp32 softmax (error ~K * 6e-8),
-#: possibly stored through bf16/fp16 round-trips upstream; 1e-4 accepts those and rejects logits, percentages
-#: and unnormalised scores. Rows are used as given, never renormalised.
-ROW_SUM_ATOL = 1e-4
+#: Largest accepted ``|sum_k probs[i, k] - 1|``; accepted rows are divided by their sum. Rounding each entry of a
+#: row to a format with unit roundoff u moves the sum by at most u * sum_k p_k = u: u = 2^-8 for bfloat16
+#: (measured: 0.0033 at most over 200,000 rows of K = 2..10, stored or computed by a bf16 softmax), 2^-11 for
+#: float16, 2^-24 for float32. 2^-7 = 0.0078 is twice bf16's bound: it accepts every bf16, fp16 or fp32 row
+#: and still rejects logits, percentages, unnormalised scores and rows that miss an option of any weight.
+ROW_SUM_ATOL = 2.0**-7
 
 #: NLL clips the gold probability from below at this value (scikit-learn's historical ``log_loss`` eps), so an
 #: underflowed probability gives a large finite loss (34.5 nats) instead of inf.
@@ -124,12 +131,15 @@ def _validate(probs: ArrayLike, labels: ArrayLike, name: str = "probs") -> tuple
     if neg.any():
         r, c = np.argwhere(neg)[0]
         raise MetricInputError(f"{name} holds a negative probability {float(p[r, c])!r} at row {r}, column {c}")
-    off = np.abs(p.sum(axis=1) - 1.0) > ROW_SUM_ATOL
+    # Summed in sorted order: a float sum depends on the order of its terms, and the renormalised values (their
+    # bins, their ties) must not depend on the order of the options.
+    sums = np.sort(p, axis=1).sum(axis=1)
+    off = np.abs(sums - 1.0) > ROW_SUM_ATOL
     if off.any():
         r = int(np.argmax(off))
         raise MetricInputError(
-            f"{name} row {r} sums to {float(p[r].sum())!r}, not 1 (tolerance {ROW_SUM_ATOL}); "
-            "pass softmax probabilities over the options, not logits or scores"
+            f"{name} row {r} sums to {float(sums[r])!r}, not 1 (tolerance {ROW_SUM_ATOL:g}, twice bfloat16's "
+            "rounding); pass softmax probabilities over the options, not logits, scores or percentages"
         )
     if y.dtype.kind == "f":
         nonint = ~np.isfinite(y) | (y != np.round(y))
@@ -142,7 +152,8 @@ def _validate(probs: ArrayLike, labels: ArrayLike, name: str = "probs") -> tuple
     if out.any():
         i = int(np.argmax(out))
         raise MetricInputError(f"labels[{i}] = {y[i].item()!r} is out of range for {k} options (valid: 0..{k - 1})")
-    return p, y.astype(np.int64)
+    # Renormalised so that low-precision rows are distributions; equal entries stay exactly equal (ties).
+    return p / sums[:, None], y.astype(np.int64)
 
 
 def _check_n_bins(n_bins: int) -> int:
@@ -224,10 +235,16 @@ class _Grouping:
 
 
 def _top_label(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence (max probability) and correctness (1.0 where argmax == label; ties go to the lowest index)."""
-    pred = p.argmax(axis=1)
-    conf = p[np.arange(p.shape[0]), pred]
-    return conf, (pred == y).astype(np.float64)
+    """Confidence ``conf_i = max_k p[i, k]`` and fractional correctness ``[y_i in T_i] / |T_i|``.
+
+    T_i holds the options whose probability equals conf_i exactly. Stored bf16/fp16/fp32 values convert to
+    float64 exactly and renormalising divides a row by one number, so options equal in the stored precision
+    are tied and options one stored ulp apart are not. The expected correctness of a uniformly random pick
+    among the tied options, it does not depend on the order of the options (an argmax would).
+    """
+    conf = p.max(axis=1)
+    top = p == conf[:, None]
+    return conf, top[np.arange(p.shape[0]), y] / top.sum(axis=1)
 
 
 def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
@@ -360,8 +377,8 @@ def _plain(prepare: _Prepare, p: np.ndarray, y: np.ndarray, n_bins: int = 1) -> 
 def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, scheme: str = "width") -> float:
     """Top-label expected calibration error (Naeini et al. 2015; Guo et al. 2017).
 
-    ``conf_i = max_k probs[i, k]``, ``correct_i = [argmax_k probs[i, k] == labels[i]]`` (ties: lowest index),
-    ``ECE = sum_b (n_b / N) * |acc_b - conf_b|`` where acc_b and conf_b are the means of correct and conf over
+    ``conf_i = max_k probs[i, k]``, ``correct_i = [labels[i] in T_i] / |T_i|`` with T_i the options whose
+    probability equals conf_i (1 or 0 without ties), ``ECE = sum_b (n_b / N) * |acc_b - conf_b|`` where acc_b and conf_b are the means of correct and conf over
     bin b's n_b items.
 
     Parameters
@@ -427,7 +444,8 @@ def nll(probs: ArrayLike, labels: ArrayLike) -> float:
 
 
 def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
-    """Fraction of items whose argmax option (ties: lowest index) is the gold one. Higher is better."""
+    """``(1/N) sum_i correct_i``: the share of items whose top option is the gold one, a tie of t top options
+    holding the gold one counting 1/t (as ``ece``). Higher is better."""
     p, y = _validate(probs, labels)
     return _plain(_prepare_accuracy, p, y)
 
@@ -435,8 +453,8 @@ def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
 def overconfidence(probs: ArrayLike, labels: ArrayLike) -> float:
     """Signed over-confidence: ``(1/N) sum_i (conf_i - correct_i)``, in [-1, 1].
 
-    ``conf_i = max_k probs[i, k]`` and ``correct_i = [argmax_k probs[i, k] == labels[i]]`` (ties: lowest index),
-    as in ``ece``. Positive: the model is on average more confident than it is accurate (what alignment
+    ``conf_i = max_k probs[i, k]`` and the fractional ``correct_i`` of ``ece`` (1/t when the gold option is
+    among t tied top options). Positive: the model is on average more confident than it is accurate (what alignment
     tuning is reported to do); negative: under-confident; 0 for a calibrated model in expectation. It is the
     one-bin signed ECE (``|overconfidence| <= ece`` for any binning), and, being a mean over items, its paired
     change is a difference of means whose bootstrap (and normal) interval is honest by the plain CLT.
@@ -555,7 +573,10 @@ def classwise_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> tup
 class Metric:
     """A registered metric: ``function(probs, labels[, n_bins=...]) -> float`` and its orientation.
 
-    The gate reads ``higher_is_worse`` to decide which direction of change is a regression.
+    The gate reads ``higher_is_worse`` to decide which direction of change is a regression. A ``signed``
+    metric (over-confidence) is miscalibrated in both directions: its regression is a rise of its ABSOLUTE
+    value, ``|aligned| - |base|``, judged by verdicts.py's sign-aware test (``higher_is_worse`` then refers
+    to the absolute value); the signed value and change stay what is reported.
     """
 
     name: str
@@ -563,6 +584,7 @@ class Metric:
     higher_is_worse: bool
     display_name: str
     binned: bool  # takes n_bins
+    signed: bool = False  # 0 is calibrated and both signs are miscalibration: the gate judges |value|
 
 
 METRICS: dict[str, Metric] = {
@@ -597,7 +619,7 @@ METRICS: dict[str, Metric] = {
         Metric("brier", brier, True, "Brier score", False),
         Metric("nll", nll, True, "NLL", False),
         Metric("accuracy", accuracy, False, "accuracy", False),
-        Metric("overconfidence", overconfidence, True, "over-confidence", False),
+        Metric("overconfidence", overconfidence, True, "over-confidence", False, signed=True),
     )
 }
 
@@ -655,9 +677,12 @@ class BootstrapResult:
       ``se = sd(D*)`` (ddof 1), ``z = Phi^{-1}((1 + confidence)/2)``. Unlike the replicate quantiles it gives
       p-values far below 1/n_resamples (Holm across 54 cases needs ~1e-3).
 
-    ``replicate_mean`` and ``replicate_sd`` are mean(D*) and sd(D*); ``replicates`` holds the D*_r themselves
-    (not compared, not printed). ``n_clusters`` is None for the item bootstrap; ``n_bins`` is None for metrics
-    without bins and for user callables. ``p_value`` and ``mc_error`` read the replicates.
+    ``replicate_mean`` and ``replicate_sd`` are mean(D*) and sd(D*); ``replicates`` holds the D*_r themselves,
+    ``base_replicates`` and ``aligned_replicates`` each model's metric on the same resamples (D*_r is their
+    difference; none of the three is compared or printed). ``n_clusters`` is None for the item bootstrap;
+    ``n_bins`` is None for metrics without bins and for user callables. ``p_value`` and ``mc_error`` read the
+    replicates. ``weights`` is (1, -1) for the change; ``contrast`` gives the same summary of any other linear
+    combination of the two models' values.
     """
 
     change: float
@@ -676,6 +701,23 @@ class BootstrapResult:
     replicate_mean: float = 0.0
     replicate_sd: float = 0.0
     replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
+    base_replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
+    aligned_replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
+    weights: tuple[float, float] = (1.0, -1.0)
+
+    def contrast(self, aligned_weight: float, base_weight: float, confidence: float | None = None) -> BootstrapResult:
+        """The same bootstrap summarised for ``c = aligned_weight x metric(aligned) + base_weight x metric(base)``.
+
+        ``change`` then holds c on all items and ``replicates`` its values c*_r on the same resamples, from
+        which the intervals (at ``confidence``, default this result's), ``centre``, ``p_value`` and ``mc_error``
+        follow exactly as for the change (``contrast(1, -1)`` reproduces it). The sign-aware test of a signed
+        metric (verdicts.py) also uses the sum, ``contrast(1, 1)``, and the negated contrasts.
+        """
+        wa, wb = float(aligned_weight), float(base_weight)
+        level = self.confidence if confidence is None else float(confidence)
+        value = wa * self.aligned_value + wb * self.base_value
+        replicates = wa * self.aligned_replicates + wb * self.base_replicates
+        return replace(self, weights=(wa, wb), confidence=level, **_summary(value, replicates, level))
 
     @property
     def centre(self) -> float:
@@ -853,30 +895,16 @@ def paired_bootstrap(
     ones = np.ones((1, n_items))
     base_value = float(on_base(ones)[0])
     aligned_value = float(on_aligned(ones)[0])
-    change = aligned_value - base_value
 
     chunk = max(1, _CHUNK_ENTRIES // (n_items * n_classes))
     rng = np.random.default_rng(int(seed))
-    changes = np.concatenate(
-        [
-            on_aligned(w) - on_base(w)
-            for w in _resample_weights(rng, n_items, int(n_resamples), cluster_of, chunk)
-        ]
-    )
-    if not np.isfinite(changes).all():
+    per_model = [(on_base(w), on_aligned(w)) for w in _resample_weights(rng, n_items, int(n_resamples), cluster_of,
+                                                                        chunk)]
+    base_reps = np.concatenate([b for b, _ in per_model])
+    aligned_reps = np.concatenate([a for _, a in per_model])
+    if not (np.isfinite(base_reps).all() and np.isfinite(aligned_reps).all()):
         raise MetricInputError(f"metric {name!r} returned a non-finite value on a bootstrap replicate")
-    alpha = 1.0 - float(confidence)
-    q_lo, q_hi = (float(q) for q in np.quantile(changes, [alpha / 2.0, 1.0 - alpha / 2.0]))
-    mean = float(changes.mean())
-    sd = float(changes.std(ddof=1)) if changes.size > 1 else 0.0
-    if sd < 1e-15 * max(1.0, abs(mean)):  # identical models: every replicate is 0 up to rounding
-        sd = 0.0
-    centre = 2.0 * change - mean
-    z = normal_quantile(1.0 - alpha / 2.0)
     return BootstrapResult(
-        change=change,
-        basic=(2.0 * change - q_hi, 2.0 * change - q_lo),
-        percentile=(q_lo, q_hi),
         n_items=n_items,
         n_resamples=int(n_resamples),
         confidence=float(confidence),
@@ -886,8 +914,22 @@ def paired_bootstrap(
         aligned_value=aligned_value,
         n_clusters=n_clusters,
         n_bins=n_bins if binned else None,
-        normal=(centre - z * sd, centre + z * sd),
-        replicate_mean=mean,
-        replicate_sd=sd,
-        replicates=changes,
+        base_replicates=base_reps,
+        aligned_replicates=aligned_reps,
+        **_summary(aligned_value - base_value, aligned_reps - base_reps, float(confidence)),
     )
+
+
+def _summary(value: float, replicates: np.ndarray, confidence: float) -> dict[str, Any]:
+    """The BootstrapResult fields that follow from a statistic's value and its replicates."""
+    alpha = 1.0 - confidence
+    q_lo, q_hi = (float(q) for q in np.quantile(replicates, [alpha / 2.0, 1.0 - alpha / 2.0]))
+    mean = float(replicates.mean())
+    sd = float(replicates.std(ddof=1)) if replicates.size > 1 else 0.0
+    if sd < 1e-15 * max(1.0, abs(mean)):  # identical models: every replicate is 0 up to rounding
+        sd = 0.0
+    centre = 2.0 * value - mean
+    z = normal_quantile(1.0 - alpha / 2.0)
+    return dict(change=value, basic=(2.0 * value - q_hi, 2.0 * value - q_lo), percentile=(q_lo, q_hi),
+                normal=(centre - z * sd, centre + z * sd), replicate_mean=mean, replicate_sd=sd,
+                replicates=replicates)
