@@ -44,6 +44,7 @@ from calib_checks.errors import CalibChecksError
 __all__ = [
     "METRICS",
     "ROW_SUM_ATOL",
+    "SE_INFLATION",
     "NLL_EPS",
     "INTERVAL_METHODS",
     "BootstrapResult",
@@ -585,14 +586,28 @@ class Metric:
     display_name: str
     binned: bool  # takes n_bins
     signed: bool = False  # 0 is calibrated and both signs are miscalibration: the gate judges |value|
+    se_inflation: float = 1.0  # BootstrapResult.se = this x sd(D*); measured for ECE and SCE (SE_INFLATION)
 
+
+#: The factor c in ``se = c x sd(D*)`` of the bias-corrected normal interval, measured for the gated binned
+#: metrics. Under equal calibration, 2 change - mean(D*) scatters more than the bootstrap sd says (the
+#: bootstrap of |acc_b - conf_b| is inconsistent where the gap is 0, and its bias estimate adds noise): the
+#: null z-statistics (centre / sd) had sd 1.04-1.15 (ECE) and 1.06-1.23 (SCE) over 6 null scenarios (equal
+#: calibration rho 0.9 and 0, over- and under-confident bases, a less accurate aligned model, bf16 storage),
+#: K = 2 / 4 / 5 and 200 / 500 / 2000 items (21,000 cases per metric and size), with tails 2-4x nominal at
+#: Holm's 0.05/54. Each factor is the smallest of 1.0, 1.05, 1.1, ... that brings the pooled rejection rates
+#: at 0.05, 0.025, 0.01 and 0.05/54 to or below nominal at every size (ECE at 1.15: 4.1-4.6 %, 1.9-2.2 %,
+#: 0.77-0.79 %, 0.07 %; SCE at 1.25: 3.2-4.4 %, 1.5-2.1 %, 0.44-0.65 %, 0.01-0.03 %). docs/GATE.md shows the
+#: calibration on the simulation study's own null pairs (`python -m calib_checks simulate --full`).
+#: Other metrics: 1 (means such as over-confidence need none; the ungated binned ones were not measured).
+SE_INFLATION = {"ece": 1.15, "sce": 1.25}
 
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("ece", ece, True, "ECE", True),
+        Metric("ece", ece, True, "ECE", True, se_inflation=SE_INFLATION["ece"]),
         Metric("ece_mass", functools.partial(ece, scheme="mass"), True, "ECE (equal-mass bins)", True),
-        Metric("sce", sce, True, "SCE", True),
+        Metric("sce", sce, True, "SCE", True, se_inflation=SE_INFLATION["sce"]),
         Metric("mce", mce, True, "MCE", True),
         Metric("debiased_ece", debiased_l2_ce, True, "debiased L2 ECE", True),
         Metric(
@@ -674,8 +689,10 @@ class BootstrapResult:
       linear interpolation) of the replicates;
     * ``basic = (2 change - q_hi, 2 change - q_lo)`` (reverse percentile);
     * ``normal = centre -/+ z se``: a bias-corrected normal approximation, ``centre = 2 change - mean(D*)``,
-      ``se = sd(D*)`` (ddof 1), ``z = Phi^{-1}((1 + confidence)/2)``. Unlike the replicate quantiles it gives
-      p-values far below 1/n_resamples (Holm across 54 cases needs ~1e-3).
+      ``se = se_inflation x sd(D*)`` (ddof 1), ``z = Phi^{-1}((1 + confidence)/2)``. Unlike the replicate
+      quantiles it gives p-values far below 1/n_resamples (Holm across 54 cases needs ~1e-3).
+      ``se_inflation`` is the metric's ``Metric.se_inflation`` (1 for user callables): plug-in ECE and SCE
+      are not smooth at a calibrated model and their bias-corrected centre varies more than sd(D*) says.
 
     ``replicate_mean`` and ``replicate_sd`` are mean(D*) and sd(D*); ``replicates`` holds the D*_r themselves,
     ``base_replicates`` and ``aligned_replicates`` each model's metric on the same resamples (D*_r is their
@@ -704,6 +721,12 @@ class BootstrapResult:
     base_replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
     aligned_replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
     weights: tuple[float, float] = (1.0, -1.0)
+    se_inflation: float = 1.0
+
+    @property
+    def se(self) -> float:
+        """The normal interval's standard error, ``se_inflation x sd(D*)``."""
+        return self.se_inflation * self.replicate_sd
 
     def contrast(self, aligned_weight: float, base_weight: float, confidence: float | None = None) -> BootstrapResult:
         """The same bootstrap summarised for ``c = aligned_weight x metric(aligned) + base_weight x metric(base)``.
@@ -717,7 +740,8 @@ class BootstrapResult:
         level = self.confidence if confidence is None else float(confidence)
         value = wa * self.aligned_value + wb * self.base_value
         replicates = wa * self.aligned_replicates + wb * self.base_replicates
-        return replace(self, weights=(wa, wb), confidence=level, **_summary(value, replicates, level))
+        return replace(self, weights=(wa, wb), confidence=level,
+                       **_summary(value, replicates, level, self.se_inflation))
 
     @property
     def centre(self) -> float:
@@ -735,8 +759,8 @@ class BootstrapResult:
 
         With W = sign * change, W*_r = sign * D*_r, B replicates:
 
-        * ``normal``: ``1 - Phi((W_c - margin) / se)``, ``W_c = sign * centre``; with se = 0 (identical models)
-          it is 0 when ``W_c > margin`` and 1 otherwise;
+        * ``normal``: ``1 - Phi((W_c - margin) / se)``, ``W_c = sign * centre``, ``se`` the inflated one; with
+          se = 0 (identical models) it is 0 when ``W_c > margin`` and 1 otherwise;
         * ``basic``: ``(1 + #{W*_r >= 2 W - margin}) / (B + 1)`` (the basic lower bound exceeds the margin at
           level a exactly when this is <= a, up to quantile interpolation);
         * ``percentile``: ``(1 + #{W*_r <= margin}) / (B + 1)``.
@@ -747,11 +771,11 @@ class BootstrapResult:
         margin = float(margin)
         if method == "normal":
             w_c = sign * self.centre
-            if not math.isfinite(w_c) or not math.isfinite(self.replicate_sd):
+            if not math.isfinite(w_c) or not math.isfinite(self.se):
                 return math.nan
-            if self.replicate_sd == 0.0:
+            if self.se == 0.0:
                 return 0.0 if w_c > margin else 1.0
-            return normal_sf((w_c - margin) / self.replicate_sd)
+            return normal_sf((w_c - margin) / self.se)
         if method not in INTERVAL_METHODS:
             raise MetricInputError(f"interval method must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
         w_star = sign * self.replicates
@@ -762,8 +786,8 @@ class BootstrapResult:
     def mc_error(self, method: str = "normal") -> float:
         """Monte Carlo standard error of the interval's ends (the larger of the two), from finite B.
 
-        ``normal``: the ends are ``2 change - mean(D*) -/+ z sd(D*)``, so their MC error is
-        ``sd * sqrt(1/B + z^2 / (2 (B - 1)))`` (the se of a mean plus that of a normal sample's sd).
+        ``normal``: the ends are ``2 change - mean(D*) -/+ z c sd(D*)`` (c = ``se_inflation``), so their MC
+        error is ``sd * sqrt(1/B + c^2 z^2 / (2 (B - 1)))`` (the se of a mean plus that of a normal sample's sd).
         ``basic`` / ``percentile``: batch means: the end computed on each of MC_BATCHES consecutive batches of
         replicates, the batches' sd divided by sqrt(MC_BATCHES).
         """
@@ -772,7 +796,8 @@ class BootstrapResult:
             z = normal_quantile((1.0 + self.confidence) / 2.0)
             if b < 2:
                 return math.nan
-            return self.replicate_sd * math.sqrt(1.0 / b + z * z / (2.0 * (b - 1)))
+            c = self.se_inflation
+            return self.replicate_sd * math.sqrt(1.0 / b + c * c * z * z / (2.0 * (b - 1)))
         if method not in INTERVAL_METHODS:
             raise MetricInputError(f"interval method must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
         if b < 2 * MC_BATCHES:
@@ -862,6 +887,7 @@ def paired_bootstrap(
         raise MetricInputError(f"seed must be an integer >= 0, got {seed!r}")
     n_bins = _check_n_bins(n_bins)
     name, preparer, function, binned = _resolve_metric(metric)
+    inflation = METRICS[name].se_inflation if preparer is not None else 1.0
 
     n_items, n_classes = base.shape
     cluster_of: np.ndarray | None = None
@@ -916,12 +942,12 @@ def paired_bootstrap(
         n_bins=n_bins if binned else None,
         base_replicates=base_reps,
         aligned_replicates=aligned_reps,
-        **_summary(aligned_value - base_value, aligned_reps - base_reps, float(confidence)),
+        **_summary(aligned_value - base_value, aligned_reps - base_reps, float(confidence), inflation),
     )
 
 
-def _summary(value: float, replicates: np.ndarray, confidence: float) -> dict[str, Any]:
-    """The BootstrapResult fields that follow from a statistic's value and its replicates."""
+def _summary(value: float, replicates: np.ndarray, confidence: float, se_inflation: float) -> dict[str, Any]:
+    """The BootstrapResult fields that follow from a statistic's value, its replicates and the se inflation."""
     alpha = 1.0 - confidence
     q_lo, q_hi = (float(q) for q in np.quantile(replicates, [alpha / 2.0, 1.0 - alpha / 2.0]))
     mean = float(replicates.mean())
@@ -931,5 +957,6 @@ def _summary(value: float, replicates: np.ndarray, confidence: float) -> dict[st
     centre = 2.0 * value - mean
     z = normal_quantile(1.0 - alpha / 2.0)
     return dict(change=value, basic=(2.0 * value - q_hi, 2.0 * value - q_lo), percentile=(q_lo, q_hi),
-                normal=(centre - z * sd, centre + z * sd), replicate_mean=mean, replicate_sd=sd,
+                normal=(centre - z * se_inflation * sd, centre + z * se_inflation * sd), replicate_mean=mean,
+                replicate_sd=sd, se_inflation=se_inflation,
                 replicates=replicates)

@@ -224,7 +224,7 @@ def _directed_test(boot: BootstrapResult, margin: float, rule: Rule, higher_is_w
     sign = 1.0 if higher_is_worse else -1.0
     lo, hi = boot.interval(rule.interval)
     return _Test(worsening=sign * _estimate(boot, rule.interval), compared=max(sign * lo, sign * hi),
-                 se=boot.replicate_sd, p_value=boot.p_value(margin, rule.interval, higher_is_worse))
+                 se=boot.se, p_value=boot.p_value(margin, rule.interval, higher_is_worse))
 
 
 #: A signed metric's sides: the aligned model miscalibrated in the base's direction of over- (+1) or
@@ -264,7 +264,7 @@ def _sign_aware_test(boot: BootstrapResult, margin: float, rule: Rule) -> _Test:
         binding = max(parts, key=lambda name: p[name])
         estimate = min(_estimate(c, rule.interval) for c in parts.values())
         upper = min(c.interval(rule.interval)[1] for c in parts.values())
-        sides.append((p[binding], -estimate, side, binding, parts[binding].replicate_sd, estimate, upper))
+        sides.append((p[binding], -estimate, side, binding, parts[binding].se, estimate, upper))
     p_value, _, side, binding, se, _, _ = min(sides)  # the smaller p-value; on a tie the larger worsening
     return _Test(worsening=max(x[5] for x in sides), compared=max(x[6] for x in sides), se=se, p_value=p_value,
                  sign_test=f"{side}:{binding}")

@@ -684,7 +684,7 @@ def test_hand_computed_overconfidence_and_its_registry_entry() -> None:
 # ------------------------------------------------------------------- normal interval, p-values, MC error
 
 
-def test_normal_interval_is_the_bias_corrected_normal_approximation_of_the_replicates(
+def test_normal_interval_is_the_inflated_bias_corrected_normal_approximation_of_the_replicates(
     pair: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
     base, aligned, labels = pair
@@ -695,9 +695,13 @@ def test_normal_interval_is_the_bias_corrected_normal_approximation_of_the_repli
     assert r.replicate_sd == pytest.approx(d.std(ddof=1), abs=1e-12)
     z = 1.6448536269514722  # Phi^-1(0.95)
     centre = 2 * r.change - d.mean()
-    assert r.centre == pytest.approx(centre, abs=1e-12)
-    assert r.normal == pytest.approx((centre - z * d.std(ddof=1), centre + z * d.std(ddof=1)), abs=1e-12)
+    se = metrics_module.SE_INFLATION["ece"] * d.std(ddof=1)  # ECE's measured inflation (docs/GATE.md)
+    assert r.centre == pytest.approx(centre, abs=1e-12) and r.se == pytest.approx(se, abs=1e-12)
+    assert r.normal == pytest.approx((centre - z * se, centre + z * se), abs=1e-12)
     assert r.interval("normal") == r.normal and r.interval("basic") == r.basic
+    # a mean needs no inflation: over-confidence's se is the replicates' sd
+    plain = paired_bootstrap("overconfidence", base, aligned, labels, n_resamples=500, confidence=0.9, seed=4)
+    assert METRICS["overconfidence"].se_inflation == 1.0 and plain.se == plain.replicate_sd
     with pytest.raises(MetricInputError, match="interval method"):
         r.interval("bca")
 
@@ -710,12 +714,12 @@ def test_p_values_follow_their_definitions(pair: tuple[np.ndarray, np.ndarray, n
     sign = 1.0 if higher_is_worse else -1.0
     w, w_star = sign * r.change, sign * r.replicates
     for margin in (-0.05, 0.0, 0.01, 0.03, 0.2):
-        expected = 0.5 * math.erfc((sign * r.centre - margin) / r.replicate_sd / math.sqrt(2))
+        expected = 0.5 * math.erfc((sign * r.centre - margin) / r.se / math.sqrt(2))
         assert r.p_value(margin, "normal", higher_is_worse) == pytest.approx(expected, rel=1e-12, abs=1e-300)
         assert r.p_value(margin, "basic", higher_is_worse) == (1 + np.sum(w_star >= 2 * w - margin)) / 1001
         assert r.p_value(margin, "percentile", higher_is_worse) == (1 + np.sum(w_star <= margin)) / 1001
     # the normal p-value resolves the far tail (Holm over 54 cases needs ~1e-3), the replicates cannot
-    far = sign * r.centre - 5 * r.replicate_sd
+    far = sign * r.centre - 5 * r.se
     assert r.p_value(far, "normal", higher_is_worse) == pytest.approx(2.8665e-7, rel=1e-3)
     assert r.p_value(far, "basic", higher_is_worse) >= 1 / 1001
     # p <= a exactly when the one-sided (1 - a) lower bound of the normal interval is above the margin
@@ -738,7 +742,9 @@ def test_monte_carlo_error_of_the_interval_ends(pair: tuple[np.ndarray, np.ndarr
     base, aligned, labels = pair
     r = paired_bootstrap("ece", base, aligned, labels, n_resamples=2000, seed=0)
     z = 1.959963984540054
-    assert r.mc_error("normal") == pytest.approx(r.replicate_sd * math.sqrt(1 / 2000 + z * z / 3998), rel=1e-12)
+    c = metrics_module.SE_INFLATION["ece"]
+    assert r.mc_error("normal") == pytest.approx(r.replicate_sd * math.sqrt(1 / 2000 + c * c * z * z / 3998),
+                                                 rel=1e-12)
     batches = np.array_split(r.replicates, metrics_module.MC_BATCHES)
     ends = np.array([np.quantile(b, [0.025, 0.975]) for b in batches])
     assert r.mc_error("percentile") == pytest.approx((ends.std(axis=0, ddof=1) / math.sqrt(10)).max(), rel=1e-12)

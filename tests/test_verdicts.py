@@ -69,7 +69,7 @@ def test_sharpened_aligned_model_fails_with_a_complete_message(data) -> None:
     assert result.verdict == "fail"
     assert result.pair == "aligned@T0.5", "pair defaults to the aligned label"
     assert (result.ci_low, result.ci_high) == boot.normal and result.compared == boot.normal[1]
-    assert result.worsening == pytest.approx(boot.centre) and result.se == boot.replicate_sd
+    assert result.worsening == pytest.approx(boot.centre) and result.se == boot.se > boot.replicate_sd
     assert result.p_value == boot.p_value(0.01) == result.p_adjusted <= 0.05
     assert result.mc_error == boot.mc_error("normal") and result.family == "case" and result.family_size == 1
     assert result.change == pytest.approx(boot.aligned_value - boot.base_value)
@@ -383,7 +383,7 @@ def test_sign_aware_p_value_is_the_intersection_union_of_its_contrasts() -> None
     under = max(change.p_value(0.01, higher_is_worse=False), total.p_value(0.01, higher_is_worse=False))
     assert d.p_value == min(over, under) == over
     binding = total if total.p_value(0.01) >= change.p_value(0.01) else change
-    assert d.sign_test == f"over:{'sum' if binding is total else 'change'}" and d.se == binding.replicate_sd
+    assert d.sign_test == f"over:{'sum' if binding is total else 'change'}" and d.se == binding.se
     # each of a side's two upper ends at the two-sided level 97.5 %, i.e. one-sided 1.25 %: Bonferroni over the two
     over_upper = min(boot.contrast(1, w, 0.975).normal[1] for w in (-1, 1))
     under_upper = min(boot.contrast(-1, w, 0.975).normal[1] for w in (1, -1))
