@@ -13,7 +13,11 @@ Conventions (thresholds.py has the rule's fields):
   both models are evaluated on the same resampled items), at the rule's confidence; "normal" by default.
 * The worsening is the change for metrics where higher is worse and ``-change`` for accuracy. Its interval
   is the change's, mapped the same way; ``compared`` is its UPPER end, ``worsening`` its bias-corrected
-  estimate (the normal interval's centre ``2 change - mean(D*)``; the point change for basic / percentile).
+  estimate (the normal interval's centre ``2 change - mean(D*)``; the point change for basic / percentile),
+  ``se`` the interval's (``BootstrapResult.se``: sd(D*) times the metric's measured inflation).
+* A signed metric (``METRICS[m].signed``: over-confidence) is judged on ``|aligned| - |base|`` by an
+  intersection-union test of two contrasts per side (`_sign_aware_test`); its ``change`` and interval stay
+  the signed ones and ``sign_test`` says which side and contrast decided.
 * ``margin = rule.margin(K, base value)``: ``max_increase`` (x 2/K with ``scale = "2/K"``, K = the number of
   probability columns, ARC's padded maximum included), raised by ``max_relative_increase x |base|`` if set.
 * ``p_value``: one-sided, H0 "worsening <= margin" (``BootstrapResult.p_value``); ``p_adjusted``: Holm's
