@@ -13,7 +13,12 @@ torchmetrics, netcal and Kumar's ``uncertainty-calibration`` package):
 * Empty bins contribute nothing.
 
 Inputs are validated (``MetricInputError``, a ``ValueError``): finite, non-negative, rows summing to 1 within
-``ROW_SUM_ATOL``, integer labels in ``0..K-1``, matching non-empty shapes, ``n_bins >= 1``.
+``ROW_SUM_ATOL`` (then divided by their sum, so probabilities stored in bf16 or fp16 are accepted), integer labels
+in ``0..K-1``, matching non-empty shapes, ``n_bins >= 1``.
+
+Top-label correctness is fractional on ties: ``correct_i = [y_i in T_i] / |T_i|``, T_i the options whose
+probability equals the row's maximum exactly (as stored), so no metric depends on the order of the options
+(torchmetrics and numpy's argmax take the lowest index instead; docs/METRICS.md).
 
 Variable option counts: rows padded with probability 0 for absent options (``scoring.TaskScores.probs``)
 leave top-label ECE/MCE/debiased ECE, Brier, NLL and accuracy unchanged, and leave SCE's per-class sums for
@@ -27,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Any
 
@@ -39,6 +44,7 @@ from calib_checks.errors import CalibChecksError
 __all__ = [
     "METRICS",
     "ROW_SUM_ATOL",
+    "SE_INFLATION",
     "NLL_EPS",
     "INTERVAL_METHODS",
     "BootstrapResult",
@@ -62,10 +68,12 @@ __all__ = [
     "use_matrix_sums",
 ]
 
-#: Largest accepted ``|sum_k probs[i, k] - 1|``. Probabilities come from an fp32 softmax (error ~K * 6e-8),
-#: possibly stored through bf16/fp16 round-trips upstream; 1e-4 accepts those and rejects logits, percentages
-#: and unnormalised scores. Rows are used as given, never renormalised.
-ROW_SUM_ATOL = 1e-4
+#: Largest accepted ``|sum_k probs[i, k] - 1|``; accepted rows are divided by their sum. Rounding each entry of a
+#: row to a format with unit roundoff u moves the sum by at most u * sum_k p_k = u: u = 2^-8 for bfloat16
+#: (measured: 0.0033 at most over 200,000 rows of K = 2..10, stored or computed by a bf16 softmax), 2^-11 for
+#: float16, 2^-24 for float32. 2^-7 = 0.0078 is twice bf16's bound: it accepts every bf16, fp16 or fp32 row
+#: and still rejects logits, percentages, unnormalised scores and rows that miss an option of any weight.
+ROW_SUM_ATOL = 2.0**-7
 
 #: NLL clips the gold probability from below at this value (scikit-learn's historical ``log_loss`` eps), so an
 #: underflowed probability gives a large finite loss (34.5 nats) instead of inf.
@@ -124,12 +132,15 @@ def _validate(probs: ArrayLike, labels: ArrayLike, name: str = "probs") -> tuple
     if neg.any():
         r, c = np.argwhere(neg)[0]
         raise MetricInputError(f"{name} holds a negative probability {float(p[r, c])!r} at row {r}, column {c}")
-    off = np.abs(p.sum(axis=1) - 1.0) > ROW_SUM_ATOL
+    # Summed in sorted order: a float sum depends on the order of its terms, and the renormalised values (their
+    # bins, their ties) must not depend on the order of the options.
+    sums = np.sort(p, axis=1).sum(axis=1)
+    off = np.abs(sums - 1.0) > ROW_SUM_ATOL
     if off.any():
         r = int(np.argmax(off))
         raise MetricInputError(
-            f"{name} row {r} sums to {float(p[r].sum())!r}, not 1 (tolerance {ROW_SUM_ATOL}); "
-            "pass softmax probabilities over the options, not logits or scores"
+            f"{name} row {r} sums to {float(sums[r])!r}, not 1 (tolerance {ROW_SUM_ATOL:g}, twice bfloat16's "
+            "rounding); pass softmax probabilities over the options, not logits, scores or percentages"
         )
     if y.dtype.kind == "f":
         nonint = ~np.isfinite(y) | (y != np.round(y))
@@ -142,7 +153,8 @@ def _validate(probs: ArrayLike, labels: ArrayLike, name: str = "probs") -> tuple
     if out.any():
         i = int(np.argmax(out))
         raise MetricInputError(f"labels[{i}] = {y[i].item()!r} is out of range for {k} options (valid: 0..{k - 1})")
-    return p, y.astype(np.int64)
+    # Renormalised so that low-precision rows are distributions; equal entries stay exactly equal (ties).
+    return p / sums[:, None], y.astype(np.int64)
 
 
 def _check_n_bins(n_bins: int) -> int:
@@ -224,10 +236,16 @@ class _Grouping:
 
 
 def _top_label(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence (max probability) and correctness (1.0 where argmax == label; ties go to the lowest index)."""
-    pred = p.argmax(axis=1)
-    conf = p[np.arange(p.shape[0]), pred]
-    return conf, (pred == y).astype(np.float64)
+    """Confidence ``conf_i = max_k p[i, k]`` and fractional correctness ``[y_i in T_i] / |T_i|``.
+
+    T_i holds the options whose probability equals conf_i exactly. Stored bf16/fp16/fp32 values convert to
+    float64 exactly and renormalising divides a row by one number, so options equal in the stored precision
+    are tied and options one stored ulp apart are not. The expected correctness of a uniformly random pick
+    among the tied options, it does not depend on the order of the options (an argmax would).
+    """
+    conf = p.max(axis=1)
+    top = p == conf[:, None]
+    return conf, top[np.arange(p.shape[0]), y] / top.sum(axis=1)
 
 
 def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
@@ -360,9 +378,9 @@ def _plain(prepare: _Prepare, p: np.ndarray, y: np.ndarray, n_bins: int = 1) -> 
 def ece(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15, scheme: str = "width") -> float:
     """Top-label expected calibration error (Naeini et al. 2015; Guo et al. 2017).
 
-    ``conf_i = max_k probs[i, k]``, ``correct_i = [argmax_k probs[i, k] == labels[i]]`` (ties: lowest index),
-    ``ECE = sum_b (n_b / N) * |acc_b - conf_b|`` where acc_b and conf_b are the means of correct and conf over
-    bin b's n_b items.
+    ``conf_i = max_k probs[i, k]``, ``correct_i = [labels[i] in T_i] / |T_i|`` with T_i the options whose
+    probability equals conf_i (1 or 0 without ties), ``ECE = sum_b (n_b / N) * |acc_b - conf_b|`` where acc_b
+    and conf_b are the means of correct and conf over bin b's n_b items.
 
     Parameters
     ----------
@@ -427,7 +445,8 @@ def nll(probs: ArrayLike, labels: ArrayLike) -> float:
 
 
 def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
-    """Fraction of items whose argmax option (ties: lowest index) is the gold one. Higher is better."""
+    """``(1/N) sum_i correct_i``: the share of items whose top option is the gold one, a tie of t top options
+    holding the gold one counting 1/t (as ``ece``). Higher is better."""
     p, y = _validate(probs, labels)
     return _plain(_prepare_accuracy, p, y)
 
@@ -435,11 +454,12 @@ def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
 def overconfidence(probs: ArrayLike, labels: ArrayLike) -> float:
     """Signed over-confidence: ``(1/N) sum_i (conf_i - correct_i)``, in [-1, 1].
 
-    ``conf_i = max_k probs[i, k]`` and ``correct_i = [argmax_k probs[i, k] == labels[i]]`` (ties: lowest index),
-    as in ``ece``. Positive: the model is on average more confident than it is accurate (what alignment
-    tuning is reported to do); negative: under-confident; 0 for a calibrated model in expectation. It is the
-    one-bin signed ECE (``|overconfidence| <= ece`` for any binning), and, being a mean over items, its paired
-    change is a difference of means whose bootstrap (and normal) interval is honest by the plain CLT.
+    ``conf_i = max_k probs[i, k]`` and the fractional ``correct_i`` of ``ece`` (1/t when the gold option is
+    among t tied top options). Positive: the model is on average more confident than it is accurate (what
+    alignment tuning is reported to do); negative: under-confident; 0 for a calibrated model in expectation.
+    It is the one-bin signed ECE (``|overconfidence| <= ece`` for any binning), and, being a mean over items,
+    its paired change (and the sum of both models' values) is a difference of means whose bootstrap and normal
+    intervals are honest by the plain CLT. The gate judges the change of its absolute value (``signed``).
     """
     p, y = _validate(probs, labels)
     return _plain(_prepare_overconfidence, p, y)
@@ -555,7 +575,10 @@ def classwise_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> tup
 class Metric:
     """A registered metric: ``function(probs, labels[, n_bins=...]) -> float`` and its orientation.
 
-    The gate reads ``higher_is_worse`` to decide which direction of change is a regression.
+    The gate reads ``higher_is_worse`` to decide which direction of change is a regression. A ``signed``
+    metric (over-confidence) is miscalibrated in both directions: its regression is a rise of its ABSOLUTE
+    value, ``|aligned| - |base|``, judged by verdicts.py's sign-aware test (``higher_is_worse`` then refers
+    to the absolute value); the signed value and change stay what is reported.
     """
 
     name: str
@@ -563,14 +586,31 @@ class Metric:
     higher_is_worse: bool
     display_name: str
     binned: bool  # takes n_bins
+    signed: bool = False  # 0 is calibrated and both signs are miscalibration: the gate judges |value|
+    se_inflation: float = 1.0  # BootstrapResult.se = this x sd(D*); measured for ECE and SCE (SE_INFLATION)
 
+
+#: The factor c in ``se = c x sd(D*)`` of the bias-corrected normal interval, measured for the gated binned
+#: metrics by scripts/se_inflation.py (seeded; 14 min of CPU). Under equal calibration, 2 change - mean(D*)
+#: scatters more than the bootstrap sd says (the bootstrap of |acc_b - conf_b| is inconsistent where the gap
+#: is 0, and its bias estimate adds noise): over 6 null scenarios (equal calibration rho 0.9 and 0, over- and
+#: under-confident bases, a less accurate aligned model, bf16 storage) x K = 2 / 4 / 5 x 200 / 500 / 2000
+#: items, 1000 groups each, the null z = centre / sd(D*) had sd 1.03-1.18 (ECE) and 1.05-1.26 (SCE) per cell
+#: and tails 2-5x nominal at Holm's 0.05/54. c is the smallest of 1.0, 1.05, 1.1, ... whose pooled rejection
+#: rates (18,000 cases per metric and size) at 0.05, 0.025, 0.01 and 0.05/54 are at or below nominal at every
+#: size: ECE 1.15 (then 4.1-4.5 %, 1.9-2.2 %, 0.65-0.81 %, 0.04-0.06 %); SCE 1.20 there (4.7 %, 2.2 %, 0.93 %,
+#: 0.08 % at 200 items: at the limit) and 1.25 in an earlier exploratory run (500 resamples, other seeds),
+#: so SCE ships the larger, 1.25 (3.2-4.2 %, 1.4-1.8 %, 0.47-0.70 %, 0.03-0.06 %). docs/GATE.md shows the
+#: calibration on the simulation study's own null pairs (`python -m calib_checks simulate --full`).
+#: Other metrics: 1 (means such as over-confidence need none; the ungated binned ones were not measured).
+SE_INFLATION = {"ece": 1.15, "sce": 1.25}
 
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("ece", ece, True, "ECE", True),
+        Metric("ece", ece, True, "ECE", True, se_inflation=SE_INFLATION["ece"]),
         Metric("ece_mass", functools.partial(ece, scheme="mass"), True, "ECE (equal-mass bins)", True),
-        Metric("sce", sce, True, "SCE", True),
+        Metric("sce", sce, True, "SCE", True, se_inflation=SE_INFLATION["sce"]),
         Metric("mce", mce, True, "MCE", True),
         Metric("debiased_ece", debiased_l2_ce, True, "debiased L2 ECE", True),
         Metric(
@@ -597,7 +637,7 @@ METRICS: dict[str, Metric] = {
         Metric("brier", brier, True, "Brier score", False),
         Metric("nll", nll, True, "NLL", False),
         Metric("accuracy", accuracy, False, "accuracy", False),
-        Metric("overconfidence", overconfidence, True, "over-confidence", False),
+        Metric("overconfidence", overconfidence, True, "over-confidence", False, signed=True),
     )
 }
 
@@ -652,12 +692,17 @@ class BootstrapResult:
       linear interpolation) of the replicates;
     * ``basic = (2 change - q_hi, 2 change - q_lo)`` (reverse percentile);
     * ``normal = centre -/+ z se``: a bias-corrected normal approximation, ``centre = 2 change - mean(D*)``,
-      ``se = sd(D*)`` (ddof 1), ``z = Phi^{-1}((1 + confidence)/2)``. Unlike the replicate quantiles it gives
-      p-values far below 1/n_resamples (Holm across 54 cases needs ~1e-3).
+      ``se = se_inflation x sd(D*)`` (ddof 1), ``z = Phi^{-1}((1 + confidence)/2)``. Unlike the replicate
+      quantiles it gives p-values far below 1/n_resamples (Holm across 54 cases needs ~1e-3).
+      ``se_inflation`` is the metric's ``Metric.se_inflation`` (1 for user callables): plug-in ECE and SCE
+      are not smooth at a calibrated model and their bias-corrected centre varies more than sd(D*) says.
 
-    ``replicate_mean`` and ``replicate_sd`` are mean(D*) and sd(D*); ``replicates`` holds the D*_r themselves
-    (not compared, not printed). ``n_clusters`` is None for the item bootstrap; ``n_bins`` is None for metrics
-    without bins and for user callables. ``p_value`` and ``mc_error`` read the replicates.
+    ``replicate_mean`` and ``replicate_sd`` are mean(D*) and sd(D*); ``replicates`` holds the D*_r themselves,
+    ``base_replicates`` and ``aligned_replicates`` each model's metric on the same resamples (D*_r is their
+    difference; none of the three is compared or printed). ``n_clusters`` is None for the item bootstrap;
+    ``n_bins`` is None for metrics without bins and for user callables. ``p_value`` and ``mc_error`` read the
+    replicates. ``weights`` is (1, -1) for the change; ``contrast`` gives the same summary of any other linear
+    combination of the two models' values.
     """
 
     change: float
@@ -676,6 +721,30 @@ class BootstrapResult:
     replicate_mean: float = 0.0
     replicate_sd: float = 0.0
     replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
+    base_replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
+    aligned_replicates: np.ndarray = field(default_factory=lambda: np.zeros(0), compare=False, repr=False)
+    weights: tuple[float, float] = (1.0, -1.0)
+    se_inflation: float = 1.0
+
+    @property
+    def se(self) -> float:
+        """The normal interval's standard error, ``se_inflation x sd(D*)``."""
+        return self.se_inflation * self.replicate_sd
+
+    def contrast(self, aligned_weight: float, base_weight: float, confidence: float | None = None) -> BootstrapResult:
+        """The same bootstrap summarised for ``c = aligned_weight x metric(aligned) + base_weight x metric(base)``.
+
+        ``change`` then holds c on all items and ``replicates`` its values c*_r on the same resamples, from
+        which the intervals (at ``confidence``, default this result's), ``centre``, ``p_value`` and ``mc_error``
+        follow exactly as for the change (``contrast(1, -1)`` reproduces it). The sign-aware test of a signed
+        metric (verdicts.py) also uses the sum, ``contrast(1, 1)``, and the negated contrasts.
+        """
+        wa, wb = float(aligned_weight), float(base_weight)
+        level = self.confidence if confidence is None else float(confidence)
+        value = wa * self.aligned_value + wb * self.base_value
+        replicates = wa * self.aligned_replicates + wb * self.base_replicates
+        return replace(self, weights=(wa, wb), confidence=level,
+                       **_summary(value, replicates, level, self.se_inflation))
 
     @property
     def centre(self) -> float:
@@ -693,8 +762,8 @@ class BootstrapResult:
 
         With W = sign * change, W*_r = sign * D*_r, B replicates:
 
-        * ``normal``: ``1 - Phi((W_c - margin) / se)``, ``W_c = sign * centre``; with se = 0 (identical models)
-          it is 0 when ``W_c > margin`` and 1 otherwise;
+        * ``normal``: ``1 - Phi((W_c - margin) / se)``, ``W_c = sign * centre``, ``se`` the inflated one; with
+          se = 0 (identical models) it is 0 when ``W_c > margin`` and 1 otherwise;
         * ``basic``: ``(1 + #{W*_r >= 2 W - margin}) / (B + 1)`` (the basic lower bound exceeds the margin at
           level a exactly when this is <= a, up to quantile interpolation);
         * ``percentile``: ``(1 + #{W*_r <= margin}) / (B + 1)``.
@@ -705,11 +774,11 @@ class BootstrapResult:
         margin = float(margin)
         if method == "normal":
             w_c = sign * self.centre
-            if not math.isfinite(w_c) or not math.isfinite(self.replicate_sd):
+            if not math.isfinite(w_c) or not math.isfinite(self.se):
                 return math.nan
-            if self.replicate_sd == 0.0:
+            if self.se == 0.0:
                 return 0.0 if w_c > margin else 1.0
-            return normal_sf((w_c - margin) / self.replicate_sd)
+            return normal_sf((w_c - margin) / self.se)
         if method not in INTERVAL_METHODS:
             raise MetricInputError(f"interval method must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
         w_star = sign * self.replicates
@@ -720,8 +789,8 @@ class BootstrapResult:
     def mc_error(self, method: str = "normal") -> float:
         """Monte Carlo standard error of the interval's ends (the larger of the two), from finite B.
 
-        ``normal``: the ends are ``2 change - mean(D*) -/+ z sd(D*)``, so their MC error is
-        ``sd * sqrt(1/B + z^2 / (2 (B - 1)))`` (the se of a mean plus that of a normal sample's sd).
+        ``normal``: the ends are ``2 change - mean(D*) -/+ z c sd(D*)`` (c = ``se_inflation``), so their MC
+        error is ``sd * sqrt(1/B + c^2 z^2 / (2 (B - 1)))`` (the se of a mean plus that of a normal sample's sd).
         ``basic`` / ``percentile``: batch means: the end computed on each of MC_BATCHES consecutive batches of
         replicates, the batches' sd divided by sqrt(MC_BATCHES).
         """
@@ -730,7 +799,8 @@ class BootstrapResult:
             z = normal_quantile((1.0 + self.confidence) / 2.0)
             if b < 2:
                 return math.nan
-            return self.replicate_sd * math.sqrt(1.0 / b + z * z / (2.0 * (b - 1)))
+            c = self.se_inflation
+            return self.replicate_sd * math.sqrt(1.0 / b + c * c * z * z / (2.0 * (b - 1)))
         if method not in INTERVAL_METHODS:
             raise MetricInputError(f"interval method must be one of {', '.join(INTERVAL_METHODS)}, got {method!r}")
         if b < 2 * MC_BATCHES:
@@ -820,6 +890,7 @@ def paired_bootstrap(
         raise MetricInputError(f"seed must be an integer >= 0, got {seed!r}")
     n_bins = _check_n_bins(n_bins)
     name, preparer, function, binned = _resolve_metric(metric)
+    inflation = METRICS[name].se_inflation if preparer is not None else 1.0
 
     n_items, n_classes = base.shape
     cluster_of: np.ndarray | None = None
@@ -853,30 +924,16 @@ def paired_bootstrap(
     ones = np.ones((1, n_items))
     base_value = float(on_base(ones)[0])
     aligned_value = float(on_aligned(ones)[0])
-    change = aligned_value - base_value
 
     chunk = max(1, _CHUNK_ENTRIES // (n_items * n_classes))
     rng = np.random.default_rng(int(seed))
-    changes = np.concatenate(
-        [
-            on_aligned(w) - on_base(w)
-            for w in _resample_weights(rng, n_items, int(n_resamples), cluster_of, chunk)
-        ]
-    )
-    if not np.isfinite(changes).all():
+    per_model = [(on_base(w), on_aligned(w)) for w in _resample_weights(rng, n_items, int(n_resamples), cluster_of,
+                                                                        chunk)]
+    base_reps = np.concatenate([b for b, _ in per_model])
+    aligned_reps = np.concatenate([a for _, a in per_model])
+    if not (np.isfinite(base_reps).all() and np.isfinite(aligned_reps).all()):
         raise MetricInputError(f"metric {name!r} returned a non-finite value on a bootstrap replicate")
-    alpha = 1.0 - float(confidence)
-    q_lo, q_hi = (float(q) for q in np.quantile(changes, [alpha / 2.0, 1.0 - alpha / 2.0]))
-    mean = float(changes.mean())
-    sd = float(changes.std(ddof=1)) if changes.size > 1 else 0.0
-    if sd < 1e-15 * max(1.0, abs(mean)):  # identical models: every replicate is 0 up to rounding
-        sd = 0.0
-    centre = 2.0 * change - mean
-    z = normal_quantile(1.0 - alpha / 2.0)
     return BootstrapResult(
-        change=change,
-        basic=(2.0 * change - q_hi, 2.0 * change - q_lo),
-        percentile=(q_lo, q_hi),
         n_items=n_items,
         n_resamples=int(n_resamples),
         confidence=float(confidence),
@@ -886,8 +943,23 @@ def paired_bootstrap(
         aligned_value=aligned_value,
         n_clusters=n_clusters,
         n_bins=n_bins if binned else None,
-        normal=(centre - z * sd, centre + z * sd),
-        replicate_mean=mean,
-        replicate_sd=sd,
-        replicates=changes,
+        base_replicates=base_reps,
+        aligned_replicates=aligned_reps,
+        **_summary(aligned_value - base_value, aligned_reps - base_reps, float(confidence), inflation),
     )
+
+
+def _summary(value: float, replicates: np.ndarray, confidence: float, se_inflation: float) -> dict[str, Any]:
+    """The BootstrapResult fields that follow from a statistic's value, its replicates and the se inflation."""
+    alpha = 1.0 - confidence
+    q_lo, q_hi = (float(q) for q in np.quantile(replicates, [alpha / 2.0, 1.0 - alpha / 2.0]))
+    mean = float(replicates.mean())
+    sd = float(replicates.std(ddof=1)) if replicates.size > 1 else 0.0
+    if sd < 1e-15 * max(1.0, abs(mean)):  # identical models: every replicate is 0 up to rounding
+        sd = 0.0
+    centre = 2.0 * value - mean
+    z = normal_quantile(1.0 - alpha / 2.0)
+    return dict(change=value, basic=(2.0 * value - q_hi, 2.0 * value - q_lo), percentile=(q_lo, q_hi),
+                normal=(centre - z * se_inflation * sd, centre + z * se_inflation * sd), replicate_mean=mean,
+                replicate_sd=sd, se_inflation=se_inflation,
+                replicates=replicates)

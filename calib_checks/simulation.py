@@ -13,13 +13,22 @@ the same base). Each group's K follows its task: PIQA 2, HellaSwag / MedMCQA / M
 4-option items and 10 % 5-option items, padded to 5 with probability 0 as ``scoring.TaskScores.probs`` does
 (so SCE averages over K = 5 columns there).
 
-Scenarios: nulls (the aligned model is exactly as calibrated as the base, in distribution): equal
-calibration with independent and 0.9-correlated noise, an over-confident (T = 0.7) and an under-confident
-(T = 1.4) base with the aligned model equally miscalibrated; alternatives: the calibrated base sharpened at
-T = 0.7 and T = 0.85 on every task (rho = 0.9).
+Scenarios (``SCENARIOS``), by kind (``KINDS``: what a failing pair means):
+
+* null, a failing pair is a false alarm: equal calibration with independent and 0.9-correlated noise, an
+  over-confident (T = 0.7) and an under-confident (T = 1.4) base with the aligned model equally miscalibrated,
+  an aligned model that lost accuracy (signal 1.0 instead of 1.2) but is as calibrated (exactly), and equal
+  calibration with both models' probabilities stored in bf16 (rows sum to 1 +- 2^-8; top options tie);
+* improvement, a failing pair blocks a better calibrated release: an under-confident (T = 1.4) or
+  over-confident (T = 0.7) base whose aligned model is calibrated, and an under-confident base (T = 1.2)
+  whose aligned model overshoots to a smaller over-confidence (T = 0.85; |over-confidence|, ECE and SCE all
+  fall);
+* damage, a failing pair is a detection: the calibrated base sharpened at T = 0.7 and T = 0.85 on every task,
+  made under-confident (T = 1.4), and sharpened at T = 0.7 on one task only (MMLU STEM).
 
 ``python -m calib_checks simulate [--full]`` prints the figures that docs/GATE.md and thresholds.toml quote;
-tests/test_threshold_simulation.py runs a smaller study and asserts the targets.
+tests/test_threshold_simulation.py checks, on fixed seeds, the properties of the rule that hold with
+overwhelming probability at small sizes.
 """
 
 from __future__ import annotations
@@ -29,8 +38,9 @@ import math
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -38,8 +48,9 @@ from calib_checks.metrics import METRICS, normal_quantile, normal_sf
 from calib_checks.thresholds import GatePolicy, Thresholds, load_thresholds
 from calib_checks.verdicts import CaseResult, apply_family, case_from_decision, judge_arrays
 
-__all__ = ["ALTERNATIVES", "NULLS", "SCENARIOS", "SIZES", "TASK_OPTIONS", "Scenario", "Study", "clopper_pearson", "format_study",
-           "generate_group", "judge_pair", "main", "run_study", "true_changes"]
+__all__ = ["ALTERNATIVES", "IMPROVEMENTS", "KINDS", "NULLS", "SCENARIOS", "SIZES", "TASK_OPTIONS", "CaseRecord", "Cell",
+           "Scenario", "Study", "clopper_pearson", "format_study", "generate_group", "judge_pair", "main",
+           "round_bf16", "run_study", "true_worsening"]
 
 SHIPPED = Path(__file__).resolve().parent.parent / "thresholds.toml"
 BETA = 1.2
@@ -56,28 +67,64 @@ TASK_OPTIONS: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
 }
 
 
+#: Scenario kinds: what a failing pair means.
+KINDS = {
+    "null": "false alarm (the aligned model is as well calibrated as the base)",
+    "improvement": "blocked improvement (the aligned model is better calibrated)",
+    "damage": "detection (the aligned model is worse calibrated)",
+}
+
+
 @dataclass(frozen=True)
 class Scenario:
+    """One kind of simulated pair. `kind` is a key of KINDS; the aligned model differs from the base by its
+    temperature on `tasks`, its signal strength (< BETA: less accurate, still calibrated at T = 1) and its noise
+    correlation `rho`; `storage = "bfloat16"` rounds both models' probabilities to bf16, as a scores file
+    written in that precision holds them (rows then sum to 1 +- 2^-8, and top options tie)."""
+
     name: str
     label: str
-    null: bool
+    kind: str
     base_temperature: float = 1.0
     aligned_temperature: float = 1.0
     rho: float = 0.9
     tasks: tuple[str, ...] = tuple(TASK_OPTIONS)  # the tasks whose aligned model gets aligned_temperature
+    aligned_signal: float = BETA
+    storage: str = "float64"
+
+    @property
+    def null(self) -> bool:
+        return self.kind == "null"
 
 
 NULLS = (
-    Scenario("equal-indep", "equal calibration, independent noise", True, rho=0.0),
-    Scenario("equal-rho0.9", "equal calibration, noise correlated 0.9", True),
-    Scenario("over-base", "over-confident base (T=0.7), aligned equally", True, 0.7, 0.7),
-    Scenario("under-base", "under-confident base (T=1.4), aligned equally", True, 1.4, 1.4),
+    Scenario("equal-indep", "equal calibration, independent noise", "null", rho=0.0),
+    Scenario("equal-rho0.9", "equal calibration, noise correlated 0.9", "null"),
+    Scenario("over-base", "over-confident base (T=0.7), aligned equally", "null", 0.7, 0.7),
+    Scenario("under-base", "under-confident base (T=1.4), aligned equally", "null", 1.4, 1.4),
+    Scenario("acc-loss", "aligned less accurate (signal 1.0 vs 1.2), both calibrated", "null", aligned_signal=1.0),
+    Scenario("bf16", "equal calibration, probabilities stored in bf16", "null", storage="bfloat16"),
+)
+IMPROVEMENTS = (
+    Scenario("under-to-cal", "under-confident base (T=1.4) -> calibrated aligned", "improvement", 1.4, 1.0),
+    Scenario("over-to-cal", "over-confident base (T=0.7) -> calibrated aligned", "improvement", 0.7, 1.0),
+    Scenario("overshoot", "under-confident base (T=1.2) -> less over-confident aligned (T=0.85)", "improvement",
+             1.2, 0.85),
 )
 ALTERNATIVES = (
-    Scenario("T0.7", "sharpened T=0.7, rho 0.9", False, 1.0, 0.7),
-    Scenario("T0.85", "sharpened T=0.85, rho 0.9", False, 1.0, 0.85),
+    Scenario("T0.7", "sharpened T=0.7, rho 0.9", "damage", 1.0, 0.7),
+    Scenario("T0.85", "sharpened T=0.85, rho 0.9", "damage", 1.0, 0.85),
+    Scenario("T1.4", "calibrated base -> under-confident aligned (T=1.4)", "damage", 1.0, 1.4),
+    Scenario("one-task", "sharpened T=0.7 on mmlu_stem only", "damage", 1.0, 0.7, tasks=("mmlu_stem",)),
 )
-SCENARIOS = {s.name: s for s in NULLS + ALTERNATIVES}
+SCENARIOS = {s.name: s for s in NULLS + IMPROVEMENTS + ALTERNATIVES}
+
+
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """x rounded to the nearest bfloat16 (ties to even), returned as float64 (finite, non-negative inputs)."""
+    bits = x.astype(np.float32).view(np.uint32)
+    bits = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
+    return bits.view(np.float32).astype(np.float64)
 
 
 def _softmax_masked(logits: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -96,13 +143,17 @@ def generate_group(rng: np.random.Generator, n_items: int, task: str, scenario: 
         np.full(n_items, counts[0])
     present = np.arange(k_max)[None, :] < k_item[:, None]
     labels = np.floor(rng.random(n_items) * k_item).astype(np.int64)
-    signal = BETA * (labels[:, None] == np.arange(k_max)[None, :])
+    onehot = (labels[:, None] == np.arange(k_max)[None, :]).astype(np.float64)
     eps = rng.standard_normal((n_items, k_max))
     eta = rng.standard_normal((n_items, k_max))
     eps_aligned = scenario.rho * eps + math.sqrt(1.0 - scenario.rho**2) * eta
-    t_aligned = scenario.aligned_temperature if task in scenario.tasks else scenario.base_temperature
-    base = _softmax_masked(BETA * (signal + eps) / scenario.base_temperature, present)
-    aligned = _softmax_masked(BETA * (signal + eps_aligned) / t_aligned, present)
+    changed = task in scenario.tasks
+    t_aligned = scenario.aligned_temperature if changed else scenario.base_temperature
+    s_aligned = scenario.aligned_signal if changed else BETA
+    base = _softmax_masked(BETA * (BETA * onehot + eps) / scenario.base_temperature, present)
+    aligned = _softmax_masked(s_aligned * (s_aligned * onehot + eps_aligned) / t_aligned, present)
+    if scenario.storage == "bfloat16":
+        return round_bf16(base), round_bf16(aligned), labels
     return base, aligned, labels
 
 
@@ -166,6 +217,25 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return lower, upper
 
 
+class CaseRecord(NamedTuple):
+    """What the study keeps of one judged case (CaseResult's fields of the same names)."""
+
+    rep: int
+    task: str
+    extractor: str
+    metric: str
+    n_options: int
+    verdict: str
+    p_value: float
+    p_adjusted: float
+    worsening: float
+    se: float
+    compared: float
+    margin: float
+    change: float
+    sign_test: str | None
+
+
 @dataclass
 class Cell:
     """The cases of `reps` simulated pairs of one scenario at one size."""
@@ -173,15 +243,16 @@ class Cell:
     scenario: Scenario
     n_items: int
     reps: int
-    records: list[tuple] = field(default_factory=list)  # (rep, task, extractor, metric, K, verdict, p, p_adj, w, se, upper, margin)
+    records: list[CaseRecord] = field(default_factory=list)
     seconds: float = 0.0
 
-    def pairs_failing(self) -> int:
-        return len({r[0] for r in self.records if r[5] == "fail"})
+    def pairs_failing(self, metric: str | None = None) -> int:
+        """Pairs with a failing case (of `metric`, if given)."""
+        return len({r.rep for r in self.records if r.verdict == "fail" and metric in (None, r.metric)})
 
     def share(self, verdict: str, metric: str | None = None) -> float:
-        rows = [r for r in self.records if metric is None or r[3] == metric]
-        return sum(r[5] == verdict for r in rows) / max(len(rows), 1)
+        rows = [r for r in self.records if metric in (None, r.metric)]
+        return sum(r.verdict == verdict for r in rows) / max(len(rows), 1)
 
 
 @dataclass
@@ -189,28 +260,34 @@ class Study:
     cells: dict[tuple[str, int], Cell]
     metrics: tuple[str, ...]
     policy: GatePolicy
-    truths: dict[tuple[str, str, str], float]
+    truths: dict[tuple[str, str, str], float]  # (scenario, task, metric) -> the true worsening
 
     def cell(self, scenario: str, n: int) -> Cell:
         return self.cells[(scenario, n)]
 
 
-def true_changes(scenario: Scenario, metrics: Sequence[str], n_items: int = 400_000, seed: int = 7
-                 ) -> dict[tuple[str, str], float]:
-    """(task, metric) -> the population change (plug-in on `n_items` items, rho = 0; 15 bins)."""
-    out = {}
-    flat = Scenario(scenario.name, scenario.label, scenario.null, scenario.base_temperature,
-                    scenario.aligned_temperature, 0.0, scenario.tasks)
-    for task in ("arc_easy", "hellaswag", "piqa"):
-        base, aligned, labels = generate_group(np.random.default_rng(seed), n_items, task, flat)
-        for metric in metrics:
-            f = METRICS[metric]
-            kw = {"n_bins": 15} if f.binned else {}
-            out[(task, metric)] = f.function(aligned, labels, **kw) - f.function(base, labels, **kw)
-    for task in TASK_OPTIONS:
-        if task not in ("arc_easy", "hellaswag", "piqa"):
+def true_worsening(scenario: Scenario, metrics: Sequence[str], n_items: int = 400_000, seed: int = 7
+                   ) -> dict[tuple[str, str], float]:
+    """(task, metric) -> the population worsening the gate judges (plug-in on `n_items` items, 15 bins):
+    ``metric(aligned) - metric(base)``, ``|aligned| - |base|`` for a signed metric, negated for accuracy."""
+    # The noise correlation changes no population value; with rho = 1 both models see the same items and
+    # noise, so a task the scenario leaves alone has a worsening of exactly 0 and the others less noise.
+    same_noise = replace(scenario, rho=1.0)
+    out: dict[tuple[str, str], float] = {}
+    computed: dict[tuple[tuple[tuple[int, ...], tuple[float, ...]], bool], dict[str, float]] = {}
+    for task, options in TASK_OPTIONS.items():
+        key = (options, task in scenario.tasks)  # tasks alike in options and in the change share their values
+        if key not in computed:
+            base, aligned, labels = generate_group(np.random.default_rng(seed), n_items, task, same_noise)
+            computed[key] = {}
             for metric in metrics:
-                out[(task, metric)] = out[("hellaswag", metric)]
+                spec = METRICS[metric]
+                kw = {"n_bins": 15} if spec.binned else {}
+                b, a = spec.function(base, labels, **kw), spec.function(aligned, labels, **kw)
+                w = abs(a) - abs(b) if spec.signed else a - b
+                computed[key][metric] = w if spec.higher_is_worse else -w
+        for metric in metrics:
+            out[(task, metric)] = computed[key][metric]
     return out
 
 
@@ -227,8 +304,9 @@ def _run_cell(args: tuple[Scenario, int, int, int, str]) -> Cell:
     cell = Cell(scenario, n, reps)
     for rep in range(reps):
         for c in judge_pair(scenario, n, thresholds, seed=seed * 1_000_003 + n * 1009 + rep):
-            cell.records.append((rep, c.task, c.extractor, c.metric, c.n_options, c.verdict, c.p_value, c.p_adjusted,
-                                 c.worsening, c.se, c.compared, c.margin))
+            cell.records.append(CaseRecord(rep, c.task, c.extractor, c.metric, c.n_options, c.verdict, c.p_value,
+                                           c.p_adjusted, c.worsening, c.se, c.compared, c.margin, c.change,
+                                           c.sign_test))
     cell.seconds = time.process_time() - start
     return cell
 
@@ -259,7 +337,7 @@ def run_study(plan: dict[str, dict[int, int]], thresholds_path: str | Path = SHI
     truth: dict[tuple[str, str, str], float] = {}
     if truth_items:
         for name in plan:
-            for (task, metric), v in true_changes(SCENARIOS[name], metrics, truth_items).items():
+            for (task, metric), v in true_worsening(SCENARIOS[name], metrics, truth_items).items():
                 truth[(name, task, metric)] = v
     return Study({(c.scenario.name, c.n_items): c for c in cells}, metrics, thresholds.policy, truth)
 
@@ -273,27 +351,43 @@ def _ci(k: int, n: int) -> str:
     return f"{100 * k / n:.1f} % [{100 * lo:.1f}, {100 * hi:.1f}]"
 
 
+#: Levels at which the study reports the share of null cases with p <= level (and 0.05/m, m gated cases).
+LEVELS = (0.05, 0.025, 0.01)
+
+
+def _null_z(study: Study, cell: Cell, record: CaseRecord) -> float:
+    """(worsening - true worsening) / se of an unsigned metric's case: its normal p-value at the truth is sf(z)."""
+    truth = study.truths[(cell.scenario.name, record.task, record.metric)]
+    if record.se == 0.0:
+        return 0.0 if record.worsening == truth else math.copysign(math.inf, record.worsening - truth)
+    return (record.worsening - truth) / record.se
+
+
 def format_study(study: Study) -> str:
     """The tables docs/GATE.md quotes."""
     lines = []
     sizes = sorted({n for _, n in study.cells})
     names = list(dict.fromkeys(s for s, _ in study.cells))
     m = len(study.metrics) * len(TASK_OPTIONS) * len(EXTRACTORS)
+    level_m = study.policy.alpha / m
     lines.append(f"policy: {study.policy.to_json()}; {m} gated cases per pair ({', '.join(study.metrics)} x "
                  f"{len(TASK_OPTIONS)} tasks x {len(EXTRACTORS)} extractors)")
     lines.append("")
-    lines.append("per-pair rate of failing ANY case (false alarm for nulls, power for alternatives), with its 95 % "
-                 "Clopper-Pearson interval; pairs simulated in brackets")
-    lines.append("| scenario | " + " | ".join(f"{n} items" for n in sizes) + " |")
-    lines.append("|---|" + "---|" * len(sizes))
+    lines.append("per-pair rate of failing ANY case, with its 95 % Clopper-Pearson interval; pairs simulated in "
+                 "brackets; in braces the share of pairs with a failing over-confidence case")
+    lines.append("| scenario | a failing pair is | " + " | ".join(f"{n} items" for n in sizes) + " |")
+    lines.append("|---|---|" + "---|" * len(sizes))
+    signed = [x for x in study.metrics if METRICS[x].signed]
     for name in names:
         cells = []
         for n in sizes:
             c = study.cells.get((name, n))
-            cells.append("" if c is None else f"{_ci(c.pairs_failing(), c.reps)} ({c.reps})")
-        lines.append(f"| {SCENARIOS[name].label} | " + " | ".join(cells) + " |")
+            by_signed = "".join(f" {{{100 * c.pairs_failing(x) / c.reps:.0f} %}}" for x in signed) if c else ""
+            cells.append("" if c is None else f"{_ci(c.pairs_failing(), c.reps)} ({c.reps}){by_signed}")
+        scenario = SCENARIOS[name]
+        lines.append(f"| {scenario.label} | {KINDS[scenario.kind].split(' (')[0]} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("per-case outcome shares pass / inconclusive / fail, by metric")
+    lines.append("per-case outcome shares pass / inconclusive / fail (%), by metric")
     lines.append("| scenario | metric | " + " | ".join(f"{n} items" for n in sizes) + " |")
     lines.append("|---|---|" + "---|" * len(sizes))
     for name in names:
@@ -305,52 +399,57 @@ def format_study(study: Study) -> str:
                     f"{100 * c.share(v, metric):.0f}" for v in ("pass", "inconclusive", "fail")))
             lines.append(f"| {name} | {metric} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("per-case power (share of cases failing) by metric and K, alternatives")
+    lines.append("per-case power (share of the changed tasks' cases failing) by metric and K, damage scenarios")
     lines.append("| scenario | metric | K | " + " | ".join(f"{n} items" for n in sizes) + " |")
     lines.append("|---|---|---|" + "---|" * len(sizes))
     for name in names:
-        if SCENARIOS[name].null:
+        scenario = SCENARIOS[name]
+        if scenario.kind != "damage":
             continue
         for metric in study.metrics:
-            for k in (2, 4, 5):
+            for k in (2, 4, 5, None):
                 cells = []
                 for n in sizes:
                     c = study.cells.get((name, n))
-                    rows = [] if c is None else [r for r in c.records if r[3] == metric and r[4] == k]
-                    cells.append("" if not rows else _pct(sum(r[5] == "fail" for r in rows) / len(rows)))
-                lines.append(f"| {name} | {metric} | {k} | " + " | ".join(cells) + " |")
-    lines.append("")
-    level = study.policy.alpha / m
-    lines.append(f"calibration of the one-sided normal p-value against the TRUE change (margin set to it): share of "
-                 f"cases with p <= 0.025 and p <= alpha/m = {level:.1e} (nominal: those levels), and coverage of the "
-                 "upper end of the 95 % interval (nominal 97.5 %)")
-    lines.append("| scenario | metric | items | p <= 0.025 | p <= alpha/m | upper end >= truth | mean se |")
-    lines.append("|---|---|---|---|---|---|---|")
-    for name in names:
-        for metric in study.metrics:
-            for n in sizes:
-                c = study.cells.get((name, n))
-                if c is None or not study.truths:
-                    continue
-                truth = np.array([study.truths[(name, r[1], metric)] for r in c.records if r[3] == metric])
-                w = np.array([r[8] for r in c.records if r[3] == metric])
-                se = np.array([r[9] for r in c.records if r[3] == metric])
-                upper = np.array([r[10] for r in c.records if r[3] == metric])
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    p = np.array([normal_sf(x) if math.isfinite(x) else (0.0 if x > 0 else 1.0)
-                                  for x in (w - truth) / se])
-                lines.append(f"| {name} | {metric} | {n} | {_pct(np.mean(p <= 0.025))} | {_pct(np.mean(p <= level))}"
-                             f" | {_pct(np.mean(upper >= truth))} | {se.mean():.4f} |")
+                    rows = [] if c is None else [r for r in c.records if r.metric == metric and r.task in scenario.tasks
+                                                 and k in (None, r.n_options)]
+                    cells.append("" if not rows else _pct(sum(r.verdict == "fail" for r in rows) / len(rows)))
+                if any(cells):
+                    lines.append(f"| {name} | {metric} | {k or 'all'} | " + " | ".join(cells) + " |")
     lines.append("")
     null_cells = [c for c in study.cells.values() if c.scenario.null]
     if null_cells and study.truths:
-        lines.append(f"max over a pair's {m} cases of z = (worsening - true change) / se, null pairs: 95th percentile "
-                     f"(Bonferroni critical value z_(1-alpha/m) = {normal_quantile(1 - level):.2f})")
+        lines.append("calibration of the raw one-sided p-values on the null scenarios, pooled over them and over K: "
+                     "share of cases with p <= level (nominal: the level), the count in brackets. ECE/SCE: the normal "
+                     "p-value at the TRUE worsening, sf((worsening - truth) / se); signed metrics: the sign-aware "
+                     "test's own p-value at the shipped margin (conservative by design)")
+        heads = [f"{x:g}" for x in LEVELS] + [f"alpha/m = {level_m:.1e}"]
+        lines.append("| metric | items | cases | " + " | ".join(f"p <= {h}" for h in heads) + " |")
+        lines.append("|---|---|---|" + "---|" * len(heads))
+        for metric in study.metrics:
+            for n in sizes:
+                p = []
+                for c in null_cells:
+                    if c.n_items != n:
+                        continue
+                    for r in c.records:
+                        if r.metric == metric:
+                            p.append(r.p_value if METRICS[metric].signed else normal_sf(_null_z(study, c, r)))
+                if not p:
+                    continue
+                arr = np.array(p)
+                rates = [f"{_pct(np.mean(arr <= x))} ({int((arr <= x).sum())})" for x in (*LEVELS, level_m)]
+                lines.append(f"| {metric} | {n} | {arr.size} | " + " | ".join(rates) + " |")
+        lines.append("")
+        unsigned = [x for x in study.metrics if not METRICS[x].signed]
+        lines.append(f"max over a pair's {len(unsigned) * len(TASK_OPTIONS) * len(EXTRACTORS)} {'/'.join(unsigned)} "
+                     f"cases of z = (worsening - true worsening) / se, null pairs: 95th percentile (the first Holm / "
+                     f"Bonferroni critical value z_(1-alpha/m) = {normal_quantile(1 - level_m):.2f})")
         for c in null_cells:
-            zmax = {}
+            zmax: dict[int, float] = {}
             for r in c.records:
-                z = (r[8] - study.truths[(c.scenario.name, r[1], r[3])]) / r[9] if r[9] else -math.inf
-                zmax[r[0]] = max(zmax.get(r[0], -math.inf), z)
+                if r.metric in unsigned:
+                    zmax[r.rep] = max(zmax.get(r.rep, -math.inf), _null_z(study, c, r))
             vals = np.array(list(zmax.values()))
             lines.append(f"  {c.scenario.name} n={c.n_items}: {np.quantile(vals, 0.95):.2f} over {vals.size} pairs")
     total = sum(c.seconds for c in study.cells.values())
@@ -358,36 +457,49 @@ def format_study(study: Study) -> str:
     return "\n".join(lines)
 
 
+#: `simulate` without --full: about a minute of CPU, one cell per claim of the decision rule.
 QUICK_PLAN: dict[str, dict[int, int]] = {
-    "equal-indep": {200: 12},
-    "equal-rho0.9": {200: 25, 500: 12},
+    "equal-rho0.9": {200: 20, 500: 10},
     "over-base": {200: 10},
-    "under-base": {200: 10},
-    "T0.7": {200: 6, 500: 10},
-    "T0.85": {500: 6},
+    "acc-loss": {200: 10},
+    "bf16": {200: 10},
+    "under-to-cal": {500: 6},
+    "over-to-cal": {500: 6},
+    "T0.7": {500: 10},
+    "T1.4": {500: 10},
+    "one-task": {500: 5},
 }
+#: `simulate --full`: every figure docs/GATE.md, thresholds.toml and the README quote (about 30 minutes of CPU).
 FULL_PLAN: dict[str, dict[int, int]] = {
     "equal-indep": {200: 200, 500: 100, 1000: 50, 2000: 25},
     "equal-rho0.9": {200: 300, 500: 200, 1000: 100, 2000: 50},
-    "over-base": {200: 100, 500: 50, 1000: 25},
-    "under-base": {200: 100, 500: 50, 1000: 25},
-    "T0.7": {200: 60, 500: 60, 1000: 30, 2000: 15},
-    "T0.85": {200: 40, 500: 40, 1000: 30, 2000: 15},
+    "over-base": {200: 100, 500: 50, 1000: 25, 2000: 25},
+    "under-base": {200: 100, 500: 50, 1000: 25, 2000: 25},
+    "acc-loss": {200: 100, 500: 50, 1000: 25, 2000: 25},
+    "bf16": {200: 100, 500: 50, 2000: 25},
+    "under-to-cal": {200: 40, 500: 60, 2000: 30},
+    "over-to-cal": {200: 40, 500: 60, 2000: 30},
+    "overshoot": {500: 40, 2000: 20},
+    "T0.7": {200: 40, 500: 100, 1000: 30, 2000: 15},
+    "T0.85": {200: 40, 500: 60, 1000: 30, 2000: 30},
+    "T1.4": {500: 100, 2000: 20},
+    "one-task": {500: 40, 2000: 15},
 }
 
 CLI_HELP = "reprint the measured false-alarm and power figures of the decision rule"
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--full", action="store_true", help="the full study docs/GATE.md quotes (about 15 minutes "
-                        "of CPU); default: the quick study of the test suite")
+    parser.add_argument("--full", action="store_true", help="the full study docs/GATE.md quotes (about 30 minutes "
+                        "of CPU); default: a quick study of about a minute")
     parser.add_argument("--thresholds", default=str(SHIPPED), help="rules file (default: the shipped thresholds.toml)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole study (default 0)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    study = run_study(FULL_PLAN if args.full else QUICK_PLAN, args.thresholds, args.seed, args.jobs)
+    study = run_study(FULL_PLAN if args.full else QUICK_PLAN, args.thresholds, args.seed, args.jobs,
+                      truth_items=400_000 if args.full else 100_000)
     print(format_study(study))
     return 0
 

@@ -27,8 +27,9 @@ full reference and the measured rationale)::
     [task.medmcqa.extractor.choice.metric.ece]
     max_increase = 0.02
 
-Worsening: ``change = metric(aligned) - metric(base)`` for metrics where higher is worse (ECE, SCE,
-over-confidence, Brier, NLL), ``-change`` for accuracy (``metrics.METRICS[m].higher_is_worse``). A case FAILS
+Worsening: ``change = metric(aligned) - metric(base)`` for metrics where higher is worse (ECE, SCE, Brier,
+NLL), ``-change`` for accuracy (``metrics.METRICS[m].higher_is_worse``), ``|aligned| - |base|`` for the signed
+over-confidence (``METRICS[m].signed``; verdicts.py's sign-aware test). A case FAILS
 when the one-sided p-value of "worsening <= margin", adjusted over its family, is <= alpha; PASSES when the
 upper end of the worsening's interval is <= margin; is INCONCLUSIVE otherwise (verdicts.py).
 
@@ -82,7 +83,8 @@ _REMOVED = {
 
 # The largest worsening each metric can show (the width of its range), for the "can never fail" check.
 # ECE-like errors and accuracy live in [0, 1]; SCE in [0, 2/K] (sum_k |freq - conf| <= mean_i sum_k
-# |[y_i = k] - p_ik| <= 2), so its entry is for K = 2 and max_change scales it; over-confidence in [-1, 1];
+# |[y_i = k] - p_ik| <= 2), so its entry is for K = 2 and max_change scales it; over-confidence is signed and
+# gated on its absolute value (verdicts.py), which lies in [0, 1];
 # multiclass Brier in [0, 2]; NLL is clipped at -log(NLL_EPS) by metrics.nll; the unclipped squared debiased
 # errors lie in [-1/4, 1] (a squared gap <= 1 minus a variance estimate <= 1/4). A metric missing here gets
 # no such check.
@@ -97,7 +99,7 @@ _MAX_CHANGE = {
     "debiased_ece": 1.0,
     "debiased_sce": 1.0,
     "accuracy": 1.0,
-    "overconfidence": 2.0,
+    "overconfidence": 1.0,
     "brier": 2.0,
     "nll": -math.log(NLL_EPS),
 }
@@ -184,6 +186,8 @@ class Rule:
         when its adjusted one-sided p-value <= alpha, pass when the upper end of its 95% normal interval <= 0.01`."""
         spec = METRICS.get(metric)
         name = spec.display_name if spec else metric
+        if spec is not None and spec.signed:
+            name = f"|{name}|"
         direction = "increase" if (spec is None or spec.higher_is_worse) else "decrease"
         margin = f"{self.max_increase:g}" + (" x 2/K" if self.scale == "2/K" else "")
         if self.max_relative_increase is not None:

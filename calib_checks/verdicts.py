@@ -13,7 +13,11 @@ Conventions (thresholds.py has the rule's fields):
   both models are evaluated on the same resampled items), at the rule's confidence; "normal" by default.
 * The worsening is the change for metrics where higher is worse and ``-change`` for accuracy. Its interval
   is the change's, mapped the same way; ``compared`` is its UPPER end, ``worsening`` its bias-corrected
-  estimate (the normal interval's centre ``2 change - mean(D*)``; the point change for basic / percentile).
+  estimate (the normal interval's centre ``2 change - mean(D*)``; the point change for basic / percentile),
+  ``se`` the interval's (``BootstrapResult.se``: sd(D*) times the metric's measured inflation).
+* A signed metric (``METRICS[m].signed``: over-confidence) is judged on ``|aligned| - |base|`` by an
+  intersection-union test of two contrasts per side (`_sign_aware_test`); its ``change`` and interval stay
+  the signed ones and ``sign_test`` says which side and contrast decided.
 * ``margin = rule.margin(K, base value)``: ``max_increase`` (x 2/K with ``scale = "2/K"``, K = the number of
   probability columns, ARC's padded maximum included), raised by ``max_relative_increase x |base|`` if set.
 * ``p_value``: one-sided, H0 "worsening <= margin" (``BootstrapResult.p_value``); ``p_adjusted``: Holm's
@@ -41,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from calib_checks.errors import CalibChecksError
-from calib_checks.metrics import METRICS, MetricInputError, normal_quantile, paired_bootstrap
+from calib_checks.metrics import METRICS, BootstrapResult, MetricInputError, normal_quantile, paired_bootstrap
 from calib_checks.thresholds import BUILTIN_POLICY, GatePolicy, Rule, max_change
 
 if TYPE_CHECKING:
@@ -74,8 +78,10 @@ class CaseResult:
     <= margin), `p_adjusted` (over the family), `margin` (effective, after scaling), `detectable` (smallest
     worsening detected with 80 % power at the Bonferroni level alpha/family_size), `mc_error` (Monte Carlo
     error of the interval ends), `alpha`, `family` ("case" until `apply_family`, then the policy's family),
-    `family_size` (gated cases in the family), `n_options` (K). Numbers are None where an error prevented
-    computing them.
+    `family_size` (gated cases in the family), `n_options` (K), `sign_test` (signed metrics only, else None:
+    which side's intersection-union test gave the p-value and which contrast bound it, e.g. `over:sum`; then
+    `worsening`, `compared` and `p_value` are those of ``|aligned| - |base|``, while `change` and
+    `ci_low`/`ci_high` stay the signed change). Numbers are None where an error prevented computing them.
     """
 
     pair: str
@@ -111,6 +117,7 @@ class CaseResult:
     family: str = "case"
     family_size: int = 1
     n_options: int | None = None
+    sign_test: str | None = None
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -179,6 +186,7 @@ class Decision:
     too_few: bool
     verdict: str
     problem: str | None = None
+    sign_test: str | None = None
 
 
 def _metric(metric: str) -> bool:
@@ -217,23 +225,89 @@ def _verdict(p_adjusted: float, alpha: float, compared: float, margin: float, ga
     return "pass" if compared <= margin else "inconclusive"
 
 
+@dataclass(frozen=True)
+class _Test:
+    """What a case's verdict rests on: the worsening's estimate, the upper end of its interval, se, p-value."""
+
+    worsening: float
+    compared: float
+    se: float
+    p_value: float
+    sign_test: str | None = None
+
+
+def _estimate(boot: BootstrapResult, method: str) -> float:
+    """The point estimate an interval method is centred on (bias-corrected for the normal interval)."""
+    return boot.centre if method == "normal" else boot.change
+
+
+def _directed_test(boot: BootstrapResult, margin: float, rule: Rule, higher_is_worse: bool) -> _Test:
+    """H0 "sign x change <= margin", sign = +1 when higher is worse, -1 otherwise."""
+    sign = 1.0 if higher_is_worse else -1.0
+    lo, hi = boot.interval(rule.interval)
+    return _Test(worsening=sign * _estimate(boot, rule.interval), compared=max(sign * lo, sign * hi),
+                 se=boot.se, p_value=boot.p_value(margin, rule.interval, higher_is_worse))
+
+
+#: A signed metric's sides: the aligned model miscalibrated in the base's direction of over- (+1) or
+#: under-confidence (-1), and the two contrasts that must both exceed the margin on that side.
+SIDES = (("over", 1.0), ("under", -1.0))
+CONTRASTS = (("change", -1.0), ("sum", 1.0))  # base weight relative to the aligned model's
+
+
+def _sign_aware_test(boot: BootstrapResult, margin: float, rule: Rule) -> _Test:
+    """Intersection-union test of H0 "|a| - |b| <= margin" for a signed metric (a = aligned, b = base values).
+
+    Since |b| = max(b, -b), ``a - |b| = min(a - b, a + b)`` and ``|a| - |b| = max(a - |b|, -a - |b|)``, so the
+    worsening exceeds the margin exactly when, on one side s in {+1 (over), -1 (under)}, BOTH contrasts
+    ``s (a - b)`` (the signed change) and ``s (a + b)`` (the sum) exceed it. Each contrast is a difference or
+    sum of two means over the same resampled items, smooth everywhere, so its normal p-value is as honest as
+    the change's; the |.| is never bootstrapped (its bootstrap is inconsistent at a calibrated model).
+
+    * side p-value ``p_s = max`` of its two contrasts' one-sided p-values (an intersection-union test: level
+      alpha when each part is); ``p = min(p_over, p_under)``. The sides' alternatives are disjoint and
+      rejecting both would need the precise signed change to be shown above +margin and below -margin at
+      once, so the min adds nothing measurable to the level (docs/GATE.md has the measured null rates);
+    * ``worsening = |a_c| - |b_c|`` from the contrasts' estimates (``max_s min(s d_c, s s_c)``);
+    * ``compared = max_s min(upper end of s d, upper end of s s)``, each upper end one-sided at level
+      (1 - confidence)/4 (Bonferroni over the two contrasts), so it bounds |a| - |b| from above with
+      probability >= (1 + confidence)/2, as the upper end of an unsigned metric's interval does;
+    * ``se`` is the bootstrap sd of the contrast that bound the deciding side (the larger p-value), and
+      ``sign_test`` names it: ``over:change``, ``over:sum``, ``under:change`` or ``under:sum``.
+
+    Under a calibrated base the sum binds: it has about twice one model's se, the price of never failing a
+    model that moved toward calibration (no valid test of this H0 does much better; docs/GATE.md).
+    """
+    level = 1.0 - (1.0 - rule.confidence) / 2.0
+    sides = []  # per side: (p, -estimate, name, binding contrast, its se, estimate, upper end)
+    for side, s in SIDES:
+        parts = {name: boot.contrast(s, s * base_weight, level) for name, base_weight in CONTRASTS}
+        p = {name: c.p_value(margin, rule.interval) for name, c in parts.items()}
+        binding = max(parts, key=lambda name: p[name])
+        estimate = min(_estimate(c, rule.interval) for c in parts.values())
+        upper = min(c.interval(rule.interval)[1] for c in parts.values())
+        sides.append((p[binding], -estimate, side, binding, parts[binding].se, estimate, upper))
+    p_value, _, side, binding, se, _, _ = min(sides)  # the smaller p-value; on a tie the larger worsening
+    return _Test(worsening=max(x[5] for x in sides), compared=max(x[6] for x in sides), se=se, p_value=p_value,
+                 sign_test=f"{side}:{binding}")
+
+
 def judge_arrays(base_probs: np.ndarray, aligned_probs: np.ndarray, labels: np.ndarray, metric: str, rule: Rule,
                  seed: int = 0, *, alpha: float = BUILTIN_POLICY.alpha) -> Decision:
     """Decide one case, alone in its family, from (N, K) probabilities of both models and the (N,) gold labels.
 
-    Raises `metrics.MetricInputError` (a ValueError) for invalid inputs (NaN, rows not summing to 1, ...).
+    The worsening is ``sign x change`` (``_directed_test``), or for a signed metric (``METRICS[m].signed``:
+    over-confidence) the change of its absolute value, judged by ``_sign_aware_test``.
+    Raises `metrics.MetricInputError` (a ValueError) for invalid inputs (NaN, rows far from summing to 1, ...).
     """
     higher_is_worse = _metric(metric)
-    sign = 1.0 if higher_is_worse else -1.0
     boot = paired_bootstrap(metric, base_probs, aligned_probs, labels, n_resamples=rule.n_resamples,
                             confidence=rule.confidence, seed=seed, n_bins=rule.n_bins)
     n_options = int(np.shape(base_probs)[1])
     lo, hi = boot.interval(rule.interval)
-    worse_lo, worse_hi = sorted((sign * lo, sign * hi))
-    centre = boot.centre if rule.interval == "normal" else boot.change
     margin = rule.margin(n_options, boot.base_value)
-    p = boot.p_value(margin, rule.interval, higher_is_worse)
-    se = boot.replicate_sd
+    test = (_sign_aware_test(boot, margin, rule) if METRICS[metric].signed
+            else _directed_test(boot, margin, rule, higher_is_worse))
     too_few = boot.n_items < rule.min_items
     problem = None
     limit = max_change(metric, n_options)
@@ -244,7 +318,7 @@ def judge_arrays(base_probs: np.ndarray, aligned_probs: np.ndarray, labels: np.n
                    + (" or max_relative_increase" if rule.max_relative_increase is not None else "")
                    + " or set gate = false")
     else:
-        verdict = _verdict(p, alpha, worse_hi, margin, rule.gate, too_few)
+        verdict = _verdict(test.p_value, alpha, test.compared, margin, rule.gate, too_few)
     return Decision(
         base_value=boot.base_value,
         aligned_value=boot.aligned_value,
@@ -252,12 +326,12 @@ def judge_arrays(base_probs: np.ndarray, aligned_probs: np.ndarray, labels: np.n
         relative_change=boot.change / boot.base_value if boot.base_value != 0 else None,
         ci_low=lo,
         ci_high=hi,
-        worsening=sign * centre,
-        compared=worse_hi,
-        se=se,
-        p_value=p,
+        worsening=test.worsening,
+        compared=test.compared,
+        se=test.se,
+        p_value=test.p_value,
         margin=margin,
-        detectable=detectable_worsening(margin, se, alpha, 1),
+        detectable=detectable_worsening(margin, test.se, alpha, 1),
         mc_error=boot.mc_error(rule.interval),
         alpha=alpha,
         n_items=boot.n_items,
@@ -265,6 +339,7 @@ def judge_arrays(base_probs: np.ndarray, aligned_probs: np.ndarray, labels: np.n
         too_few=too_few,
         verdict=verdict,
         problem=problem,
+        sign_test=test.sign_test,
     )
 
 
@@ -282,6 +357,9 @@ def _family_text(case: CaseResult) -> str:
     return f"Holm over the {case.family_size} gated cases of {case.family} {case.pair}"
 
 
+_CONTRAST_TEXT = {"change": "signed change", "sum": "sum of both values"}
+
+
 def _message(case: CaseResult) -> str:
     """The case's one-line message, from its fields (so `apply_family` can rewrite it)."""
     name = METRICS[case.metric].display_name if case.metric in METRICS else case.metric
@@ -293,6 +371,10 @@ def _message(case: CaseResult) -> str:
     rule_text = f"rule: {Rule(**case.rule).describe(case.metric)} ({case.rule_source})"
     test = (f"worsening {case.worsening:+.4f} (upper end {case.compared:+.4f}) vs margin {case.margin:.4g}: p="
             f"{_p(case.p_value)}, adjusted p={_p(case.p_adjusted)} ({_family_text(case)}, alpha {case.alpha:g})")
+    if case.sign_test is not None:
+        side, binding = case.sign_test.split(":")
+        test = (f"|{name}| {abs(case.base_value):.4f} -> {abs(case.aligned_value):.4f} (sign-aware test: its "
+                f"{side}-confident side, bound by the {_CONTRAST_TEXT[binding]}), {test}")
     if case.verdict == "not-gated":
         return f"REPORT ONLY (gate = false) {where}: {numbers}; {test}; {rule_text}"
     if case.verdict == "error":  # too few items (other errors keep their own message)
@@ -320,7 +402,7 @@ def case_from_decision(d: Decision, *, pair: str, base: str, aligned: str, task:
         higher_is_worse=_metric(metric), compared=d.compared, seed=seed, worsening=d.worsening, se=d.se,
         p_value=None if d.problem else d.p_value, p_adjusted=None if d.problem else d.p_value, margin=d.margin,
         detectable=d.detectable, mc_error=d.mc_error, alpha=d.alpha, family="case", family_size=1,
-        n_options=d.n_options,
+        n_options=d.n_options, sign_test=d.sign_test,
     )
     if d.problem:
         case.message = f"ERROR {metric} on {task} ({extractor}): {d.problem}"

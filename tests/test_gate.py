@@ -94,9 +94,12 @@ def test_python_api_judges_an_equal_pair_as_ship_and_a_sharpened_pair_as_regress
     sharp = run_gate(options(tmp_path, f"sharp=scores:{d['base']},scores:{d['sharp']}"))
     assert sharp.exit_code == 1 and sharp.verdict == "regression"
     failed = by_verdict(sharp.cases)["fail"]
-    for task in TASKS:
-        for extractor in EXTRACTORS:
-            assert f"{task}:{extractor}:overconfidence" in failed
+    # over-confidence is judged on |OC| (sign-aware, docs/GATE.md): at 1500 items it shows T = 0.7 on 4 options;
+    # PIQA's 2 options move it half as much, which these items need not show
+    for extractor in EXTRACTORS:
+        assert f"arc_easy:{extractor}:overconfidence" in failed
+    assert {c.sign_test for c in sharp.cases if c.metric == "overconfidence" and c.verdict == "fail"} <= {
+        "over:change", "over:sum"}
     for case in sharp.cases:
         if case.verdict == "fail":
             assert case.p_adjusted <= 0.05 and case.p_adjusted >= case.p_value

@@ -415,7 +415,7 @@ GOOD_Y = np.array([0, 1, 1])
     [
         (np.array([[0.7, 0.3], [np.nan, 0.6], [0.5, 0.5]]), GOOD_Y, r"NaN or inf \(first at row 1, column 0"),
         (np.array([[0.7, 0.3], [0.4, 0.6], [np.inf, 0.5]]), GOOD_Y, r"NaN or inf \(first at row 2, column 0"),
-        (np.array([[0.7, 0.3], [0.4, 0.6], [0.5, 0.4]]), GOOD_Y, r"row 2 sums to 0\.9.*not 1 \(tolerance 0\.0001"),
+        (np.array([[0.7, 0.3], [0.4, 0.6], [0.5, 0.4]]), GOOD_Y, r"row 2 sums to 0\.9.*not 1 \(tolerance 0\.0078125"),
         (np.array([[1.1, -0.1], [0.4, 0.6], [0.5, 0.5]]), GOOD_Y, r"negative probability -0\.1 at row 0, column 1"),
         (np.array([[2.0, 1.0], [0.4, 0.6], [0.5, 0.5]]), GOOD_Y, r"row 0 sums to 3\.0"),
         (GOOD_P, np.array([0, 2, 1]), r"labels\[1\] = 2 is out of range for 2 options \(valid: 0\.\.1\)"),
@@ -452,6 +452,49 @@ def test_row_sum_tolerance_accepts_fp32_softmax_and_rejects_just_beyond() -> Non
         ece(off, GOOD_Y)
     off[1] = [0.4, 0.6 + 0.5 * ROW_SUM_ATOL]
     assert ece(off, GOOD_Y) >= 0.0
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_rows_are_accepted_and_renormalised(dtype: torch.dtype) -> None:
+    # Probabilities stored in bf16 sum to 1 +- 2^-8 (fp16: 2^-11); the metrics take each row divided by its sum.
+    logits = torch.randn(4000, 5, generator=torch.Generator().manual_seed(1)) * 3
+    stored = torch.softmax(logits, dim=1).to(dtype).double().numpy()
+    labels = np.random.default_rng(1).integers(0, 5, 4000)
+    deviation = np.abs(stored.sum(axis=1) - 1).max()
+    assert deviation > (1e-3 if dtype == torch.bfloat16 else 1e-4), "the rows really are off by the stored precision"
+    assert deviation <= ROW_SUM_ATOL / 2
+    normalised = stored / stored.sum(axis=1, keepdims=True)
+    for name, m in METRICS.items():
+        assert m.function(stored, labels) == pytest.approx(m.function(normalised, labels), abs=1e-12), name
+    assert overconfidence(stored, labels) != pytest.approx(
+        float(np.mean(stored.max(axis=1) - (stored.argmax(axis=1) == labels))), abs=1e-6
+    ), "used as stored, the confidences would differ"
+
+
+def test_ties_count_fractionally_and_do_not_depend_on_option_order() -> None:
+    # gold among 2 tied top options -> 1/2; gold not among the tied -> 0; no tie -> 1; gold among 3 tied -> 1/3
+    probs = np.array([[0.375, 0.375, 0.25], [0.4, 0.4, 0.2], [0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]])
+    labels = np.array([1, 2, 0, 0])
+    correct = np.array([0.5, 0.0, 1.0, 1 / 3])
+    conf = np.array([0.375, 0.4, 0.5, 1 / 3])
+    assert accuracy(probs, labels) == pytest.approx(correct.mean(), abs=1e-15)
+    assert overconfidence(probs, labels) == pytest.approx(float(np.mean(conf - correct)), abs=1e-15)
+    assert reliability_bins(probs, labels, 10).accuracy[3] == pytest.approx((0.5 + 0.0 + 1 / 3) / 3, abs=1e-15)
+    # Every top-label metric and the reliability bins give the same value under any permutation of the options.
+    rng = np.random.default_rng(0)
+    base = np.round(rng.dirichlet(np.ones(4), 3000) * 16) + 1  # small integers: many exact ties
+    base /= base.sum(axis=1, keepdims=True)
+    y = rng.integers(0, 4, 3000)
+    assert (base == base.max(axis=1, keepdims=True)).sum(axis=1).max() > 1
+    for perm in ([1, 0, 2, 3], [3, 2, 1, 0], [2, 3, 0, 1]):
+        inverse = np.argsort(perm)
+        permuted, permuted_y = base[:, perm], inverse[y]
+        for name, m in METRICS.items():
+            assert m.function(permuted, permuted_y) == pytest.approx(m.function(base, y), abs=1e-12), (name, perm)
+        assert reliability_bins(permuted, permuted_y).to_json() == reliability_bins(base, y).to_json()
+    # The lowest-index argmax (torchmetrics' rule) would depend on the order.
+    first = lambda p, lab: float(np.mean(p.argmax(axis=1) == lab))  # noqa: E731
+    assert first(base, y) != first(base[:, [3, 2, 1, 0]], np.argsort([3, 2, 1, 0])[y])
 
 
 @pytest.mark.parametrize("n_bins", [0, -3, 2.5, True, "15"])
@@ -641,7 +684,7 @@ def test_hand_computed_overconfidence_and_its_registry_entry() -> None:
 # ------------------------------------------------------------------- normal interval, p-values, MC error
 
 
-def test_normal_interval_is_the_bias_corrected_normal_approximation_of_the_replicates(
+def test_normal_interval_is_the_inflated_bias_corrected_normal_approximation_of_the_replicates(
     pair: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> None:
     base, aligned, labels = pair
@@ -652,9 +695,13 @@ def test_normal_interval_is_the_bias_corrected_normal_approximation_of_the_repli
     assert r.replicate_sd == pytest.approx(d.std(ddof=1), abs=1e-12)
     z = 1.6448536269514722  # Phi^-1(0.95)
     centre = 2 * r.change - d.mean()
-    assert r.centre == pytest.approx(centre, abs=1e-12)
-    assert r.normal == pytest.approx((centre - z * d.std(ddof=1), centre + z * d.std(ddof=1)), abs=1e-12)
+    se = metrics_module.SE_INFLATION["ece"] * d.std(ddof=1)  # ECE's measured inflation (docs/GATE.md)
+    assert r.centre == pytest.approx(centre, abs=1e-12) and r.se == pytest.approx(se, abs=1e-12)
+    assert r.normal == pytest.approx((centre - z * se, centre + z * se), abs=1e-12)
     assert r.interval("normal") == r.normal and r.interval("basic") == r.basic
+    # a mean needs no inflation: over-confidence's se is the replicates' sd
+    plain = paired_bootstrap("overconfidence", base, aligned, labels, n_resamples=500, confidence=0.9, seed=4)
+    assert METRICS["overconfidence"].se_inflation == 1.0 and plain.se == plain.replicate_sd
     with pytest.raises(MetricInputError, match="interval method"):
         r.interval("bca")
 
@@ -667,12 +714,12 @@ def test_p_values_follow_their_definitions(pair: tuple[np.ndarray, np.ndarray, n
     sign = 1.0 if higher_is_worse else -1.0
     w, w_star = sign * r.change, sign * r.replicates
     for margin in (-0.05, 0.0, 0.01, 0.03, 0.2):
-        expected = 0.5 * math.erfc((sign * r.centre - margin) / r.replicate_sd / math.sqrt(2))
+        expected = 0.5 * math.erfc((sign * r.centre - margin) / r.se / math.sqrt(2))
         assert r.p_value(margin, "normal", higher_is_worse) == pytest.approx(expected, rel=1e-12, abs=1e-300)
         assert r.p_value(margin, "basic", higher_is_worse) == (1 + np.sum(w_star >= 2 * w - margin)) / 1001
         assert r.p_value(margin, "percentile", higher_is_worse) == (1 + np.sum(w_star <= margin)) / 1001
     # the normal p-value resolves the far tail (Holm over 54 cases needs ~1e-3), the replicates cannot
-    far = sign * r.centre - 5 * r.replicate_sd
+    far = sign * r.centre - 5 * r.se
     assert r.p_value(far, "normal", higher_is_worse) == pytest.approx(2.8665e-7, rel=1e-3)
     assert r.p_value(far, "basic", higher_is_worse) >= 1 / 1001
     # p <= a exactly when the one-sided (1 - a) lower bound of the normal interval is above the margin
@@ -695,7 +742,9 @@ def test_monte_carlo_error_of_the_interval_ends(pair: tuple[np.ndarray, np.ndarr
     base, aligned, labels = pair
     r = paired_bootstrap("ece", base, aligned, labels, n_resamples=2000, seed=0)
     z = 1.959963984540054
-    assert r.mc_error("normal") == pytest.approx(r.replicate_sd * math.sqrt(1 / 2000 + z * z / 3998), rel=1e-12)
+    c = metrics_module.SE_INFLATION["ece"]
+    assert r.mc_error("normal") == pytest.approx(r.replicate_sd * math.sqrt(1 / 2000 + c * c * z * z / 3998),
+                                                 rel=1e-12)
     batches = np.array_split(r.replicates, metrics_module.MC_BATCHES)
     ends = np.array([np.quantile(b, [0.025, 0.975]) for b in batches])
     assert r.mc_error("percentile") == pytest.approx((ends.std(axis=0, ddof=1) / math.sqrt(10)).max(), rel=1e-12)

@@ -171,7 +171,7 @@ def test_invalid_files_name_the_key(tmp_path: Path, text: str, expected: str) ->
         ("[default]\nmax_increase = 1.0\n", "ece"),  # ECE cannot rise by more than 1
         ("[default]\nmax_increase = 0.01\n[metric.sce]\nmax_increase = 1.0\n", "sce"),  # 2/K, K = 2
         ("[default]\nmax_increase = 0.01\n[metric.sce]\nmax_increase = 1.0\nscale = '2/K'\n", "sce"),
-        ("[default]\nmax_increase = 0.01\n[metric.overconfidence]\nmax_increase = 2\n", "overconfidence"),
+        ("[default]\nmax_increase = 0.01\n[metric.overconfidence]\nmax_increase = 1\n", "overconfidence"),
         ("[default]\nmax_increase = 0.01\n[metric.brier]\nmax_increase = 2\n", "brier"),
         ("[default]\nmax_increase = 0.01\n[metric.accuracy]\nmax_increase = 5\n", "accuracy"),
         ("[default]\nmax_increase = 0.01\n[metric.nll]\nmax_increase = 1e9\n", "nll"),
@@ -186,9 +186,10 @@ def test_every_registered_metric_has_a_bounded_worsening() -> None:
     from calib_checks.metrics import METRICS
 
     assert {m: max_change(m) for m in METRICS if not math.isfinite(max_change(m))} == {}
-    # SCE's real bound is 2/K (K = 2 is the largest, used when the file is loaded); over-confidence spans [-1, 1]
+    # SCE's real bound is 2/K (K = 2 is the largest, used when the file is loaded); over-confidence is gated on
+    # its absolute value, in [0, 1]
     assert (max_change("sce"), max_change("sce", 4), max_change("sce", 5)) == (1.0, 0.5, 0.4)
-    assert max_change("overconfidence") == 2.0 and max_change("ece", 5) == 1.0
+    assert max_change("overconfidence") == 1.0 and max_change("ece", 5) == 1.0
 
 
 def test_policy_defaults_and_gate_table(tmp_path: Path) -> None:

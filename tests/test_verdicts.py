@@ -7,6 +7,7 @@ tests (tests/test_plugin.py) run the whole gate on real forward passes of a tiny
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -16,7 +17,8 @@ from calib_checks.metrics import paired_bootstrap
 from calib_checks.records import EXTRACTORS, ItemRecord, RecordError, TaskScores
 from calib_checks.thresholds import Rule
 from calib_checks.thresholds import GatePolicy
-from calib_checks.verdicts import VERDICTS, CaseResult, VerdictError, apply_family, holm, judge_arrays, judge_case
+from calib_checks.verdicts import (VERDICTS, CaseResult, VerdictError, apply_family, case_from_decision, holm,
+                                 judge_arrays, judge_case)
 
 K = 4
 RULE = Rule(max_increase=0.01, min_items=50, n_resamples=1000, source="[default]")
@@ -67,7 +69,7 @@ def test_sharpened_aligned_model_fails_with_a_complete_message(data) -> None:
     assert result.verdict == "fail"
     assert result.pair == "aligned@T0.5", "pair defaults to the aligned label"
     assert (result.ci_low, result.ci_high) == boot.normal and result.compared == boot.normal[1]
-    assert result.worsening == pytest.approx(boot.centre) and result.se == boot.replicate_sd
+    assert result.worsening == pytest.approx(boot.centre) and result.se == boot.se > boot.replicate_sd
     assert result.p_value == boot.p_value(0.01) == result.p_adjusted <= 0.05
     assert result.mc_error == boot.mc_error("normal") and result.family == "case" and result.family_size == 1
     assert result.change == pytest.approx(boot.aligned_value - boot.base_value)
@@ -352,3 +354,63 @@ def test_a_run_of_equal_pairs_rarely_fails_and_a_sharpened_one_does(data) -> Non
     assert not any(c.verdict == "fail" for c in out if c.pair == "equal")
     assert any(c.verdict == "fail" for c in out if c.pair == "sharp")
     assert {c.family_size for c in out} == {18}
+
+
+# ----------------------------------------------------------------------------------- sign-aware over-confidence
+
+
+def _gaussian_pair(n: int, base_t: float, aligned_t: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact posteriors of a Gaussian signal (calibrated at T = 1), aligned noise correlated 0.9 with the base's."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, K, n)
+    noise = rng.standard_normal((n, K))
+    aligned_noise = 0.9 * noise + math.sqrt(1 - 0.81) * rng.standard_normal((n, K))
+    signal = 1.2 * np.eye(K)[labels]
+    return (softmax(1.2 * (signal + noise) / base_t), softmax(1.2 * (signal + aligned_noise) / aligned_t), labels)
+
+
+OC_RULE = Rule(max_increase=0.01, n_resamples=1000)
+
+
+@pytest.mark.parametrize(("base_t", "aligned_t", "verdict", "side"), [
+    (1.4, 1.0, "pass", None),     # under-confident base made calibrated: signed change +0.08, an improvement
+    (0.7, 1.0, "pass", None),     # over-confident base made calibrated
+    (1.0, 0.7, "fail", "over"),   # calibrated base made over-confident
+    (1.0, 1.4, "fail", "under"),  # calibrated base made under-confident: the signed change is -0.08
+])
+def test_overconfidence_is_judged_on_its_absolute_value(base_t: float, aligned_t: float, verdict: str,
+                                                        side: str | None) -> None:
+    base, aligned, labels = _gaussian_pair(6000, base_t, aligned_t)
+    d = judge_arrays(base, aligned, labels, "overconfidence", OC_RULE, seed=1)
+    assert d.verdict == verdict, d
+    assert d.change == pytest.approx(d.aligned_value - d.base_value), "the signed change is what is reported"
+    assert d.worsening == pytest.approx(abs(d.aligned_value) - abs(d.base_value), abs=2e-3)
+    assert (d.ci_low, d.ci_high) == paired_bootstrap("overconfidence", base, aligned, labels, 1000, 0.95, 1).normal
+    if side:
+        assert d.sign_test.startswith(side) and d.p_value < 1e-4
+    else:
+        assert d.p_value > 0.5 and d.compared <= d.margin
+
+
+def test_sign_aware_p_value_is_the_intersection_union_of_its_contrasts() -> None:
+    base, aligned, labels = _gaussian_pair(800, 1.0, 0.8, seed=3)
+    d = judge_arrays(base, aligned, labels, "overconfidence", OC_RULE, seed=2)
+    boot = paired_bootstrap("overconfidence", base, aligned, labels, 1000, 0.95, 2)
+    change, total = boot.contrast(1, -1), boot.contrast(1, 1)
+    assert change.replicates == pytest.approx(boot.replicates, abs=1e-15) and change.normal == boot.normal
+    assert total.replicates == pytest.approx(boot.aligned_replicates + boot.base_replicates, abs=1e-15)
+    over = max(change.p_value(0.01), total.p_value(0.01))
+    under = max(change.p_value(0.01, higher_is_worse=False), total.p_value(0.01, higher_is_worse=False))
+    assert d.p_value == min(over, under) == over
+    binding = total if total.p_value(0.01) >= change.p_value(0.01) else change
+    assert d.sign_test == f"over:{'sum' if binding is total else 'change'}" and d.se == binding.se
+    # each of a side's two upper ends at the two-sided level 97.5 %, i.e. one-sided 1.25 %: Bonferroni over the two
+    over_upper = min(boot.contrast(1, w, 0.975).normal[1] for w in (-1, 1))
+    under_upper = min(boot.contrast(-1, w, 0.975).normal[1] for w in (1, -1))
+    assert d.compared == pytest.approx(max(over_upper, under_upper), abs=1e-15)
+    case = case_from_decision(d, pair="p", base="b", aligned="a", task="piqa", extractor="choice",
+                              metric="overconfidence", rule=OC_RULE)
+    assert case.sign_test == d.sign_test and "sign-aware test: its over-confident side" in case.message
+    assert f"|over-confidence| {abs(d.base_value):.4f} -> {abs(d.aligned_value):.4f}" in case.message
+    assert CaseResult.from_json(json.loads(json.dumps(case.to_json()))) == case
+    assert judge_arrays(base, aligned, labels, "ece", RULE).sign_test is None
