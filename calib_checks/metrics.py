@@ -58,7 +58,6 @@ __all__ = [
     "ece",
     "mce",
     "nll",
-    "normal_cdf",
     "normal_quantile",
     "normal_sf",
     "overconfidence",
@@ -573,7 +572,7 @@ def classwise_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = 15) -> tup
 
 @dataclass(frozen=True)
 class Metric:
-    """A registered metric: ``function(probs, labels[, n_bins=...]) -> float`` and its orientation.
+    """A registered metric: ``function(probs, labels[, n_bins=...]) -> float``, its orientation and its bounds.
 
     The gate reads ``higher_is_worse`` to decide which direction of change is a regression. A ``signed``
     metric (over-confidence) is miscalibrated in both directions: its regression is a rise of its ABSOLUTE
@@ -586,6 +585,13 @@ class Metric:
     higher_is_worse: bool
     display_name: str
     binned: bool  # takes n_bins
+    prepare: _Prepare  # the vectorised form the plain function and the bootstrap share (see "shared pieces")
+    # The largest worsening the metric can show (thresholds.max_change): ECE-like errors, accuracy and |over-
+    # confidence| live in [0, 1]; SCE in [0, 2/K] (sum_k |freq - conf| <= mean_i sum_k |[y_i = k] - p_ik| <= 2),
+    # so its bound is K = 2's and `per_k` scales it by 2/K; multiclass Brier in [0, 2]; NLL is clipped at
+    # -log(NLL_EPS); the unclipped squared debiased errors lie in [-1/4, 1].
+    max_change: float
+    per_k: bool = False
     signed: bool = False  # 0 is calibrated and both signs are miscalibration: the gate judges |value|
     se_inflation: float = 1.0  # BootstrapResult.se = this x sd(D*); measured for ECE and SCE (SE_INFLATION)
 
@@ -608,52 +614,26 @@ SE_INFLATION = {"ece": 1.15, "sce": 1.25}
 METRICS: dict[str, Metric] = {
     m.name: m
     for m in (
-        Metric("ece", ece, True, "ECE", True, se_inflation=SE_INFLATION["ece"]),
-        Metric("ece_mass", functools.partial(ece, scheme="mass"), True, "ECE (equal-mass bins)", True),
-        Metric("sce", sce, True, "SCE", True, se_inflation=SE_INFLATION["sce"]),
-        Metric("mce", mce, True, "MCE", True),
-        Metric("debiased_ece", debiased_l2_ce, True, "debiased L2 ECE", True),
-        Metric(
-            "debiased_sce",
-            functools.partial(debiased_l2_ce, classwise=True),
-            True,
-            "debiased L2 SCE (classwise)",
-            True,
-        ),
-        Metric(
-            "debiased_ece_sq",
-            functools.partial(debiased_l2_ce, squared=True),
-            True,
-            "debiased squared L2 ECE (unclipped)",
-            True,
-        ),
-        Metric(
-            "debiased_sce_sq",
-            functools.partial(debiased_l2_ce, classwise=True, squared=True),
-            True,
-            "debiased squared L2 SCE (classwise, unclipped)",
-            True,
-        ),
-        Metric("brier", brier, True, "Brier score", False),
-        Metric("nll", nll, True, "NLL", False),
-        Metric("accuracy", accuracy, False, "accuracy", False),
-        Metric("overconfidence", overconfidence, True, "over-confidence", False, signed=True),
+        Metric("ece", ece, True, "ECE", True, _prepare_ece_width, 1.0, se_inflation=SE_INFLATION["ece"]),
+        Metric("ece_mass", functools.partial(ece, scheme="mass"), True, "ECE (equal-mass bins)", True,
+               _prepare_ece_mass, 1.0),
+        Metric("sce", sce, True, "SCE", True, _prepare_sce, 1.0, per_k=True, se_inflation=SE_INFLATION["sce"]),
+        Metric("mce", mce, True, "MCE", True, _prepare_mce, 1.0),
+        Metric("debiased_ece", debiased_l2_ce, True, "debiased L2 ECE", True, _prepare_debiased_top(squared=False),
+               1.0),
+        Metric("debiased_sce", functools.partial(debiased_l2_ce, classwise=True), True,
+               "debiased L2 SCE (classwise)", True, _prepare_debiased_classwise(squared=False), 1.0),
+        Metric("debiased_ece_sq", functools.partial(debiased_l2_ce, squared=True), True,
+               "debiased squared L2 ECE (unclipped)", True, _prepare_debiased_top(squared=True), 1.25),
+        Metric("debiased_sce_sq", functools.partial(debiased_l2_ce, classwise=True, squared=True), True,
+               "debiased squared L2 SCE (classwise, unclipped)", True, _prepare_debiased_classwise(squared=True),
+               1.25),
+        Metric("brier", brier, True, "Brier score", False, _prepare_brier, 2.0),
+        Metric("nll", nll, True, "NLL", False, _prepare_nll, -math.log(NLL_EPS)),
+        Metric("accuracy", accuracy, False, "accuracy", False, _prepare_accuracy, 1.0),
+        Metric("overconfidence", overconfidence, True, "over-confidence", False, _prepare_overconfidence, 1.0,
+               signed=True),
     )
-}
-
-_PREPARERS: dict[str, _Prepare] = {
-    "ece": _prepare_ece_width,
-    "ece_mass": _prepare_ece_mass,
-    "sce": _prepare_sce,
-    "mce": _prepare_mce,
-    "debiased_ece": _prepare_debiased_top(squared=False),
-    "debiased_sce": _prepare_debiased_classwise(squared=False),
-    "debiased_ece_sq": _prepare_debiased_top(squared=True),
-    "debiased_sce_sq": _prepare_debiased_classwise(squared=True),
-    "brier": _prepare_brier,
-    "nll": _prepare_nll,
-    "accuracy": _prepare_accuracy,
-    "overconfidence": _prepare_overconfidence,
 }
 
 
@@ -665,11 +645,6 @@ INTERVAL_METHODS = ("normal", "basic", "percentile")
 
 #: Batches of the batch-means Monte Carlo error of the basic and percentile interval ends.
 MC_BATCHES = 10
-
-
-def normal_cdf(x: float) -> float:
-    """Standard normal CDF, accurate in both tails (erfc, not 1 - erf)."""
-    return 0.5 * math.erfc(-x / math.sqrt(2.0))
 
 
 def normal_sf(x: float) -> float:
@@ -838,12 +813,12 @@ def _resolve_metric(metric: str | Callable[..., float]) -> tuple[str, _Prepare |
         if metric not in METRICS:
             raise MetricInputError(f"unknown metric {metric!r}; known: {', '.join(sorted(METRICS))}")
         m = METRICS[metric]
-        return m.name, _PREPARERS[m.name], m.function, m.binned
+        return m.name, m.prepare, m.function, m.binned
     if not callable(metric):
         raise MetricInputError(f"metric must be a name in METRICS or a callable, got {metric!r}")
     for m in METRICS.values():
         if m.function is metric:
-            return m.name, _PREPARERS[m.name], m.function, m.binned
+            return m.name, m.prepare, m.function, m.binned
     return getattr(metric, "__name__", repr(metric)), None, metric, False
 
 

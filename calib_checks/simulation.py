@@ -35,9 +35,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -45,16 +44,17 @@ from typing import NamedTuple
 import numpy as np
 
 from calib_checks.metrics import METRICS, normal_quantile, normal_sf
+from calib_checks.selection import DEFAULT_EXTRACTORS, DEFAULT_METRICS
 from calib_checks.thresholds import GatePolicy, Thresholds, load_thresholds
 from calib_checks.verdicts import CaseResult, apply_family, case_from_decision, judge_arrays
 
 __all__ = ["ALTERNATIVES", "IMPROVEMENTS", "KINDS", "NULLS", "SCENARIOS", "SIZES", "TASK_OPTIONS", "CaseRecord", "Cell",
-           "Scenario", "Study", "clopper_pearson", "format_study", "generate_group", "judge_pair", "main",
+           "Scenario", "Study", "clopper_pearson", "format_study", "generate_group", "judge_pair",
            "round_bf16", "run_study", "true_worsening"]
 
 SHIPPED = Path(__file__).resolve().parent.parent / "thresholds.toml"
 BETA = 1.2
-EXTRACTORS = ("continuation-sum", "continuation-min", "choice")
+EXTRACTORS = DEFAULT_EXTRACTORS  # the gate's default selection
 SIZES = (200, 500, 1000, 2000)
 #: Task -> (option counts, their shares); the largest is the padded K.
 TASK_OPTIONS: dict[str, tuple[tuple[int, ...], tuple[float, ...]]] = {
@@ -157,12 +157,9 @@ def generate_group(rng: np.random.Generator, n_items: int, task: str, scenario: 
     return base, aligned, labels
 
 
-#: The metrics the gate selects by default and thresholds.toml gates (the others are reported only).
-DEFAULT_GATED = ("ece", "sce", "overconfidence")
-
-
-def gated_metrics(thresholds: Thresholds, selected: Sequence[str] = DEFAULT_GATED) -> tuple[str, ...]:
-    """The `selected` metrics that thresholds.toml gates on every task and extractor of the simulated pair."""
+def gated_metrics(thresholds: Thresholds, selected: Sequence[str] = DEFAULT_METRICS) -> tuple[str, ...]:
+    """The `selected` metrics (default: the gate's default selection) that thresholds.toml gates on every task
+    and extractor of the simulated pair."""
     return tuple(m for m in selected
                  if all(thresholds.rule_for(t, e, m).gate for t in TASK_OPTIONS for e in EXTRACTORS))
 
@@ -486,9 +483,6 @@ FULL_PLAN: dict[str, dict[int, int]] = {
     "one-task": {500: 40, 2000: 15},
 }
 
-CLI_HELP = "reprint the measured false-alarm and power figures of the decision rule"
-
-
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="the full study docs/GATE.md quotes (about 30 minutes "
                         "of CPU); default: a quick study of about a minute")
@@ -502,13 +496,3 @@ def run_cli(args: argparse.Namespace) -> int:
                       truth_items=400_000 if args.full else 100_000)
     print(format_study(study))
     return 0
-
-
-def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calib_checks simulate", description=CLI_HELP)
-    add_cli_arguments(parser)
-    return run_cli(parser.parse_args(list(argv) if argv is not None else None))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -57,7 +57,7 @@ from typing import Any
 
 from calib_checks.errors import CalibChecksError
 from calib_checks.fileio import TOMLDecodeError, parse_toml
-from calib_checks.metrics import METRICS, NLL_EPS
+from calib_checks.metrics import INTERVAL_METHODS, METRICS
 
 
 __all__ = ["BUILTIN", "BUILTIN_POLICY", "DIMENSIONS", "FAMILIES", "INTERVALS", "ON_INCONCLUSIVE", "POLICY_FIELDS",
@@ -67,7 +67,7 @@ __all__ = ["BUILTIN", "BUILTIN_POLICY", "DIMENSIONS", "FAMILIES", "INTERVALS", "
 DIMENSIONS = ("task", "extractor", "metric")
 RULE_FIELDS = ("max_increase", "max_relative_increase", "scale", "interval", "confidence", "n_resamples",
                "min_items", "n_bins", "gate")
-INTERVALS = ("normal", "basic", "percentile")
+INTERVALS = INTERVAL_METHODS  # one list: the bootstrap's interval methods
 SCALES = ("none", "2/K")
 FAMILIES = ("pair", "case")
 ON_INCONCLUSIVE = ("pass", "fail")
@@ -82,29 +82,6 @@ _REMOVED = {
 }
 
 # The largest worsening each metric can show (the width of its range), for the "can never fail" check.
-# ECE-like errors and accuracy live in [0, 1]; SCE in [0, 2/K] (sum_k |freq - conf| <= mean_i sum_k
-# |[y_i = k] - p_ik| <= 2), so its entry is for K = 2 and max_change scales it; over-confidence is signed and
-# gated on its absolute value (verdicts.py), which lies in [0, 1];
-# multiclass Brier in [0, 2]; NLL is clipped at -log(NLL_EPS) by metrics.nll; the unclipped squared debiased
-# errors lie in [-1/4, 1] (a squared gap <= 1 minus a variance estimate <= 1/4). A metric missing here gets
-# no such check.
-_PER_K = {"sce"}  # bounds that are 2/K (the entry below is K = 2's)
-_MAX_CHANGE = {
-    "debiased_ece_sq": 1.25,
-    "debiased_sce_sq": 1.25,
-    "ece": 1.0,
-    "ece_mass": 1.0,
-    "mce": 1.0,
-    "sce": 1.0,
-    "debiased_ece": 1.0,
-    "debiased_sce": 1.0,
-    "accuracy": 1.0,
-    "overconfidence": 1.0,
-    "brier": 2.0,
-    "nll": -math.log(NLL_EPS),
-}
-
-
 class ThresholdsError(CalibChecksError, ValueError):
     """thresholds.toml cannot be used as written; the message names the file, the key and the fix."""
 
@@ -114,8 +91,10 @@ def max_change(metric: str, n_options: int = 2) -> float:
 
     Only SCE's bound depends on K (2/K); K = 2 gives the largest bound of every metric.
     """
-    limit = _MAX_CHANGE.get(metric, math.inf)
-    return limit * 2.0 / max(int(n_options), 2) if metric in _PER_K else limit
+    if metric not in METRICS:
+        return math.inf
+    m = METRICS[metric]
+    return m.max_change * 2.0 / max(int(n_options), 2) if m.per_k else m.max_change
 
 
 @dataclass(frozen=True)

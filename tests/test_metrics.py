@@ -593,7 +593,7 @@ def test_vectorised_bootstrap_equals_plain_loop(
     ones = np.ones((1, len(labels)))
     rng = np.random.default_rng(3)
     weights = next(metrics_module._resample_weights(rng, len(labels), 4, None, 4))
-    prep = metrics_module._PREPARERS[name]
+    prep = metrics_module.METRICS[name].prepare
     vectorised = prep(aligned, labels, 10)(weights) - prep(base, labels, 10)(weights)
     assert vectorised == pytest.approx(changes[:4], abs=1e-12)
     assert prep(base, labels, 10)(ones)[0] == pytest.approx(f(base, labels), abs=1e-15)
