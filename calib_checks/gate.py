@@ -92,7 +92,7 @@ class Gate:
         self.selection.name_comparisons(self.sides.labels)
         self._writer: RunWriter | None = None
         self._collection: ScoreCollection | None = None
-        self.sequence: dict[str, dict[str, Any]] = {}  # family -> its looks, where and why it stopped (`judge`)
+        self.sequence: dict[str, dict[str, Any]] = {}  # comparison -> its looks, where and why it ended (`judge`)
 
     @property
     def policy(self) -> GatePolicy:
@@ -175,10 +175,11 @@ class Gate:
         """Every case judged, the family correction applied per thresholds.toml's [gate] policy.
 
         Sequentially (the default), each family (pair or chain) is judged at each of its looks on the items seen so
-        far, with `verdicts.look_alpha` of the family's false-alarm rate spent there, and stops at the first look
-        where a case fails: a regression is then certain, and scoring more items would not change the verdict. A
-        family with no failing case runs to its last look, where every item is judged. `self.sequence` records,
-        per family, the looks, where it stopped and why.
+        far, spending `verdicts.look_alpha` of its false-alarm rate there (Holm over the cases still judged). A
+        comparison with a failing case at a look ends there: its regression is certain, and scoring more items
+        would not change that. The others go on to the next look; at the last one every item is judged. Whatever
+        the looks, a family false-alarms with probability at most alpha (the union bound over the looks).
+        `self.sequence` records, per comparison, its looks, where it ended and why.
         """
         from calib_checks.verdicts import apply_family, look_alpha, stopped_early
 
@@ -189,23 +190,26 @@ class Gate:
                  for family, members in by_family.items()}
         final: dict[Case, CaseResult] = {}
         for j in range(max((len(p) for p in plans.values()), default=0)):
-            active = [f for f in by_family if f not in self.sequence and j < len(plans[f])]
-            self.collection.collect_all(self._jobs([c for f in active for c in by_family[f]], plans, j))
-            for family in active:
+            open_cases = {f: [c for c in members if c.pair not in self.sequence]
+                          for f, members in by_family.items() if j < len(plans[f])}
+            self.collection.collect_all(self._jobs([c for members in open_cases.values() for c in members], plans, j))
+            for family, members in open_cases.items():
                 plan = plans[family]
+                last = j == len(plan) - 1
                 alpha = look_alpha(self.policy.alpha, j, len(plan))
-                judged = apply_family([self._judge_one(c, plan[j]) for c in by_family[family]],
-                                      replace(self.policy, alpha=alpha))
-                failed = any(r.verdict == "fail" for r in judged)
-                if failed or j == len(plan) - 1:
-                    early = failed and j < len(plan) - 1
-                    reason = (f"a case failed at look {j + 1} of {len(plan)}: the regression is certain"
-                              if early else f"every item judged (look {j + 1} of {len(plan)})")
-                    self.sequence[family] = {"looks": plan, "stopped_at": j + 1, "reason": reason, "alpha": alpha,
-                                             "items": plan[j]}
-                    for case, result in zip(by_family[family], judged):
-                        final[case] = stopped_early(result, reason) if early else result
-                    self._close_finished(by_family)
+                judged = apply_family([self._judge_one(c, plan[j]) for c in members], replace(self.policy, alpha=alpha))
+                for comparison in dict.fromkeys(c.pair for c in members):
+                    mine = [(c, r) for c, r in zip(members, judged) if c.pair == comparison]
+                    failed = any(r.verdict == "fail" for _, r in mine)
+                    if not (failed or last):
+                        continue
+                    reason = (f"a case failed at look {j + 1} of {len(plan)}: the regression is certain" if not last
+                              else f"every item judged (look {j + 1} of {len(plan)})")
+                    self.sequence[comparison] = {"family": family, "looks": plan, "stopped_at": j + 1,
+                                                 "reason": reason, "alpha": alpha, "items": plan[j]}
+                    for case, result in mine:
+                        final[case] = result if last else stopped_early(result, reason)
+            self._close_finished(by_family)
         return {case: self._with_identities(final[case]) for case in cases}
 
     def _jobs(self, cases: Sequence[Case], plans: dict[str, list[int | None]], look: int) -> list[Job]:
@@ -218,9 +222,9 @@ class Gate:
         return list(dict.fromkeys(jobs))
 
     def _close_finished(self, by_family: dict[str, list[Case]]) -> None:
-        """Drop the weights of every side whose families are all judged (they are not needed again)."""
-        pending = {t for f in by_family if f not in self.sequence for c in self.comparisons if c.family == f
-                   for t in (c.base, c.aligned)}
+        """Drop the weights of every side whose comparisons are all judged (they are not needed again)."""
+        pending = {t for members in by_family.values() for case in members if case.pair not in self.sequence
+                   for c in [self.selection.comparison(case.pair)] for t in (c.base, c.aligned)}
         for side in self.sides:
             if side.text not in pending:
                 self.sides.close(side.text)
@@ -233,17 +237,25 @@ class Gate:
         except GateError as exc:
             return self.error_result(case, str(exc))
         rule = self.selection.rules[(case.task, case.extractor, case.metric)]
-        return judge_case(base, aligned, case.extractor, case.metric, rule, self.options.seed, pair=case.pair)
+        result = judge_case(base, aligned, case.extractor, case.metric, rule, self.options.seed, pair=case.pair)
+        return replace(result, chain=self._chain_of(case))
+
+    def _chain_of(self, case: Case) -> str | None:
+        """The chain a case's comparison is a step of (its Holm family), None for a pair."""
+        family = self.selection.comparison(case.pair).family
+        kind = next(f.kind for f in self.selection.families if f.name == family)
+        return family if kind == "chain" else None
 
     def error_result(self, case: Case, message: str) -> CaseResult:
         """An `error` CaseResult of `case` saying `message` (never a pass)."""
         from calib_checks.verdicts import error_case
 
         c = self.selection.comparison(case.pair)
-        return error_case(pair=case.pair, base=self.sides[c.base].label, aligned=self.sides[c.aligned].label,
-                          task=case.task, extractor=case.extractor, metric=case.metric,
-                          rule=self.selection.rules[(case.task, case.extractor, case.metric)], seed=self.options.seed,
-                          message=message)
+        result = error_case(pair=case.pair, base=self.sides[c.base].label, aligned=self.sides[c.aligned].label,
+                            task=case.task, extractor=case.extractor, metric=case.metric,
+                            rule=self.selection.rules[(case.task, case.extractor, case.metric)],
+                            seed=self.options.seed, message=message)
+        return replace(result, chain=self._chain_of(case))
 
     def _with_identities(self, result: CaseResult) -> CaseResult:
         """A failing, erroring or inconclusive case names exactly what was compared: commits or content hashes."""
@@ -275,7 +287,7 @@ class Gate:
             "data_source": o.data_source, "batch_size": o.batch_size, "cache": o.use_cache,
             "policy": self.policy.to_json(),
             "selection": {"tasks": list(o.tasks), "extractors": list(o.extractors), "metrics": list(o.metrics)},
-            "sequential": {"on": o.sequential, "first_look": o.first_look, "families": self.sequence},
+            "sequential": {"on": o.sequential, "first_look": o.first_look, "comparisons": self.sequence},
             **(extra or {}),
         }
 

@@ -251,7 +251,7 @@ class _SessionHooks:
         self.selected: list[Case] = []
         self.results: dict[tuple[str, str, str, str], dict] = {}
         self.scored: dict[tuple[str, str, str, int], dict] = {}
-        self.sequence: dict[str, dict] = {}  # family -> where it stopped, from whichever process judged it
+        self.sequence: dict[str, dict] = {}  # comparison -> where it ended, from whichever process judged it
         self.unjudged: dict[Case, str] = {}
         self.verdict_seen = False
         self.outcome: tuple[str, str] | None = None
@@ -322,7 +322,7 @@ class _SessionHooks:
                 extra={"scoring": [self.scored[k] for k in sorted(self.scored)],
                        "workers": getattr(session.config.option, "numprocesses", None) or 0,
                        "sequential": {"on": self.gate.options.sequential, "first_look": self.gate.options.first_look,
-                                      "families": self.sequence}},
+                                      "comparisons": self.sequence}},
             )
         except CalibChecksError as exc:
             verdict, reason = "error", f"the run could not be written: {exc}"
@@ -386,6 +386,13 @@ def summary_lines(gate: Gate, results: dict[tuple, dict], outcome: tuple[str, st
         if len(shown) < len(mine):
             lines.append(f"  ({len(mine) - len(shown)} report-only case(s) not shown; -v shows them; all are in "
                          "the report)")
+    from calib_checks.summary import chain_finding
+
+    pairs = [{"name": c.name, "base": gate.sides[c.base].label, "aligned": gate.sides[c.aligned].label,
+              "steps": list(c.steps)} for c in gate.comparisons]
+    for family in (f for f in gate.selection.families if f.kind == "chain"):
+        chain = {"name": family.name, "comparisons": [c.name for c in gate.comparisons if c.family == family.name]}
+        lines.append(chain_finding(chain, pairs, cases))
     verdict, reason = outcome
     lines.append(f"GATE VERDICT: {verdict.upper()}: {reason}")
     return lines

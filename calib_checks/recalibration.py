@@ -16,11 +16,12 @@ ECE evaluated on the other, then the halves swap, and the two ECEs are averaged.
 same average at T = 1, so before and after are measured on the same item sets with the same bias (plug-in
 ECE grows as N shrinks, see reference facts section 2). HELM's Platt-scaled ECE serves the same purpose.
 
-Regimes (the third seed paper's distinction, applied to one aligned model against its base):
-- "no regression": the aligned model's ECE (halves, T = 1) is not above its base's plus the tolerance;
-- "calibratable": it is above, but the aligned model's ECE after temperature scaling is not;
-- "deeper regression": temperature scaling does not bring it back: the damage is not a matter of scale.
-The tolerance is the half-width of the gate's interval for that ECE change when one exists, else 0.
+`repair` asks whether one temperature brings a model back to a reference's calibration (the pair's base, a
+chain's first checkpoint), on held-out items and with an interval: "repairable by one temperature", "not
+repairable by one temperature" (the damage is not a matter of scale) or "cannot tell". This is narrower than
+the calibratable and non-calibratable regimes of calibration-aware fine-tuning (Xiao et al., ICML 2025, arXiv
+2505.01997, section 4.2), which are defined by bounds of a model's ECE relative to its accuracy; the report
+does not use their names for this test.
 
 Variable option counts: scores of absent options are -inf (probability 0 at every T), so padding changes
 neither the fit nor the ECE. Plain numpy; no torch.
@@ -175,12 +176,57 @@ def cross_fit(scores: np.ndarray, labels: np.ndarray, ids: Sequence[str], n_bins
     )
 
 
-def regime(base_ece: float, aligned_before: float, aligned_after: float, tolerance: float = 0.0) -> str:
-    """"no regression", "calibratable" or "deeper regression" (module docstring); ECEs on the same halves."""
-    if tolerance < 0 or not all(math.isfinite(v) for v in (base_ece, aligned_before, aligned_after, tolerance)):
-        raise RecalibrationError("regime needs finite ECEs and a tolerance >= 0")
-    if aligned_before <= base_ece + tolerance:
-        return "no regression"
-    if aligned_after <= base_ece + tolerance:
-        return "calibratable"
-    return "deeper regression"
+#: Outcomes of `repair`.
+REPAIRS = ("repairable by one temperature", "not repairable by one temperature", "cannot tell")
+
+
+@dataclass(frozen=True)
+class Repair:
+    """Whether one temperature brings a model back to a reference model's calibration (`repair`).
+
+    ``gap``: ECE of the model at its cross-fitted temperature minus the reference's ECE at T = 1, both on
+    held-out items (each half scored at the temperature fitted on the other half); ``interval``: its paired
+    bootstrap interval (the gate's normal interval, at `confidence`); ``margin``: what "back" means (the gate's
+    ECE margin); ``verdict``: one of `REPAIRS`.
+    """
+
+    gap: float
+    interval: tuple[float, float]
+    margin: float
+    verdict: str
+    temperature: float
+    ece_before: float
+    ece_after: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def repair(scores: np.ndarray, reference_scores: np.ndarray, labels: np.ndarray, ids: Sequence[str], *,
+           margin: float, n_bins: int = 15, n_resamples: int = 1000, confidence: float = 0.95,
+           seed: int = 0) -> Repair:
+    """Is the model's miscalibration relative to the reference model (its base, the chain's first checkpoint)
+    repairable by one temperature?
+
+    The model's held-out probabilities at its cross-fitted temperature (half A at the T fitted on half B, and
+    the reverse) are compared with the reference's at T = 1 on the same items by the paired bootstrap the gate
+    uses for ECE: "repairable by one temperature" when the interval's upper end is within `margin`, "not
+    repairable by one temperature" when its lower end is beyond it, "cannot tell" otherwise. The temperature's
+    own estimation error is left out (it is fitted on the other half: the items judged never fitted it).
+    """
+    from calib_checks.metrics import paired_bootstrap
+
+    scores, labels = _check(scores, labels)
+    reference_scores, _ = _check(reference_scores, labels)
+    fit = cross_fit(scores, labels, ids, n_bins=n_bins)
+    half_a = split_halves(ids)
+    repaired = np.empty_like(scores)
+    for mask, temperature in ((~half_a, fit.half_temperatures[0]), (half_a, fit.half_temperatures[1])):
+        repaired[mask] = np.exp(scaled_log_probs(scores[mask], temperature))
+    reference = np.exp(scaled_log_probs(reference_scores, 1.0))
+    boot = paired_bootstrap("ece", reference, repaired, labels, n_resamples=n_resamples, confidence=confidence,
+                            seed=seed, n_bins=n_bins)
+    lo, hi = boot.interval("normal")
+    verdict = REPAIRS[0] if hi <= margin else REPAIRS[1] if lo > margin else REPAIRS[2]
+    return Repair(gap=boot.change, interval=(lo, hi), margin=margin, verdict=verdict, temperature=fit.temperature,
+                  ece_before=fit.ece_before, ece_after=fit.ece_after)

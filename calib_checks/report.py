@@ -27,7 +27,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from calib_checks import metrics
 from calib_checks.fileio import atomic_write_text
-from calib_checks.recalibration import RecalibrationError, TemperatureFit, cross_fit, regime
+from calib_checks.lifecycle import chain_view
+from calib_checks.recalibration import RecalibrationError, TemperatureFit, cross_fit, repair
 from calib_checks.records import LETTER_MASS_FLOOR, ItemRecord, letter_mass_summary
 from calib_checks.results import (
     REPORT_FILE,
@@ -449,14 +450,14 @@ def _n_bins(cases: list[dict], task: str, extractor: str) -> int:
     return DEFAULT_BINS
 
 
-def _ece_tolerance(cases: list[dict], pair: str, task: str, extractor: str) -> float:
-    """Half-width of the gate's interval on the ECE change of this case (0 without an interval)."""
+def _ece_margin(cases: list[dict], pair: str, task: str, extractor: str) -> float:
+    """The gate's ECE margin for this pair, task and extractor (what "back to the base" means for `repair`);
+    0.01 (the shipped rule's) where the run did not judge ECE there."""
     for case in cases:
         if (case["pair"], case["task"], case["extractor"], case["metric"]) == (pair, task, extractor, "ece"):
-            low, high = case.get("ci_low"), case.get("ci_high")
-            if low is not None and high is not None:
-                return max(0.0, (high - low) / 2)
-    return 0.0
+            if case.get("margin") is not None:
+                return float(case["margin"])
+    return 0.01
 
 
 def _option(items: dict | None, item_id: str, index: int) -> str:
@@ -496,8 +497,24 @@ def _wrong_items(
     return rows
 
 
+REPAIR_CLASS = {"repairable by one temperature": "repairable", "not repairable by one temperature": "deeper",
+                "cannot tell": "unknown"}
+
+
+def repair_view(model: ModelScores, reference: ModelScores, extractor: str, n_bins: int, margin: float) -> dict:
+    """`recalibration.repair` of `model` against `reference`, formatted (or the reason it cannot be fitted)."""
+    try:
+        r = repair(model.scores[extractor], reference.scores[extractor], model.labels, model.ids, margin=margin,
+                   n_bins=n_bins)
+    except RecalibrationError as exc:
+        return {"error": str(exc)}
+    return {"error": None, "verdict": r.verdict, "css": REPAIR_CLASS[r.verdict], "gap": fmt_signed(r.gap),
+            "interval": f"[{r.interval[0]:+.4f}, {r.interval[1]:+.4f}]", "margin": fmt(r.margin),
+            "temperature": fmt(r.temperature, 3), "before": fmt(r.ece_before), "after": fmt(r.ece_after)}
+
+
 def _temperature_view(
-    base: ModelScores, aligned: ModelScores, extractor: str, n_bins: int, tolerance: float
+    base: ModelScores, aligned: ModelScores, extractor: str, n_bins: int, margin: float
 ) -> dict | None:
     try:
         fits: dict[str, TemperatureFit] = {
@@ -506,7 +523,6 @@ def _temperature_view(
         }
     except RecalibrationError as exc:
         return {"error": str(exc)}
-    verdict = regime(fits["base"].ece_before, fits["aligned"].ece_before, fits["aligned"].ece_after, tolerance)
     return {
         "error": None,
         "fits": {
@@ -520,15 +536,13 @@ def _temperature_view(
             }
             for kind, fit in fits.items()
         },
-        "regime": verdict,
-        "tolerance": fmt(tolerance),
-        "residual": fmt_signed(fits["aligned"].ece_after - fits["base"].ece_before),
+        "repair": repair_view(aligned, base, extractor, n_bins, margin),
     }
 
 
 def _extractor_view(
     name: str, base: ModelScores, aligned: ModelScores, labels: dict[str, str], n_bins: int,
-    tolerance: float, items: dict | None,
+    margin: float, items: dict | None,
 ) -> ExtractorView:
     models = {"base": base, "aligned": aligned}
     probs = {kind: m.probs[name] for kind, m in models.items()}
@@ -562,7 +576,7 @@ def _extractor_view(
         histogram=confidence_histogram(bins, labels),
         classwise=classwise,
         sce=(fmt(sce["base"]), fmt(sce["aligned"]), fmt_signed(sce["aligned"] - sce["base"])),
-        temperature=_temperature_view(base, aligned, name, n_bins, tolerance),
+        temperature=_temperature_view(base, aligned, name, n_bins, margin),
         wrong=_wrong_items(base, aligned, name, items),
         has_text=items is not None,
     )
@@ -601,7 +615,7 @@ def _pair_task_view(
         view.extractors.append(
             _extractor_view(
                 extractor, base, aligned, labels, _n_bins(cases, task, extractor),
-                _ece_tolerance(cases, pair["name"], task, extractor), items,
+                _ece_margin(cases, pair["name"], task, extractor), items,
             )
         )
     return view
@@ -755,10 +769,18 @@ def build_context(run_dir: Path, results: dict) -> dict:
         for c in sorted(cases, key=lambda c: (c["pair"], *case_key(c)))
         if c["verdict"] in ("fail", "error")
     ]
+    def scores_of(label: str, task: str) -> ModelScores | None:
+        records = _load_model_records(run_dir, label, task)
+        return None if not records else _model_scores(records, list(records))
+
+    chains = [chain_view(chain, results["pairs"], cases, tasks, extractors, scores_of,
+                         lambda task, extractor: _n_bins(cases, task, extractor))
+              for chain in results.get("chains", [])]
     return {
         "r": results,
         "run": results["run"],
         "run_extra": _run_extra(results["run"]),
+        "chains": chains,
         "pairs": pairs,
         "flagged": flagged,
         "ranking": _ranking(results, tasks, extractors) if len(results["pairs"]) > 1 else [],

@@ -62,7 +62,7 @@ def chain_finding(chain: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]],
             p = comparisons[name]
             metrics = sorted({f"{c['extractor']} {c['metric']}" for c in failing[name]})
             shown = ", ".join(metrics[:3]) + (f" and {len(metrics) - 3} more" if len(metrics) > 3 else "")
-            parts.append(f"step {p['steps'][0]} -> {p['steps'][1]} ({p['base']} -> {p['aligned']}: "
+            parts.append(f"step {p['steps'][0]} → {p['steps'][1]} ({p['base']} → {p['aligned']}: "
                          f"{len(failing[name])} case(s) failed, {shown})")
         return f"Chain {chain['name']}: calibration got worse at " + "; and at ".join(parts) + "."
     if failing[whole]:
@@ -84,13 +84,13 @@ def render_summary(results: Mapping[str, Any]) -> str:
         families.setdefault(pair.get("family", pair["name"]), []).append(pair)
     for family, members in families.items():
         chain = next((c for c in chains if c["name"] == family), None)
-        what = f"chain {_md(family)}: " + " -> ".join(map(_md, chain["checkpoints"])) if chain else \
-            f"pair {_md(family)}: {_md(members[0]['base'])} -> {_md(members[0]['aligned'])}"
+        what = f"chain {_md(family)}: " + " → ".join(map(_md, chain["checkpoints"])) if chain else \
+            f"pair {_md(family)}: {_md(members[0]['base'])} → {_md(members[0]['aligned'])}"
         lines += [f"**{what}**", "", "| comparison | " + " | ".join(map(_md, tasks)) + " |",
                   "|---|" + "---|" * len(tasks)]
         for pair in members:
             row = [_cell([c for c in cases if c["pair"] == pair["name"] and c["task"] == t]) for t in tasks]
-            lines.append(f"| {_md(pair['name'])} ({_md(pair['base'])} -> {_md(pair['aligned'])}) | "
+            lines.append(f"| {_md(pair['name'])} ({_md(pair['base'])} → {_md(pair['aligned'])}) | "
                          + " | ".join(row) + " |")
         if chain:
             lines += ["", _md(chain_finding(chain, members, cases))]

@@ -101,7 +101,8 @@ def max_change(metric: str, n_options: int = 2) -> float:
 class GatePolicy:
     """The [gate] table: how the cases of a run are combined (verdicts.apply_family).
 
-    `family`: "pair" (default) corrects the one-sided p-values of all gated cases of a pair together (Holm's
+    `family`: "pair" (default) corrects the one-sided p-values of all gated cases of a pair (or of a chain:
+    its steps and the whole chain) together (Holm's
     step-down), so an equally calibrated pair fails ANY case with probability <= alpha; "case": no correction
     (each case at level alpha). `alpha`: the family-wise false-alarm rate, in (0, 0.5]. `on_inconclusive`:
     "pass" (default): an inconclusive case does not block the release; "fail": it does. `source` names the

@@ -118,6 +118,7 @@ class CaseResult:
     family_size: int = 1
     n_options: int | None = None
     sign_test: str | None = None
+    chain: str | None = None  # the chain this case's comparison is a step of (its Holm family); None for a pair
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -352,9 +353,10 @@ def _p(x: float | None) -> str:
 
 
 def _family_text(case: CaseResult) -> str:
+    group = f"chain {case.chain}" if case.chain else f"pair {case.pair}"
     if case.family_size <= 1:
-        return "this case alone" if case.family == "case" else f"the only gated case of {case.family} {case.pair}"
-    return f"Holm over the {case.family_size} gated cases of {case.family} {case.pair}"
+        return "this case alone" if case.family == "case" else f"the only gated case of {group}"
+    return f"Holm over the {case.family_size} gated cases of {group}"
 
 
 _CONTRAST_TEXT = {"change": "signed change", "sum": "sum of both values"}
@@ -492,7 +494,8 @@ def _in_family(case: CaseResult) -> bool:
 def apply_family(cases: Sequence[CaseResult], policy: GatePolicy = BUILTIN_POLICY) -> list[CaseResult]:
     """Adjust the p-values of each family's gated cases (Holm) and recompute their verdicts and messages.
 
-    Families: all gated cases of one pair (`policy.family == "pair"`) or each case alone ("case"). Members are
+    Families: all gated cases of one pair, or of one chain: its steps and the whole chain together
+    (`policy.family == "pair"`; `CaseResult.chain`), or each case alone ("case"). Members are
     the gated cases with a p-value: not `not-gated`, not data errors; a case under min_items takes part (it
     fails if its adjusted p-value says so, else stays an error). Returns new CaseResults, in the input order;
     non-members are returned unchanged.
@@ -500,7 +503,7 @@ def apply_family(cases: Sequence[CaseResult], policy: GatePolicy = BUILTIN_POLIC
     groups: dict[Any, list[int]] = {}
     for i, case in enumerate(cases):
         if _in_family(case):
-            groups.setdefault(case.pair if policy.family == "pair" else case.key, []).append(i)
+            groups.setdefault((case.chain or case.pair) if policy.family == "pair" else case.key, []).append(i)
     out = list(cases)
     for members in groups.values():
         adjusted = holm([cases[i].p_value for i in members])  # type: ignore[misc]

@@ -48,7 +48,7 @@ def test_a_clear_regression_stops_early_and_an_equal_pair_runs_to_the_end(folder
     assert max(c.n_items for c in hot) <= 500 and any(c.verdict == "fail" for c in hot)
     assert all("stopped early" in c.message for c in hot) and not any(c.verdict == "error" for c in hot)
     assert {c.n_items for c in equal} == {N} and {c.verdict for c in equal} <= {"pass", "inconclusive"}
-    sequence = json.loads(outcome.results_path.read_text())["run"]["sequential"]["families"]
+    sequence = json.loads(outcome.results_path.read_text())["run"]["sequential"]["comparisons"]
     assert sequence["equal"]["looks"] == [100, 200, 400, 800, 1600, None]
     assert sequence["equal"]["stopped_at"] == 6 and "every item judged" in sequence["equal"]["reason"]
     assert sequence["hot"]["stopped_at"] <= 3 and "the regression is certain" in sequence["hot"]["reason"]
@@ -76,7 +76,7 @@ def test_xdist_workers_stop_where_a_single_process_stops(folders, tmp_path, pyte
     result = pytester.runpytest_subprocess(*args, *[part for p in pairs for part in ("--model-pair", p)])
     assert result.ret == 1
     run = json.loads((tmp_path / "xdist" / "latest" / "results.json").read_text())
-    assert run["run"]["sequential"]["families"] == json.loads(serial.results_path.read_text())["run"]["sequential"][
-        "families"]
+    assert run["run"]["sequential"]["comparisons"] == json.loads(serial.results_path.read_text())["run"]["sequential"][
+        "comparisons"]
     assert {(c["pair"], c["task"], c["extractor"], c["n_items"], c["verdict"]) for c in run["cases"]} == {
         (c.pair, c.task, c.extractor, c.n_items, c.verdict) for c in serial.cases}
