@@ -161,15 +161,12 @@ class Gate:
     def looks(self, family: str, tasks: Sequence[str]) -> list[int | None]:
         """The family's looks: items per task at each (`first_look`, doubling; None = every item, the last).
         One look (None) when the run is not sequential."""
+        from calib_checks.verdicts import look_sizes
+
         if not self.options.sequential:
             return [None]
         budget = max((self.collection.budget(family, task) for task in tasks), default=0)
-        sizes: list[int | None] = []
-        n = self.options.first_look
-        while n < budget:
-            sizes.append(n)
-            n *= 2
-        return [*sizes, None]
+        return [*look_sizes(self.options.first_look, budget)[:-1], None]
 
     def judge(self, cases: Sequence[Case]) -> dict[Case, CaseResult]:
         """Every case judged, the family correction applied per thresholds.toml's [gate] policy.

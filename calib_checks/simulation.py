@@ -46,7 +46,15 @@ import numpy as np
 from calib_checks.metrics import METRICS, normal_quantile, normal_sf
 from calib_checks.selection import DEFAULT_EXTRACTORS, DEFAULT_METRICS
 from calib_checks.thresholds import GatePolicy, Thresholds, load_thresholds
-from calib_checks.verdicts import CaseResult, apply_family, case_from_decision, judge_arrays
+from calib_checks.verdicts import (
+    INTERIM_ALPHA_SHARE,
+    CaseResult,
+    apply_family,
+    case_from_decision,
+    judge_arrays,
+    look_alpha,
+    look_sizes,
+)
 
 __all__ = ["ALTERNATIVES", "IMPROVEMENTS", "KINDS", "NULLS", "SCENARIOS", "SIZES", "TASK_OPTIONS", "CaseRecord", "Cell",
            "Scenario", "Study", "clopper_pearson", "format_study", "generate_group", "judge_pair",
@@ -112,6 +120,7 @@ IMPROVEMENTS = (
              1.2, 0.85),
 )
 ALTERNATIVES = (
+    Scenario("T0.5", "sharpened T=0.5, rho 0.9", "damage", 1.0, 0.5),
     Scenario("T0.7", "sharpened T=0.7, rho 0.9", "damage", 1.0, 0.7),
     Scenario("T0.85", "sharpened T=0.85, rho 0.9", "damage", 1.0, 0.85),
     Scenario("T1.4", "calibrated base -> under-confident aligned (T=1.4)", "damage", 1.0, 1.4),
@@ -179,6 +188,47 @@ def judge_pair(scenario: Scenario, n_items: int, thresholds: Thresholds, seed: i
                 cases.append(case_from_decision(d, pair="sim", base="base", aligned="aligned", task=task,
                                                 extractor=extractor, metric=metric, rule=rule, seed=seed))
     return apply_family(cases, policy or thresholds.policy)
+
+
+@dataclass(frozen=True)
+class SequentialPair:
+    """One simulated pair judged in looks as the gate does (`Gate.judge`), and by the fixed-size rule on the same
+    items: whether each failed, the look the sequential judgement ended at and the items per task it used."""
+
+    failed: bool
+    fixed_failed: bool
+    stopped_at: int
+    n_looks: int
+    items: int
+
+
+def judge_pair_sequential(scenario: Scenario, budget: int, thresholds: Thresholds, seed: int,
+                          first_look: int = 100) -> SequentialPair:
+    """A pair's items are drawn once at the full `budget` per task, in a random order; look j judges the first
+    `verdicts.look_sizes` items of every group, spending `verdicts.look_alpha` of the family's rate, and the pair
+    ends at the first look with a failing case (or the last). The fixed-size rule judges every item at once."""
+    rng = np.random.default_rng(seed)
+    policy = thresholds.policy
+    groups = [(task, extractor, generate_group(rng, budget, task, scenario))
+              for task in TASK_OPTIONS for extractor in EXTRACTORS]
+
+    def judge(n: int, alpha: float) -> bool:
+        cases = []
+        for task, extractor, (base, aligned, labels) in groups:
+            for metric in gated_metrics(thresholds):
+                rule = thresholds.rule_for(task, extractor, metric)
+                d = judge_arrays(base[:n], aligned[:n], labels[:n], metric, rule, seed=seed % 2**31, alpha=alpha)
+                cases.append(case_from_decision(d, pair="sim", base="base", aligned="aligned", task=task,
+                                                extractor=extractor, metric=metric, rule=rule, seed=seed))
+        return any(c.verdict == "fail" for c in apply_family(cases, replace(policy, alpha=alpha)))
+
+    sizes = look_sizes(first_look, budget)
+    fixed = judge(budget, policy.alpha)
+    for j, n in enumerate(sizes):
+        failed = judge(n, look_alpha(policy.alpha, j, len(sizes)))
+        if failed or j == len(sizes) - 1:
+            return SequentialPair(failed, fixed, j + 1, len(sizes), n)
+    raise AssertionError("unreachable: the last look always ends the pair")
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -339,6 +389,61 @@ def run_study(plan: dict[str, dict[int, int]], thresholds_path: str | Path = SHI
     return Study({(c.scenario.name, c.n_items): c for c in cells}, metrics, thresholds.policy, truth)
 
 
+def _run_sequential_cell(args: tuple[Scenario, int, int, int, str]) -> tuple[str, int, list[SequentialPair], float]:
+    from calib_checks.metrics import use_matrix_sums
+
+    scenario, budget, reps, seed, path = args
+    use_matrix_sums(True)  # this worker's BLAS is single-threaded (run_study)
+    thresholds = load_thresholds(path)
+    start = time.process_time()
+    pairs = [judge_pair_sequential(scenario, budget, thresholds, seed=seed * 1_000_003 + budget * 1013 + rep)
+             for rep in range(reps)]
+    return scenario.name, budget, pairs, time.process_time() - start
+
+
+def run_sequential_study(plan: dict[str, dict[int, int]], thresholds_path: str | Path = SHIPPED, seed: int = 0,
+                         jobs: int = 1) -> dict[tuple[str, int], tuple[list[SequentialPair], float]]:
+    """Simulate `plan` = {scenario: {budget per task: repetitions}} judged in looks and by the fixed-size rule."""
+    import multiprocessing
+    import os
+
+    tasks = [(SCENARIOS[name], n, reps, seed + 101 + i, str(thresholds_path))
+             for i, (name, sizes) in enumerate(plan.items()) for n, reps in sizes.items()]
+    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+    os.environ.update(_ONE_THREAD)
+    try:
+        with multiprocessing.get_context("spawn").Pool(max(1, jobs)) as pool:
+            cells = pool.map(_run_sequential_cell, tasks, chunksize=1)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {(name, budget): (pairs, seconds) for name, budget, pairs, seconds in cells}
+
+
+def format_sequential(cells: dict[tuple[str, int], tuple[list[SequentialPair], float]]) -> str:
+    """The sequential looks' table docs/GATE.md quotes: per scenario and budget, the share of pairs failing when
+    judged in looks and by the fixed-size rule on the same pairs, and the share of the budget the looks used."""
+    lines = ["sequential looks (first look 100 items per task, doubling, Bonferroni spending across looks: "
+             f"{INTERIM_ALPHA_SHARE:.0%} of alpha over the interim looks) vs the fixed-size rule, same simulated pairs",
+             "| scenario | items per task (budget) | pairs failing, in looks | pairs failing, fixed rule | "
+             "mean share of the budget used | pairs ended by look 1 / 2 / 3 |",
+             "|---|---|---|---|---|---|"]
+    seconds = 0.0
+    for (name, budget), (pairs, cpu) in cells.items():
+        seconds += cpu
+        n = len(pairs)
+        looks = [sum(p.stopped_at <= k for p in pairs) / n for k in (1, 2, 3)]
+        lines.append(f"| {SCENARIOS[name].label} | {budget} | {_ci(sum(p.failed for p in pairs), n)} | "
+                     f"{_ci(sum(p.fixed_failed for p in pairs), n)} | "
+                     f"{100 * sum(p.items / budget for p in pairs) / n:.0f} % | "
+                     + " / ".join(f"{100 * x:.0f} %" for x in looks) + f" | ({n} pairs)")
+    lines.append(f"CPU time: {seconds:.0f} s")
+    return "\n".join(lines)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f} %"
 
@@ -483,15 +588,33 @@ FULL_PLAN: dict[str, dict[int, int]] = {
     "one-task": {500: 40, 2000: 15},
 }
 
+#: The sequential looks' study: nulls and damage at the budgets the issue's targets name.
+SEQUENTIAL_QUICK_PLAN: dict[str, dict[int, int]] = {"equal-rho0.9": {500: 4}, "T0.5": {2000: 2}, "T0.7": {500: 3}}
+SEQUENTIAL_FULL_PLAN: dict[str, dict[int, int]] = {
+    "equal-rho0.9": {500: 100, 2000: 40},
+    "over-base": {500: 40},
+    "T0.5": {2000: 30},
+    "T0.7": {500: 60, 2000: 20},
+    "T0.85": {2000: 20},
+}
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--full", action="store_true", help="the full study docs/GATE.md quotes (about 30 minutes "
                         "of CPU); default: a quick study of about a minute")
     parser.add_argument("--thresholds", default=str(SHIPPED), help="rules file (default: the shipped thresholds.toml)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole study (default 0)")
+    parser.add_argument("--sequential", action="store_true", help="the sequential looks' study instead (with "
+                        "--full: the one docs/GATE.md quotes)")
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    if args.sequential:
+        cells = run_sequential_study(SEQUENTIAL_FULL_PLAN if args.full else SEQUENTIAL_QUICK_PLAN, args.thresholds,
+                                     args.seed, args.jobs)
+        print(format_sequential(cells))
+        return 0
     study = run_study(FULL_PLAN if args.full else QUICK_PLAN, args.thresholds, args.seed, args.jobs,
                       truth_items=400_000 if args.full else 100_000)
     print(format_study(study))

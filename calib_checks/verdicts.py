@@ -565,6 +565,16 @@ def run_verdict(verdicts: Sequence[str], complete: bool, policy: GatePolicy = BU
 INTERIM_ALPHA_SHARE = 0.2
 
 
+def look_sizes(first_look: int, budget: int) -> list[int]:
+    """Items per task at each look of a sequential judgement: `first_look`, doubling while below `budget`, then
+    `budget` (every item). One look when `budget <= first_look`."""
+    sizes, n = [], first_look
+    while n < budget:
+        sizes.append(n)
+        n *= 2
+    return [*sizes, budget]
+
+
 def look_alpha(alpha: float, look: int, n_looks: int) -> float:
     """The family-wise false-alarm rate spent at look `look` (0-based) of `n_looks`: ``alpha`` with one look;
     else ``alpha x INTERIM_ALPHA_SHARE / (n_looks - 1)`` at each interim look and ``alpha x (1 -
