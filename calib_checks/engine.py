@@ -7,6 +7,13 @@ records: no model load, no forward pass. On a miss it loads the model (once per 
 and stores the result. The key holds nothing about the other model of a pair, so a new aligned candidate run
 against the same base reuses the base's entries.
 
+Specs that differ only in temperature (``X`` and ``X:temperature=0.5``: same weights, dtype and chat) change
+only the output head (`scoring.score_temperatures`), so the Scorers a `ScorerPool` hands out for them share one
+loaded model and one forward-pass counter: a miss on one task computes, in one forward pass, its own records
+and those of every sibling temperature that the cache does not hold yet, and stores each under that
+temperature's own key (the keys are unchanged, so a later hit for T = 1 alone is served as before). Without a
+cache, a sibling's records are kept in memory until that sibling asks for them.
+
 Also the `score` subcommand: `python -m calib_checks score --model SPEC --task TASK[,TASK...] --out FILE`
 writes, per task, one JSON object per item (data set order): `id`, `gold`, `scores` and `probs` (each
 extractor's name -> one number per option, data set option order), `n_tokens`, `letter_token_ids`,
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -44,12 +52,25 @@ if TYPE_CHECKING:
 CLI_HELP = "score one model on one or more tasks and write its per-item records (one JSON object per line)"
 
 
+@dataclass
+class _Shared:
+    """What the Scorers of one model at several temperatures share (`ScorerPool`): the loaded weights, the count
+    of forward passes through them, the sibling Scorers by temperature, and records a pass computed for a sibling
+    that has not asked for them yet (only without a cache), keyed by (temperature, task, data fingerprint)."""
+
+    members: dict[float, Scorer] = field(default_factory=dict)
+    model: LoadedModel | None = None
+    forward_calls: int = 0
+    pending: dict[tuple[float, str, str], tuple[list, dict]] = field(default_factory=dict)
+
+
 class Scorer:
     """Scores tasks with one model, through an optional `ScoreCache` (None = always compute, store nothing).
 
     `forward_calls` counts forward passes through the model's decoder (every scoring batch and the scorer's
     output-head probe); `loaded` says whether the weights were loaded. Both stay at 0 / False as long as
-    every `score` is a cache hit.
+    every `score` is a cache hit. Scorers from one `ScorerPool` that differ only in temperature share both
+    (one model in memory, one count).
     """
 
     def __init__(
@@ -71,10 +92,14 @@ class Scorer:
         self.trust_remote_code = trust_remote_code
         self.progress = progress
         self.attention = attention
-        self.forward_calls = 0
         self._identity: dict | None = None
         self._stack: dict | None = None
-        self._model: LoadedModel | None = None
+        self._shared = _Shared({self.spec.temperature: self})
+
+    @property
+    def forward_calls(self) -> int:
+        """Forward passes through this scorer's loaded model (shared with its sibling temperatures)."""
+        return self._shared.forward_calls
 
     @property
     def label(self) -> str:
@@ -98,12 +123,14 @@ class Scorer:
     @property
     def loaded(self) -> bool:
         """Whether the model's weights are in memory."""
-        return self._model is not None
+        return self._shared.model is not None
 
     @property
     def model(self) -> LoadedModel:
-        """The loaded model, loading it on first use."""
-        if self._model is None:
+        """The loaded model, loading it on first use (a sibling temperature's load serves this one too: its
+        `LoadedModel.temperature` is then the sibling's, which `score` never uses)."""
+        shared = self._shared
+        if shared.model is None:
             model = load_model(self.spec, self.device, self.dtype, self.trust_remote_code, self.attention)
             if model.identity != self.identity:
                 raise ModelLoadError(
@@ -111,15 +138,25 @@ class Scorer:
                     "loading it; run again once it is stable"
                 )
             model.model.get_decoder().register_forward_pre_hook(self._count_forward)
-            self._model = model
-        return self._model
+            shared.model = model
+        return shared.model
 
     def _count_forward(self, module: Any, args: Any) -> None:
-        self.forward_calls += 1
+        self._shared.forward_calls += 1
 
     def unload(self) -> None:
-        """Drop the model's weights (the next miss loads them again); frees memory between models."""
-        self._model = None
+        """Drop the model's weights (the next miss loads them again); frees memory between models. Sibling
+        temperatures share the weights, so they are dropped for them too."""
+        self._shared.model = None
+
+    def _key(self, task_data: TaskData) -> str:
+        from calib_checks.scoring import SCORING_VERSION
+        from calib_checks.tasks import PROMPT_VERSION
+
+        assert self.cache is not None
+        return self.cache.key(self.identity, task_data.task, task_data.fingerprint,
+                              [item.id for item in task_data.items], PROMPT_VERSION, SCORING_VERSION,
+                              stack=self.stack)
 
     def score(self, task_data: TaskData) -> TaskScores:
         """Scores of every item of `task_data`, from the cache when the key matches, else computed.
@@ -128,22 +165,14 @@ class Scorer:
         is `self.stack` (part of the key, so a hit's scores were made by the same stack), for the gate to
         refuse a pair scored on different stacks.
         """
-        from calib_checks.scoring import SCORING_VERSION, ItemRecord, TaskScores
-        from calib_checks.tasks import PROMPT_VERSION
+        from calib_checks.scoring import ItemRecord, TaskScores
 
         if self.cache is None:
-            records, stats = self._compute(task_data)
+            pending = self._shared.pending.pop((self.spec.temperature, task_data.task, task_data.fingerprint), None)
+            records, stats = pending if pending is not None else self._compute(task_data)
             status = "off"
         else:
-            key = self.cache.key(
-                self.identity,
-                task_data.task,
-                task_data.fingerprint,
-                [item.id for item in task_data.items],
-                PROMPT_VERSION,
-                SCORING_VERSION,
-                stack=self.stack,
-            )
+            key = self._key(task_data)
             with self.cache.lock(key):
                 hit = self.cache.get(key)
                 if hit is not None:
@@ -162,17 +191,69 @@ class Scorer:
             stats={**stats, "stack": self.stack, "cache": status},
         )
 
-    def _compute(self, task_data: TaskData) -> tuple[list, dict]:
-        """Score on a cache miss; a `Progress` reports the job's items as they are done (loading included)."""
-        from calib_checks.scoring import score_items
+    def _missing_siblings(self, task_data: TaskData) -> list[Scorer]:
+        """Sibling temperatures whose records for `task_data` are neither cached nor pending (see `_Shared`).
+        A sibling's entry is written without its lock: a writer holds only its own key's lock, so two siblings
+        missing at once in two processes cannot wait on each other; both write the same scores atomically."""
+        missing = []
+        for temperature, sibling in self._shared.members.items():
+            if sibling is self:
+                continue
+            if sibling.cache is None:
+                if (temperature, task_data.task, task_data.fingerprint) not in self._shared.pending:
+                    missing.append(sibling)
+            elif sibling.cache.get(sibling._key(task_data)) is None:
+                missing.append(sibling)
+        return missing
 
+    def _compute(self, task_data: TaskData) -> tuple[list, dict]:
+        """Score on a cache miss, in one forward pass for this temperature and every sibling temperature that
+        lacks these items (stored in the cache, or kept pending without one); a `Progress` reports the job's
+        items as they are done (loading included)."""
+        from calib_checks.scoring import score_temperatures
+
+        siblings = self._missing_siblings(task_data)
+        temperatures = [self.spec.temperature] + [s.spec.temperature for s in siblings]
         if not isinstance(self.progress, Progress):
-            return score_items(self.model, task_data.items, self.batch_size, progress=self.progress)
-        self.progress.start(f"{self.label} on {task_data.task}", len(task_data.items))
-        result = score_items(self.model, task_data.items, self.batch_size,
-                             progress=lambda done, total: self.progress.update(done))
-        self.progress.finish("scored")
-        return result
+            results = score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
+                                         progress=self.progress)
+        else:
+            also = "".join(f" (+ temperature {t:g}: {s.label})" for t, s in zip(temperatures[1:], siblings))
+            self.progress.start(f"{self.label}{also} on {task_data.task}", len(task_data.items))
+            results = score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
+                                         progress=lambda done, total: self.progress.update(done))
+            self.progress.finish("scored")
+        for sibling in siblings:
+            records, stats = results[sibling.spec.temperature]
+            if sibling.cache is None:
+                self._shared.pending[(sibling.spec.temperature, task_data.task, task_data.fingerprint)] = (
+                    records, stats)
+            else:
+                sibling.cache.put(sibling._key(task_data), records, stats)
+        return results[self.spec.temperature]
+
+
+class ScorerPool:
+    """Hands out one `Scorer` per model spec, all with the same settings (`Scorer`'s arguments); specs that
+    differ only in temperature get Scorers that share one loaded model and compute each other's missing
+    records in the same forward pass (module docstring). The gate takes its model sides' Scorers from one."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self._scorers: dict[ModelSpec, Scorer] = {}
+        self._families: dict[ModelSpec, _Shared] = {}
+
+    def scorer(self, spec: ModelSpec | str) -> Scorer:
+        """The Scorer of `spec` (the same object for specs that differ only in how they are written)."""
+        spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+        key = replace(spec, text="")
+        if key not in self._scorers:
+            scorer = Scorer(spec, **self.settings)
+            shared = self._families.setdefault(replace(key, temperature=1.0), scorer._shared)
+            shared.members.setdefault(spec.temperature, scorer)
+            scorer._shared = shared
+            self._scorers[key] = scorer
+        return self._scorers[key]
 
 
 # ---------------------------------------------------------------------------------------------- CLI

@@ -221,6 +221,7 @@ class Gate:
         self.rules, self.policy = self._load_rules()
         self.sides, self.pairs = self._read_pairs()
         self._scorers: dict[str, Scorer] = {}
+        self._pool: Any = None  # engine.ScorerPool, made with the first model side (_scorer)
         self._data: dict[str, TaskData] = {}
         self._scores: dict[tuple[str, str], TaskScores] = {}
         self._failures: dict[tuple[str, str], str] = {}  # (side text or "", task or "") -> one-line message
@@ -376,12 +377,14 @@ class Gate:
 
     def _scorer(self, side: Side) -> Scorer:
         if side.text not in self._scorers:
-            from calib_checks.engine import Scorer
+            from calib_checks.engine import ScorerPool
 
             assert side.spec is not None
-            self._scorers[side.text] = Scorer(side.spec, device=self._device(), dtype=self.options.dtype,
-                                              batch_size=self.options.batch_size, cache=self._cache(),
-                                              progress=self.progress or False, attention=self.options.attention)
+            # One pool: sides that differ only in temperature share one model and one forward pass per task.
+            self._pool = self._pool or ScorerPool(
+                device=self._device(), dtype=self.options.dtype, batch_size=self.options.batch_size,
+                cache=self._cache(), progress=self.progress or False, attention=self.options.attention)
+            self._scorers[side.text] = self._pool.scorer(side.spec)
         return self._scorers[side.text]
 
     def task_data(self, task: str) -> TaskData:

@@ -230,3 +230,78 @@ def test_score_cli_on_a_task_file_feeds_the_gate_as_scores_folders(
     assert {c.task for c in outcome.cases} == {"support_tickets"}
     # 40 items are below the demo rules' min_items: never a quiet pass, an error unless the change is clear.
     assert {c.verdict for c in outcome.cases} <= {"fail", "error"} and outcome.exit_code == 1
+
+
+def _separately(spec: str, data) -> tuple[list[ItemRecord], int]:
+    """Records of `spec` from a Scorer of its own, without a cache, and the forward passes they took."""
+    scorer = Scorer(spec, device="cpu", cache=None, progress=False)
+    return scorer.score(data).records, scorer.forward_calls
+
+
+def _close(a: list[ItemRecord], b: list[ItemRecord]) -> None:
+    assert [r.id for r in a] == [r.id for r in b]
+    for x, y in zip(a, b):
+        for name in EXTRACTORS:
+            assert y.scores[name] == pytest.approx(x.scores[name], abs=1e-5), (x.id, name)
+
+
+def test_a_pool_scores_sibling_temperatures_in_one_forward_pass_under_their_own_keys(
+    tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path
+) -> None:
+    from calib_checks.engine import ScorerPool
+
+    data = load_task("piqa", source=str(piqa_folder))
+    pool = ScorerPool(device="cpu", cache=ScoreCache(tmp_path), progress=False)
+    base, hot = pool.scorer(str(tiny_model_dir)), pool.scorer(f"{tiny_model_dir}:temperature=0.5")
+    assert pool.scorer(f"{tiny_model_dir}:temperature=0.50") is hot  # the same spec, written otherwise
+    assert base.score(data).stats["cache"] == "miss"
+    calls = base.forward_calls
+    hot_scores = hot.score(data)
+    assert hot_scores.stats["cache"] == "hit" and hot.forward_calls == calls  # no second pass
+    assert hot_scores.stats["temperatures_in_pass"] == [1.0, 0.5] and hot_scores.model_label.endswith("@T0.5")
+    alone, alone_calls = _separately(f"{tiny_model_dir}:temperature=0.5", data)
+    assert alone_calls == calls  # the shared pass cost what one temperature alone costs
+    _close(alone, hot_scores.records)
+    # Keys unchanged: Scorers outside any pool find each temperature's entry on its own.
+    for spec in (str(tiny_model_dir), f"{tiny_model_dir}:temperature=0.5"):
+        fresh = Scorer(spec, device="cpu", cache=ScoreCache(tmp_path), progress=False)
+        assert fresh.score(data).stats["cache"] == "hit" and not fresh.loaded
+    # Another dtype is another model: not a sibling, scored by a pass of its own.
+    half = pool.scorer(f"{tiny_model_dir}:dtype=bfloat16-weights")
+    assert half.score(data).stats["cache"] == "miss" and half.forward_calls > 0 and base.forward_calls == calls
+
+
+def test_a_pool_without_cache_hands_a_sibling_the_records_of_the_shared_pass(
+    tiny_model_dir: Path, piqa_folder: Path
+) -> None:
+    from calib_checks.engine import ScorerPool
+
+    data = load_task("piqa", source=str(piqa_folder), limit=4)
+    pool = ScorerPool(device="cpu", cache=None, progress=False)
+    hot, base = pool.scorer(f"{tiny_model_dir}:temperature=0.5"), pool.scorer(str(tiny_model_dir))
+    hot_scores = hot.score(data)  # the sharpened side first: it computes the base's records too
+    calls = hot.forward_calls
+    base_scores = base.score(data)
+    assert base.forward_calls == calls and base_scores.stats["cache"] == "off"
+    _close(_separately(str(tiny_model_dir), data)[0], base_scores.records)
+    _close(_separately(f"{tiny_model_dir}:temperature=0.5", data)[0], hot_scores.records)
+    assert base.score(data).stats["cache"] == "off" and base.forward_calls > calls  # handed over once, not kept
+
+
+def test_the_gate_forwards_a_model_once_for_its_temperature_sibling(
+    tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from calib_checks import scoring
+    from calib_checks.gate import Gate, GateOptions
+
+    passes = []
+    real = scoring.score_temperatures
+    monkeypatch.setattr(scoring, "score_temperatures", lambda model, items, temperatures, *args, **kwargs: (
+        passes.append(tuple(temperatures)) or real(model, items, temperatures, *args, **kwargs)))
+    options = GateOptions(pairs=(f"{tiny_model_dir},{tiny_model_dir}:temperature=0.5",), tasks=("piqa",),
+                          data_source=str(piqa_folder), device="cpu", use_cache=False,
+                          thresholds=REPO / "thresholds.toml", report_dir=tmp_path / "reports")
+    gate = Gate(options)
+    gate.score_all(gate.cases())
+    assert passes == [(1.0, 0.5)]
+    assert [event["cache"] for event in gate.events] == ["off", "off"]
