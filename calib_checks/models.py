@@ -672,6 +672,12 @@ def _check_gguf_file(spec: ModelSpec) -> None:
         )
 
 
+def gguf_converted(path: str | Path) -> bool:
+    """Whether the GGUF file at `path` already has its safetensors conversion in `cache_dir()` (its next load
+    takes about a second instead of a conversion)."""
+    return (cache_dir() / "models" / file_sha256(Path(path).resolve()) / _GGUF_MARKER).is_file()
+
+
 def _gguf_folder(spec: ModelSpec, sha256: str) -> Path:
     """The safetensors conversion of a GGUF file, made once per file content (see the module docstring)."""
     models = cache_dir() / "models"
