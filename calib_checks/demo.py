@@ -71,7 +71,7 @@ SAME_PAIR = "SmolLM2-fp32-vs-bf16"
 SIMULATED_PAIR = "SmolLM2-vs-T0.5-simulated"
 # Items per task; scoring is most of the demo's time and grows linearly with it. MEASURED says what one run took
 # (MEASURED_RUN's numbers); DEMO_BUDGET_MINUTES is the promise.
-DEMO_LIMIT = 100
+DEMO_LIMIT = 60
 DEMO_BUDGET_MINUTES = 15
 PRECISION_CHOICES = ("auto", "bfloat16", "bfloat16-weights")
 

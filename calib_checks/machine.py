@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import os
 import platform
-import statistics
 import time
 import warnings
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ _FP16_FLAGS = ("avx512_fp16", "amx_fp16", "fphp", "asimdhp")
 _SHOWN_FLAGS = ("avx2", "avx512f") + _BF16_FLAGS + _FP16_FLAGS
 # The measured product: one row of 128 tokens through a SmolLM2-135M MLP projection (576 -> 1536), 0.23 GFLOP.
 _RATE_SHAPE = (128, 576, 1536)
-_RATE_SECONDS = 0.15  # timed repetitions per dtype (after one warm-up call); at least two are timed
+_RATE_SECONDS = 0.15  # timed repetitions per dtype (after one warm-up call); at least three are timed
 _DTYPE_NAMES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
 
 
@@ -143,20 +142,27 @@ def _rate(name: str) -> float:
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(m, k, generator=generator).to(getattr(torch, name))
     b = torch.randn(k, n, generator=generator).to(getattr(torch, name))
-    with torch.inference_mode():
-        torch.mm(a, b)  # warm-up: kernel selection, oneDNN primitive creation
-        times: list[float] = []
-        started = time.perf_counter()
-        while len(times) < 2 or time.perf_counter() - started < _RATE_SECONDS:
-            begun = time.perf_counter()
-            torch.mm(a, b)
-            times.append(time.perf_counter() - begun)
-    return 2 * m * k * n / statistics.median(times) / 1e9
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.inference_mode():
+            torch.mm(a, b)  # warm-up: kernel selection, oneDNN primitive creation
+            times: list[float] = []
+            started = time.perf_counter()
+            while len(times) < 3 or time.perf_counter() - started < _RATE_SECONDS:
+                begun = time.perf_counter()
+                torch.mm(a, b)
+                times.append(time.perf_counter() - begun)
+    finally:
+        torch.set_num_threads(threads)
+    return 2 * m * k * n / min(times) / 1e9
 
 
 def matmul_rate(dtype: Any = "float32") -> float:
-    """GFLOP/s of one [128 x 576] @ [576 x 1536] product in `dtype` on this CPU with torch's threads, measured
-    once per process (median of the repetitions timed over about 0.15 s, after a warm-up call)."""
+    """GFLOP/s of one [128 x 576] @ [576 x 1536] product in `dtype` on ONE core of this CPU, measured once per
+    process: the best of the repetitions timed over about 0.15 s, after a warm-up call. One thread and the
+    best repetition, so that other processes on the machine (which `ThreadFitter` deals with) disturb it
+    little: it describes the CPU, not the moment."""
     return _rate(_dtype_name(dtype))
 
 
@@ -275,10 +281,11 @@ def describe(with_bf16: bool = False) -> str:
             f"float32 matmul {matmul_rate('float32'):.0f} GFLOP/s")
     if with_bf16:
         text += f", bfloat16 {matmul_rate('bfloat16'):.1f} GFLOP/s"
-    return text + " (measured now)"
+    return text + " on one core (measured now)"
 
 
 def estimate_seconds(seconds: float, rate: float) -> float:
     """Seconds a job that took `seconds` on a machine whose float32 `matmul_rate` was `rate` should take here,
-    assuming its time scales with the float32 matrix-product rate (scoring is mostly such products)."""
+    assuming its time scales with the float32 matrix-product rate (scoring is mostly such products) and that
+    both machines have as many cores free. An estimate, not a measurement."""
     return seconds * rate / matmul_rate("float32")
