@@ -360,7 +360,8 @@ def run_cli(args: argparse.Namespace) -> int:
     cmd = pytest_command(gguf, tasks, args.limit, thresholds, report_dir, args.device, args.no_cache, precision)
     shown = " ".join(cmd[1:]).replace(str(gguf), "$GGUF").replace(str(REPO) + os.sep, "")
     print(f"\n$ GGUF={gguf}\n$ python {shown}\n", flush=True)
-    status = subprocess.run(cmd, cwd=REPO, env=dict(os.environ), check=False).returncode
+    env = {**os.environ, **machine.omp_wait_env(os.environ)}
+    status = subprocess.run(cmd, cwd=REPO, env=env, check=False).returncode
     run_dir = _new_run_dir(report_dir, before)
 
     from calib_checks.results import load_results

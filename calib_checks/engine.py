@@ -149,14 +149,16 @@ class Scorer:
         temperatures share the weights, so they are dropped for them too."""
         self._shared.model = None
 
-    def _key(self, task_data: TaskData) -> str:
+    def _key(self, task_data: TaskData, any_temperature: bool = False) -> str:
+        """The cache key of these scores; with `any_temperature`, the name of the lock that every temperature of
+        this model takes for these items (one pass computes them all, so they are filled one at a time)."""
         from calib_checks.scoring import SCORING_VERSION
         from calib_checks.tasks import PROMPT_VERSION
 
         assert self.cache is not None
-        return self.cache.key(self.identity, task_data.task, task_data.fingerprint,
-                              [item.id for item in task_data.items], PROMPT_VERSION, SCORING_VERSION,
-                              stack=self.stack)
+        identity = {**self.identity, "temperature": None} if any_temperature else self.identity
+        return self.cache.key(identity, task_data.task, task_data.fingerprint, [item.id for item in task_data.items],
+                              PROMPT_VERSION, SCORING_VERSION, stack=self.stack)
 
     def score(self, task_data: TaskData) -> TaskScores:
         """Scores of every item of `task_data`, from the cache when the key matches, else computed.
@@ -173,7 +175,7 @@ class Scorer:
             status = "off"
         else:
             key = self._key(task_data)
-            with self.cache.lock(key):
+            with self.cache.lock(self._key(task_data, any_temperature=True)):
                 hit = self.cache.get(key)
                 if hit is not None:
                     records = [ItemRecord.from_json(row) for row in hit[0]]
@@ -192,9 +194,9 @@ class Scorer:
         )
 
     def _missing_siblings(self, task_data: TaskData) -> list[Scorer]:
-        """Sibling temperatures whose records for `task_data` are neither cached nor pending (see `_Shared`).
-        A sibling's entry is written without its lock: a writer holds only its own key's lock, so two siblings
-        missing at once in two processes cannot wait on each other; both write the same scores atomically."""
+        """Sibling temperatures whose records for `task_data` are neither cached nor pending (see `_Shared`);
+        called under the lock all temperatures of the model share for these items (`score`), so that two
+        processes never compute one pass twice."""
         missing = []
         for temperature, sibling in self._shared.members.items():
             if sibling is self:

@@ -30,6 +30,7 @@ import platform
 import time
 import warnings
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 # The environment that makes torch, oneDNN and MKL dispatch as on an AVX2-only CPU (see the module docstring).
@@ -161,8 +162,8 @@ def _rate(name: str) -> float:
 def matmul_rate(dtype: Any = "float32") -> float:
     """GFLOP/s of one [128 x 576] @ [576 x 1536] product in `dtype` on ONE core of this CPU, measured once per
     process: the best of the repetitions timed over about 0.15 s, after a warm-up call. One thread and the
-    best repetition, so that other processes on the machine (which `ThreadFitter` deals with) disturb it
-    little: it describes the CPU, not the moment."""
+    best repetition, so that other processes on the machine disturb it little: it describes the CPU, not the
+    moment."""
     return _rate(_dtype_name(dtype))
 
 
@@ -204,74 +205,25 @@ def warn_if_slow(dtype: Any, what: str) -> bool:
     return True
 
 
-def _cpu_busy_seconds(cpus: set[int]) -> float | None:
-    """CPU seconds the `cpus` have spent busy since boot (user, nice, system, irq, softirq and steal: time not
-    available to this process), from /proc/stat; None where it cannot be read (not Linux)."""
-    try:
-        lines = open("/proc/stat", encoding="ascii").read().splitlines()
-        ticks = os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError):
-        return None
-    busy = 0
-    for line in lines:
-        name, *fields = line.split()
-        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
-            busy += user + nice + system + irq + softirq + steal
-    return busy / ticks
+# libgomp (torch's OpenMP on Linux) lets a waiting thread spin this many times before it sleeps (its default,
+# 300000, is about a millisecond per barrier). Why it matters: torch's threads meet at a barrier after every
+# operation, and when another process holds one of two cores, the spinning thread keeps the descheduled one from
+# running. Measured on this project's Xeon (2 cores, 2026-12-04), SmolLM2-135M scoring 16 HellaSwag items in
+# float32, 2 threads: with other engineers' jobs on the machine, 27-37 s at the default, 14.5 s at 10000,
+# 12.2 s with OMP_WAIT_POLICY=PASSIVE; with a busy loop added, 86-90 s / 25 s / 22 s; see README for quiet runs.
+# Neither setting changes a number (threads and partitioning stay as they are), unlike fewer threads, which
+# changed AVX2 scores by up to 2e-5 (sdpa's CPU kernel splits its work by thread count). The Makefile's
+# `make test` uses the same value (tests/test_machine.py checks they agree).
+GOMP_SPINCOUNT = "10000"
 
 
-class ThreadFitter:
-    """Fits torch's thread count to the cores that other processes leave free, between scoring batches.
-
-    Why: torch's OpenMP threads meet at a barrier after every operation, so when another process keeps one of
-    two cores busy, a 2-thread forward waits at each barrier for its descheduled thread. Measured on this
-    project's Xeon (2 cores, 2026-12-04), SmolLM2-135M scoring 16 HellaSwag items in float32: quiet, 2 threads
-    4.9 s and 1 thread 9.3 s; with one core kept busy by another process, 2 threads 19-25 s and 1 thread 9.6 s
-    (OMP_WAIT_POLICY=PASSIVE: 10.8 s busy, but 5.9 s quiet). So before each batch the threads are set to the
-    cores free over the last batch (this process's CPU cores, less other processes' busy time read from
-    /proc/stat), rounded, at least 1, at most torch's count at the start. Scores do not depend on it beyond
-    float32 rounding. Inactive (`update` returns the count unchanged) when OMP_NUM_THREADS is set (the user's
-    choice), off Linux, or off the CPU.
-    """
-
-    def __init__(self, active: bool = True) -> None:
-        import torch
-
-        self.most = torch.get_num_threads()
-        try:
-            self.cpus = set(os.sched_getaffinity(0))
-        except AttributeError:
-            self.cpus = set()
-        self.active = active and "OMP_NUM_THREADS" not in os.environ and bool(self.cpus)
-        self.used = {self.most}
-        self._last = self._reading()
-
-    def _reading(self) -> tuple[float, float, float] | None:
-        busy = _cpu_busy_seconds(self.cpus) if self.active else None
-        return None if busy is None else (time.perf_counter(), time.process_time(), busy)
-
-    def update(self) -> int:
-        """Set and return the thread count for the next batch (see the class docstring)."""
-        import torch
-
-        now = self._reading()
-        if now is None or self._last is None or now[0] - self._last[0] < 0.2:
-            return torch.get_num_threads()
-        wall, own, busy = (a - b for a, b in zip(now, self._last))
-        self._last = now
-        others = max(0.0, busy - own) / wall
-        threads = max(1, min(self.most, round(len(self.cpus) - others)))
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-        self.used.add(threads)
-        return threads
-
-    def restore(self) -> None:
-        """Put torch's thread count back as it was."""
-        import torch
-
-        torch.set_num_threads(self.most)
+def omp_wait_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What to add to a child process's environment (`environ`) so that its OpenMP threads spin briefly
+    (`GOMP_SPINCOUNT`); nothing when the user set OMP_WAIT_POLICY or GOMP_SPINCOUNT. It must be set before the
+    child imports torch: libgomp reads it once, at load."""
+    if "OMP_WAIT_POLICY" in environ or "GOMP_SPINCOUNT" in environ:
+        return {}
+    return {"GOMP_SPINCOUNT": GOMP_SPINCOUNT}
 
 
 def describe(with_bf16: bool = False) -> str:

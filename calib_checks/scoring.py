@@ -78,7 +78,6 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from calib_checks.errors import CalibChecksError
-from calib_checks.machine import ThreadFitter
 
 if TYPE_CHECKING:
     import torch
@@ -327,9 +326,7 @@ def score_temperatures(
     ``attention_fallback`` (why flex attention was given up for sdpa mid-run, else None);
     ``attention_pairs`` (query-key pairs one layer's attention computed, summed over batches: rows * width^2
     for a dense mask, computed blocks * block area for a block mask) and ``head_positions`` (hidden states
-    through the output head), which with the model's shapes give the run's FLOPs (bench/run_bench.py);
-    ``threads`` (the torch thread counts the batches ran with: on CPU `machine.ThreadFitter` fits them to the
-    cores other processes leave free, before every batch).
+    through the output head), which with the model's shapes give the run's FLOPs (bench/run_bench.py).
     ``progress``: True draws a tqdm bar on a terminal; a callable is called ``(items done, items)`` after every
     batch (the gate's live progress, calib_checks/progress.py); False is silent.
     Scores depend on the packing and batching only through floating-point summation order (float32: within
@@ -354,15 +351,9 @@ def score_temperatures(
     mask_kind = _mask_kind(model)
     clock = _Clock(model.input_device, tokenise=time.perf_counter() - started)
 
-    threads = ThreadFitter(active=model.input_device.type == "cpu")
-    try:
-        with torch.inference_mode():
-            probe_tokens = _check_output_head(model, plan.segments[0].first_sequence() if plan.segments else [])
-            run = _run_batches(model, plan, batch_size, row_tokens, mask_kind, progress, clock, temperatures,
-                               threads)
-    finally:
-        threads.restore()
-    run.threads = sorted(threads.used)
+    with torch.inference_mode():
+        probe_tokens = _check_output_head(model, plan.segments[0].first_sequence() if plan.segments else [])
+        run = _run_batches(model, plan, batch_size, row_tokens, mask_kind, progress, clock, temperatures)
 
     labels = [_label_at(model, temperature) for temperature in temperatures]
     records = [plan.records(label, index) for index, label in enumerate(labels)]
@@ -420,7 +411,6 @@ def _stats(records: list[ItemRecord], label: str, plan: _Plan, run: _Run, probe_
         "attention_pairs": run.attention_pairs,
         "head_positions": run.head_positions,
         "temperatures_in_pass": list(temperatures),
-        "threads": run.threads,
     }
 
 
@@ -705,7 +695,6 @@ class _Run:
     attention_pairs: int = 0  # (query, key) pairs the attention kernels computed: rows * width^2 for a dense mask
     head_positions: int = 0  # hidden states that went through the output head
     attention_fallback: str | None = None  # why flex_attention was given up for sdpa, if it was
-    threads: list[int] = field(default_factory=list)  # torch thread counts the batches ran with (ThreadFitter)
 
 
 def _run_batches(
@@ -717,7 +706,6 @@ def _run_batches(
     progress: bool | Callable[[int, int], None],
     clock: _Clock,
     temperatures: tuple[float, ...],
-    threads: ThreadFitter,
 ) -> _Run:
     """Pack every sequence of `plan` into rows, forward the rows longest first, store what comes back.
 
@@ -742,7 +730,6 @@ def _run_batches(
             width = sum(segments[s].length for s in rows[start])
             n_rows = max(1, min(len(rows) - start, budget // width)) if auto else batch_size
             batch = [[segments[s] for s in row] for row in rows[start : start + n_rows]]
-            threads.update()
             try:
                 values = _forward_batch(model, batch, run, clock, temperatures)
             except Exception as exc:

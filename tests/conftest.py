@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     from calib_checks import machine
 
     estimate = machine.estimate_seconds(SUITE_MEASURED["seconds"], SUITE_MEASURED["rate"]) / 60
+    spin = os.environ.get("GOMP_SPINCOUNT", "libgomp's default")
     return [
-        f"machine: {machine.describe()}",
+        f"machine: {machine.describe()}; OpenMP spin count {spin} (Makefile: {machine.GOMP_SPINCOUNT})",
         f"estimate: the whole suite (make test) about {estimate:.0f} min here: an ESTIMATE, the "
         f"{SUITE_MEASURED['seconds'] / 60:.1f} min measured on {SUITE_MEASURED['cpu']} ({SUITE_MEASURED['date']}, "
         f"{SUITE_MEASURED['rate']:.0f} GFLOP/s then) scaled by the float32 matmul rates; a selection takes less",

@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import subprocess
-import time
 import sys
 import warnings
 from dataclasses import replace
@@ -95,35 +94,10 @@ def test_the_avx2_emulation_is_seen_as_a_cpu_without_native_bf16() -> None:
     assert "ATEN_CPU_CAPABILITY=avx2" in emulation
 
 
-class _OtherProcesses:
-    """A /proc/stat stand-in: this process's own CPU time plus `cores` kept busy by others since the last call."""
-
-    def __init__(self, cores: float) -> None:
-        self.cores, self.total, self.last = cores, 0.0, time.perf_counter()
-
-    def __call__(self, cpus: set[int]) -> float:
-        now = time.perf_counter()
-        self.total += self.cores * (now - self.last)
-        self.last = now
-        return time.process_time() + self.total
-
-
-def test_thread_fitter_leaves_the_cores_other_processes_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    others = _OtherProcesses(cores=1.0)
-    monkeypatch.setattr(machine, "_cpu_busy_seconds", others)
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        fitter = machine.ThreadFitter()
-        fitter.cpus = {0, 1}  # two cores, whatever this machine has
-        time.sleep(0.25)
-        assert fitter.update() == 1 == torch.get_num_threads()  # one core busy elsewhere: one thread
-        others.cores = 0.0
-        time.sleep(0.25)
-        assert fitter.update() == 2 == torch.get_num_threads()  # quiet again: both
-        assert fitter.used == {1, 2}
-        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's own choice is left alone
-        assert not machine.ThreadFitter().active
-    finally:
-        torch.set_num_threads(before)
+def test_openmp_threads_spin_briefly_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert machine.omp_wait_env({}) == {"GOMP_SPINCOUNT": machine.GOMP_SPINCOUNT}
+    assert machine.omp_wait_env({"OMP_WAIT_POLICY": "active"}) == {}
+    assert machine.omp_wait_env({"GOMP_SPINCOUNT": "300000"}) == {}
+    # `make test` passes the same value to pytest.
+    makefile = (REPO / "Makefile").read_text()
+    assert f"GOMP_SPINCOUNT ?= {machine.GOMP_SPINCOUNT}\n" in makefile
