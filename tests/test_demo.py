@@ -90,7 +90,7 @@ def test_the_estimate_scales_the_measured_run_by_the_matmul_rate(monkeypatch):
     from calib_checks import machine
 
     run = demo.MeasuredRun(date="d", cpu="c", rate=100.0, forward_side=120.0, rest=30.0, conversion=60.0,
-                           wall_minutes=5.0)
+                           wall_seconds=300.0)
     monkeypatch.setattr(demo, "MEASURED_RUN", run)
     monkeypatch.setattr(machine, "matmul_rate", lambda dtype="float32": {"float32": 50.0, "bfloat16": 5.0}[
         str(dtype).removeprefix("torch.")])

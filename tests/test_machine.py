@@ -39,7 +39,7 @@ def test_facts_follow_torch_and_the_rate_is_measured_once() -> None:
     assert rate > 0 and machine.matmul_rate("float32") == rate  # cached per process
     assert machine.has_native("float32")
     assert machine.slowdown(torch.bfloat16) == pytest.approx(rate / machine.matmul_rate("bfloat16"))
-    assert "GFLOP/s on one core (measured now)" in machine.describe()
+    assert "GFLOP/s (measured now)" in machine.describe()
     assert machine.estimate_seconds(60.0, rate) == pytest.approx(60.0)
     with pytest.raises(ValueError, match="no matmul rate for dtype"):
         machine.matmul_rate("int8")
