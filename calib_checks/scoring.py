@@ -6,6 +6,12 @@ Extractors (`records.EXTRACTORS`, computed by `records.extract`), all read from 
 config sets ``final_logit_softcapping = c`` (Gemma 2/3) and the identity otherwise, and ``T`` is
 ``LoadedModel.temperature`` (1.0 leaves the model untouched).
 
+Several temperatures of one model (`score_temperatures`): the temperature acts only in the head, so one
+forward pass serves them all: per chunk of scored positions the float32 logits ``softcap(W h)`` are computed
+once, then divided by each T and given one ``logsumexp`` each. The records of each temperature equal a
+separate `score_items` run at that temperature within float32 rounding (the head's chunks are half as long,
+so that the extra divided copy of a chunk fits the same memory).
+
 - ``continuation-sum``: option k is the continuation ``item.target_delimiter + options[k]`` (lm-eval's " " unless
   a task file sets another) of ``item.context`` and scores
   ``sum_j log p(c_j)`` over its n_k tokens: lm-evaluation-harness's loglikelihood.
@@ -66,7 +72,7 @@ import time
 import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from calib_checks.errors import CalibChecksError
@@ -150,7 +156,21 @@ def score_items(
     progress: bool | Callable[[int, int], None] = True,
     row_tokens: int | None = None,
 ) -> tuple[list[ItemRecord], EngineStats]:
-    """Score every item with all `records.EXTRACTORS`; return the records in item order and the stats.
+    """Score every item with all `records.EXTRACTORS` at the model's temperature; return the records in item order and
+    the stats (`score_temperatures` with the one temperature ``model.temperature``)."""
+    return score_temperatures(model, items, (model.temperature,), batch_size, progress, row_tokens)[model.temperature]
+
+
+def score_temperatures(
+    model: LoadedModel,
+    items: Sequence[Item],
+    temperatures: Sequence[float],
+    batch_size: int | Literal["auto"] = "auto",
+    progress: bool | Callable[[int, int], None] = True,
+    row_tokens: int | None = None,
+) -> dict[float, tuple[list[ItemRecord], EngineStats]]:
+    """Score every item with all `records.EXTRACTORS` at each of `temperatures` (``model.temperature`` is not used),
+    in ONE forward pass through the decoder; return ``{T: (records in item order, stats)}``.
 
     Each item is a token tree (its context with the options and its lettered prompt with the letters, their
     common leading tokens once; a truncated item is one sequence per truncation instead). The sequences are
@@ -183,6 +203,9 @@ def score_items(
     batch (the gate's live progress, calib_checks/progress.py); False is silent.
     Scores depend on the packing and batching only through floating-point summation order (float32: within
     1e-5 on the tiny test models); for fixed settings they are deterministic.
+    With several temperatures every stats dict holds the same pass's numbers (tokens, seconds, ...: one pass,
+    not one per temperature) except ``letter_mass``, and ``temperatures_in_pass`` lists the temperatures the
+    pass served (one for `score_items`).
     """
     import torch
 
@@ -191,39 +214,60 @@ def score_items(
         raise ScoringError(f"batch_size must be a positive integer or 'auto', got {batch_size!r}")
     if row_tokens is not None and (isinstance(row_tokens, bool) or not isinstance(row_tokens, int) or row_tokens < 1):
         raise ScoringError(f"row_tokens must be a positive integer or None, got {row_tokens!r}")
-    if not model.temperature > 0 or not math.isfinite(model.temperature):
-        raise ScoringError(f"model {model.label}: temperature must be a positive number, got {model.temperature}")
-    plan = _Plan(model, items)
+    temperatures = tuple(temperatures)
+    bad = [t for t in temperatures if isinstance(t, bool) or not (isinstance(t, (int, float)) and 0 < t < math.inf)]
+    if not temperatures or bad or len(set(temperatures)) != len(temperatures):
+        raise ScoringError(f"model {model.label}: temperatures must be distinct positive numbers, got "
+                           f"{list(temperatures)}")
+    plan = _Plan(model, items, len(temperatures))
     mask_kind = _mask_kind(model)
     clock = _Clock(model.input_device, tokenise=time.perf_counter() - started)
 
     with torch.inference_mode():
         probe_tokens = _check_output_head(model, plan.segments[0].first_sequence() if plan.segments else [])
-        run = _run_batches(model, plan, batch_size, row_tokens, mask_kind, progress, clock)
+        run = _run_batches(model, plan, batch_size, row_tokens, mask_kind, progress, clock, temperatures)
 
-    records = plan.records(model)
+    labels = [_label_at(model, temperature) for temperature in temperatures]
+    records = [plan.records(label, index) for index, label in enumerate(labels)]
+    seconds = time.perf_counter() - started
+    return {temperature: (records[index], _stats(records[index], labels[index], plan, run, probe_tokens, clock,
+                                                 seconds))
+            for index, temperature in enumerate(temperatures)}
+
+
+def _label_at(model: LoadedModel, temperature: float) -> str:
+    """The label of `model` at `temperature` (its spec's label at that temperature; its own at its own)."""
+    if temperature == model.temperature:
+        return model.label
+    if model.spec is None:  # a model built in code, without a spec
+        return f"{model.label}@T{temperature:g}"
+    return replace(model.spec, temperature=temperature).label
+
+
+def _stats(records: list[ItemRecord], label: str, plan: _Plan, run: _Run, probe_tokens: int, clock: _Clock,
+           seconds: float) -> EngineStats:
+    """`score_temperatures`' stats for one temperature's records; warns when their letter mass is low."""
     mass = letter_mass_summary(records)
     if mass is not None and mass["mean"] < LETTER_MASS_FLOOR:
         warnings.warn(
-            f"model {model.label}: the letters get {mass['mean']:.3f} of the probability at the answer "
+            f"model {label}: the letters get {mass['mean']:.3f} of the probability at the answer "
             f"position on average over {len(records)} items (least {mass['min']:.3g}; "
             f"{mass['below_floor']:.0%} of items below {LETTER_MASS_FLOOR}): the model mostly answers "
             f"something else than a letter, so its choice-extractor probabilities (renormalised over the letters) "
             f"say little about it",
             LowLetterMassWarning,
-            stacklevel=2,
+            stacklevel=4,
         )
-    stats = EngineStats(
+    return EngineStats(
         tokens_forwarded=run.tokens_forwarded, tokens_padded=run.tokens_padded, token_lower_bound=plan.lower_bound,
         token_tree_lower_bound=plan.lower_bound - plan.shared_tokens, probe_tokens=probe_tokens,
         truncated=sum(r.truncated for r in records), prefix_fallbacks=sum(r.prefix_fallback for r in records),
-        letter_tokens=plan.letter_tokens(), seconds=time.perf_counter() - started, seconds_tokenise=clock.tokenise,
+        letter_tokens=plan.letter_tokens(), seconds=seconds, seconds_tokenise=clock.tokenise,
         seconds_forward=clock.forward, seconds_head=clock.head, rows=run.rows, batches=run.batches,
         sequences=len(plan.segments), batch_size=run.most_rows, row_tokens=run.row_tokens,
         token_budget=run.token_budget, attention=run.attention, attention_fallback=run.attention_fallback,
         attention_pairs=run.attention_pairs, head_positions=run.head_positions,
     )
-    return records, stats
 
 
 @dataclass
@@ -279,7 +323,7 @@ class _Clock:
 class _Plan:
     """Tokenised items, the rows to forward, and the per-token log-probabilities as they come back."""
 
-    def __init__(self, model: LoadedModel, items: Sequence[Item]) -> None:
+    def __init__(self, model: LoadedModel, items: Sequence[Item], n_temperatures: int = 1) -> None:
         from calib_checks.models import render_prompt
 
         self.items = list(items)
@@ -357,22 +401,28 @@ class _Plan:
             self.lower_bound += len(context) - min(cuts) + sum(n - 1 for n in self.n_tokens[i])
             self.lower_bound += len(prompt) - prompt_cut
 
-        self.token_logprobs: list[list[list[float] | None]] = [[None] * len(it.options) for it in self.items]
-        self.choice_logprobs: list[list[float | None]] = [[None] * len(it.options) for it in self.items]
+        # Per temperature (index into score_temperatures' list), per item, per option.
+        self.token_logprobs: list[list[list[list[float] | None]]] = [
+            [[None] * len(it.options) for it in self.items] for _ in range(n_temperatures)]
+        self.choice_logprobs: list[list[list[float | None]]] = [
+            [[None] * len(it.options) for it in self.items] for _ in range(n_temperatures)]
 
-    def store(self, segment: _Segment, values: list[list[list[float]]]) -> None:
-        """Keep the per-token log-probabilities of `segment`: ``values[branch][j]`` for option j of the branch."""
-        for branch, per_option in zip(segment.branches, values):
-            for option, logprobs in zip(branch.options, per_option):
-                if branch.kind == "continuation":
-                    self.token_logprobs[segment.item][option] = logprobs
-                else:
-                    self.choice_logprobs[segment.item][option] = logprobs[0]
+    def store(self, segment: _Segment, values: list[list[list[list[float]]]]) -> None:
+        """Keep the per-token log-probabilities of `segment`: ``values[t][branch][j]`` for option j of the branch
+        at the t-th temperature."""
+        for t, per_branch in enumerate(values):
+            for branch, per_option in zip(segment.branches, per_branch):
+                for option, logprobs in zip(branch.options, per_option):
+                    if branch.kind == "continuation":
+                        self.token_logprobs[t][segment.item][option] = logprobs
+                    else:
+                        self.choice_logprobs[t][segment.item][option] = logprobs[0]
 
-    def records(self, model: LoadedModel) -> list[ItemRecord]:
+    def records(self, label: str, temperature_index: int = 0) -> list[ItemRecord]:
+        """The records at the `temperature_index`-th temperature; `label` names the model in errors."""
         out = []
         for i, item in enumerate(self.items):
-            scores = extract(self.token_logprobs[i], self.choice_logprobs[i])
+            scores = extract(self.token_logprobs[temperature_index][i], self.choice_logprobs[temperature_index][i])
             try:
                 out.append(ItemRecord(
                     id=item.id, gold=item.gold, scores=scores, n_options=len(item.options), n_tokens=self.n_tokens[i],
@@ -380,7 +430,7 @@ class _Plan:
                     prefix_fallback=self.fallback[i], letter_mass=letter_mass(scores["choice"]),
                 ))
             except RecordError as exc:  # a non-finite score: the model's logits hold NaN or inf
-                raise ScoringError(f"model {model.label}: {exc}") from None
+                raise ScoringError(f"model {label}: {exc}") from None
         return out
 
     def letter_tokens(self) -> dict[str, int | list[int]]:
@@ -486,6 +536,7 @@ def _run_batches(
     mask_kind: str,
     progress: bool | Callable[[int, int], None],
     clock: _Clock,
+    temperatures: tuple[float, ...],
 ) -> _Run:
     """Pack every sequence of `plan` into rows, forward the rows longest first, store what comes back.
 
@@ -511,7 +562,7 @@ def _run_batches(
             n_rows = max(1, min(len(rows) - start, budget // width)) if auto else batch_size
             batch = [[segments[s] for s in row] for row in rows[start : start + n_rows]]
             try:
-                values = _forward_batch(model, batch, run, clock)
+                values = _forward_batch(model, batch, run, clock, temperatures)
             except Exception as exc:
                 if run.attention == "flex_attention" and "out of memory" not in str(exc).lower():
                     # Flex attention compiles its kernel on first use (triton on CUDA, C++ on CPU); where that
@@ -538,8 +589,8 @@ def _run_batches(
                     f"model {model.label} ran out of memory on a batch of {len(batch)} rows of up to {width} "
                     f"tokens; use a smaller batch size (or 'auto'), a smaller dtype or a bigger device"
                 ) from exc
-            for segment, per_branch in zip((s for row in batch for s in row), values):
-                plan.store(segment, per_branch)
+            for segment, per_temperature in zip((s for row in batch for s in row), values):
+                plan.store(segment, per_temperature)
             lengths = [sum(s.length for s in row) for row in batch]
             run.tokens_forwarded += sum(lengths)
             run.tokens_padded += len(batch) * max(lengths)
@@ -558,9 +609,10 @@ def _run_batches(
 
 
 def _forward_batch(
-    model: LoadedModel, batch: Sequence[Sequence[_Segment]], run: _Run, clock: _Clock
-) -> list[list[list[list[float]]]]:
-    """Per segment (rows in order, segments in row order), per branch, per option: the float32
+    model: LoadedModel, batch: Sequence[Sequence[_Segment]], run: _Run, clock: _Clock,
+    temperatures: tuple[float, ...],
+) -> list[list[list[list[list[float]]]]]:
+    """Per segment (rows in order, segments in row order), per temperature, per branch, per option: the float32
     log-probabilities of the option's continuation tokens. Adds the batch's attention pairs and head
     positions to `run`."""
     import torch
@@ -617,20 +669,22 @@ def _forward_batch(
     where_, inverse = torch.unique(torch.tensor(scored, device=flat.device), return_inverse=True)
     run.attention_pairs += _attention_pairs(mask, len(batch), width)
     run.head_positions += len(where_)
-    logprobs = _target_logprobs(model, flat[where_], inverse, torch.tensor(targets)).tolist()
+    logprobs = _target_logprobs(model, flat[where_], inverse, torch.tensor(targets), temperatures).tolist()
     clock.head += clock.now() - between
 
-    out: list[list[list[list[float]]]] = []
+    out: list[list[list[list[list[float]]]]] = []
     offset = 0
     for per_branch in lengths:
-        segment_values = []
+        per_temperature: list[list[list[list[float]]]] = [[] for _ in temperatures]
         for option_lengths in per_branch:
-            values = []
+            values: list[list[list[float]]] = [[] for _ in temperatures]
             for n in option_lengths:
-                values.append(logprobs[offset : offset + n])
+                for t, row in enumerate(logprobs):
+                    values[t].append(row[offset : offset + n])
                 offset += n
-            segment_values.append(values)
-        out.append(segment_values)
+            for t in range(len(temperatures)):
+                per_temperature[t].append(values[t])
+        out.append(per_temperature)
     return out
 
 
@@ -738,24 +792,31 @@ def _head_logits(
 
 
 def _target_logprobs(
-    model: LoadedModel, hidden: torch.Tensor, inverse: torch.Tensor, targets: torch.Tensor
+    model: LoadedModel, hidden: torch.Tensor, inverse: torch.Tensor, targets: torch.Tensor,
+    temperatures: tuple[float, ...],
 ) -> torch.Tensor:
-    """``log_softmax(head(hidden[inverse[i]]) / T)[targets[i]]`` for every i, chunked over the vocabulary's rows."""
+    """``out[t, i] = log_softmax(head(hidden[inverse[i]]) / temperatures[t])[targets[i]]``, chunked over the
+    positions: the head's product once per chunk, a division and a logsumexp per temperature."""
     import torch
 
     weights = _head_weights(model)
     weight = weights[0]
-    chunk = max(1, _HEAD_CHUNK_ELEMENTS // weight.shape[0])
+    # Several temperatures hold a divided copy of the chunk beside it: half as many positions per chunk.
+    chunk = max(1, _HEAD_CHUNK_ELEMENTS // weight.shape[0] // (1 if len(temperatures) == 1 else 2))
     inverse, targets = inverse.to(weight.device), targets.to(weight.device)
-    out = torch.empty(len(targets), dtype=torch.float32, device=weight.device)
+    out = torch.empty(len(temperatures), len(targets), dtype=torch.float32, device=weight.device)
     for first in range(0, hidden.shape[0], chunk):
-        logits = _head_logits(model, hidden[first : first + chunk], weights)
-        if model.temperature != 1.0:  # in place: a pass over [chunk, vocab] floats costs a fifth of the product
-            logits.div_(model.temperature)
-        log_norm = torch.logsumexp(logits, dim=-1)
+        raw = _head_logits(model, hidden[first : first + chunk], weights)
         here = (inverse >= first) & (inverse < first + chunk)
         local = inverse[here] - first
-        out[here] = logits[local, targets[here]] - log_norm[local]
+        for t, temperature in enumerate(temperatures):
+            if temperature == 1.0:
+                logits = raw
+            elif len(temperatures) == 1:  # in place: a pass over [chunk, vocab] floats costs a fifth of the product
+                logits = raw.div_(temperature)
+            else:
+                logits = raw / temperature
+            out[t, here] = logits[local, targets[here]] - torch.logsumexp(logits, dim=-1)[local]
     return out.cpu()
 
 

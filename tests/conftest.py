@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from tests.tiny_models import build_tiny_model
+
+# One measured `make test` (the whole suite, no -n), the basis of the estimate printed in the header: its wall
+# seconds, and the float32 matmul rate `calib_checks.machine.matmul_rate()` measured on that machine then.
+SUITE_MEASURED = {"seconds": 0.0, "rate": 0.0, "date": "", "cpu": ""}
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    """The CPU's kind, its measured float32 matmul rate, and an ESTIMATE of the whole suite's time here."""
+    from calib_checks import machine
+
+    estimate = machine.estimate_seconds(SUITE_MEASURED["seconds"], SUITE_MEASURED["rate"]) / 60
+    spin = os.environ.get("GOMP_SPINCOUNT", "libgomp's default")
+    return [
+        f"machine: {machine.describe()}; OpenMP spin count {spin} (Makefile: {machine.GOMP_SPINCOUNT})",
+        f"estimate: the whole suite (make test) about {estimate:.0f} min here: an ESTIMATE, the "
+        f"{SUITE_MEASURED['seconds'] / 60:.1f} min measured on {SUITE_MEASURED['cpu']} ({SUITE_MEASURED['date']}, "
+        f"{SUITE_MEASURED['rate']:.0f} GFLOP/s then) scaled by the float32 matmul rates; a selection takes less",
+    ]
 
 
 @pytest.fixture(scope="session")

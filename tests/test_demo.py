@@ -66,6 +66,42 @@ def test_pytest_command_runs_both_pairs_on_real_data(tmp_path):
     assert "--calib-no-cache" not in cmd
     assert "--calib-no-cache" in demo.pytest_command(gguf, ["piqa"], 5, tmp_path, tmp_path, "cpu", no_cache=True)
     assert "--calib-allow-same-model" not in cmd  # both pairs are two distinct checkpoints
+    weights = demo.pytest_command(gguf, ["piqa"], 5, tmp_path, tmp_path, "cpu", False, "bfloat16-weights")
+    assert weights[weights.index("--model-pair") + 1] == f"{demo.SAME_PAIR}={base},{gguf}:dtype=bfloat16-weights"
+
+
+def test_the_precision_side_is_bf16_only_where_the_cpu_has_it(monkeypatch):
+    from calib_checks import machine
+
+    monkeypatch.setattr(machine, "has_native", lambda dtype: True)
+    dtype, why = demo.precision_dtype("auto", "cpu")
+    assert dtype == "bfloat16" and "has native bf16" in why
+    monkeypatch.setattr(machine, "has_native", lambda dtype: False)
+    dtype, why = demo.precision_dtype("auto", "cpu")
+    factor = machine.slowdown("bfloat16")
+    assert dtype == "bfloat16-weights" and f"runs {factor:.0f}x slower than float32 here (measured now)" in why
+    # The user's choice wins, and a bad one is refused.
+    assert demo.precision_dtype("bfloat16", "cpu") == ("bfloat16", "asked for with --precision")
+    with pytest.raises(demo.DemoError, match="--precision 'fp8'"):
+        demo.precision_dtype("fp8", "cpu")
+
+
+def test_the_estimate_scales_the_measured_run_by_the_matmul_rate(monkeypatch):
+    from calib_checks import machine
+
+    run = demo.MeasuredRun(date="d", cpu="c", rate=100.0, forward_side=120.0, rest=30.0, conversion=60.0,
+                           wall_seconds=300.0)
+    monkeypatch.setattr(demo, "MEASURED_RUN", run)
+    monkeypatch.setattr(machine, "matmul_rate", lambda dtype="float32": {"float32": 50.0, "bfloat16": 5.0}[
+        str(dtype).removeprefix("torch.")])
+    # Half the rate: twice the time; the precision side in float32 costs one more side, bf16 on a CPU 10 more.
+    minutes, how = demo.estimate_minutes(demo.DEMO_LIMIT, 6, "bfloat16-weights", "cpu", converted=True)
+    assert minutes == pytest.approx(2 * (30 + 2 * 120) / 60) and "100 GFLOP/s then" in how
+    assert demo.estimate_minutes(demo.DEMO_LIMIT, 6, "bfloat16-weights", "cpu", converted=False)[0] == \
+        pytest.approx(minutes + 2 * 60 / 60)
+    assert demo.estimate_minutes(demo.DEMO_LIMIT, 6, "bfloat16", "cpu", True)[0] == pytest.approx(
+        2 * (30 + 11 * 120) / 60)
+    assert demo.estimate_minutes(2 * demo.DEMO_LIMIT, 3, "bfloat16-weights", "cpu", True)[0] == pytest.approx(minutes)
 
 
 def test_demo_refuses_a_limit_that_would_gate_nothing():

@@ -261,3 +261,92 @@ def test_score_cli_on_a_task_file_feeds_the_gate_as_scores_folders(
     assert {c.task for c in outcome.cases} == {"support_tickets"}
     # 40 items are below the demo rules' min_items: never a quiet pass, an error unless the change is clear.
     assert {c.verdict for c in outcome.cases} <= {"fail", "error"} and outcome.exit_code == 1
+
+
+def _separately(spec: str, data) -> tuple[list[ItemRecord], int]:
+    """Records of `spec` from a Scorer of its own, without a cache, and the forward passes they took."""
+    scorer = Scorer(spec, device="cpu", progress=False)
+    return scorer.score(data)[0], scorer.forward_calls
+
+
+def _close(a: list[ItemRecord], b: list[ItemRecord]) -> None:
+    assert [r.id for r in a] == [r.id for r in b]
+    for x, y in zip(a, b):
+        for name in EXTRACTORS:
+            assert y.scores[name] == pytest.approx(x.scores[name], abs=1e-5), (x.id, name)
+
+
+def _pooled(pool, cache: ScoreCache | None, spec: str) -> tuple[Source, Scorer]:
+    """A checkpoint source as the gate opens it, its scorer from the run's `ScorerPool`."""
+    source = open_source(spec, SourceContext(device="cpu", progress=False, cache=cache, scorers=pool))
+    inner = source.inner if isinstance(source, CachedSource) else source
+    return source, inner.scorer
+
+
+def test_a_pool_scores_sibling_temperatures_in_one_forward_pass_under_their_own_keys(
+    tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path
+) -> None:
+    from calib_checks.engine import ScorerPool
+
+    data = load_task("piqa", source=str(piqa_folder))
+    pool = ScorerPool(device="cpu", progress=False)
+    cache = ScoreCache(tmp_path)
+    base, base_scorer = _pooled(pool, cache, str(tiny_model_dir))
+    hot, hot_scorer = _pooled(pool, cache, f"{tiny_model_dir}:temperature=0.5")
+    assert pool.scorer(f"{tiny_model_dir}:temperature=0.50") is hot_scorer  # the same spec, written otherwise
+    assert base.scores("piqa", data).stats.cache == "miss"
+    calls = base_scorer.forward_calls
+    hot_scores = hot.scores("piqa", data)
+    assert hot_scorer.forward_calls == calls  # no second pass: the base's pass scored it too
+    assert hot_scores.model_label.endswith("@T0.5")
+    alone, alone_calls = _separately(f"{tiny_model_dir}:temperature=0.5", data)
+    assert alone_calls == calls  # the shared pass cost what one temperature alone costs
+    _close(alone, hot_scores.records)
+    # Each temperature's records are in the cache under its own key: a run outside any pool finds them.
+    for spec in (str(tiny_model_dir), f"{tiny_model_dir}:temperature=0.5"):
+        fresh, fresh_scorer = _cached(spec, tmp_path)
+        assert fresh.scores("piqa", data).stats.cache == "hit" and not fresh_scorer.loaded
+    # Another dtype is another model: not a sibling, scored by a pass of its own.
+    half, half_scorer = _pooled(pool, cache, f"{tiny_model_dir}:dtype=bfloat16-weights")
+    assert half.scores("piqa", data).stats.cache == "miss" and half_scorer.forward_calls > 0
+    assert base_scorer.forward_calls == calls
+
+
+def test_a_sibling_is_handed_the_records_of_the_shared_pass_once(tiny_model_dir: Path, piqa_folder: Path) -> None:
+    from calib_checks.engine import ScorerPool
+
+    data = load_task("piqa", source=str(piqa_folder), limit=4)
+    pool = ScorerPool(device="cpu", progress=False)
+    hot, base = pool.scorer(f"{tiny_model_dir}:temperature=0.5"), pool.scorer(str(tiny_model_dir))
+    hot_records, _ = hot.score(data)  # the sharpened side first: it computes the base's records too
+    calls = hot.forward_calls
+    base_records, _ = base.score(data)
+    assert base.forward_calls == calls
+    _close(_separately(str(tiny_model_dir), data)[0], base_records)
+    _close(_separately(f"{tiny_model_dir}:temperature=0.5", data)[0], hot_records)
+    base.score(data)
+    assert base.forward_calls > calls  # handed over once, not kept
+    # Items it was not handed (another sample) are scored, not served from another sample's pass.
+    more = load_task("piqa", source=str(piqa_folder))
+    calls = base.forward_calls
+    base.score(more)
+    assert base.forward_calls > calls
+
+
+def test_the_gate_forwards_a_model_once_for_its_temperature_sibling(
+    tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from calib_checks import scoring
+    from calib_checks.gate import Gate, GateOptions
+
+    passes = []
+    real = scoring.score_temperatures
+    monkeypatch.setattr(scoring, "score_temperatures", lambda model, items, temperatures, *args, **kwargs: (
+        passes.append(tuple(temperatures)) or real(model, items, temperatures, *args, **kwargs)))
+    options = GateOptions(pairs=(f"{tiny_model_dir},{tiny_model_dir}:temperature=0.5",), tasks=("piqa",),
+                          data_source=str(piqa_folder), device="cpu", use_cache=False, sequential=False,
+                          thresholds=REPO / "thresholds.toml", report_dir=tmp_path / "reports")
+    gate = Gate(options)
+    gate.judge(gate.cases())
+    assert passes == [(1.0, 0.5)]
+    assert [event["cache"] for event in gate.events] == ["off", "off"]

@@ -18,11 +18,13 @@ import torch
 
 from calib_checks import models
 from calib_checks.cache import cache_dir
+from calib_checks.fileio import canonical_json
 from calib_checks.models import (
     ModelLoadError,
     StaleRevisionWarning,
     attention_order,
     describe_identity,
+    dtype_name,
     file_sha256,
     load_model,
     model_identity,
@@ -698,10 +700,34 @@ def test_dtype_transform_is_part_of_identity_and_label(tiny_model_dir: Path) -> 
     assert model_identity(half, "float32", "cpu") != model_identity(plain, "float32", "cpu")
     lm = load_model(half, device="cpu", dtype="float32")
     assert str(lm.dtype) == "torch.bfloat16" and lm.identity["dtype"] == "bfloat16"
-    for bad, match in ((":dtype=fp8", "not one of float32, bfloat16, float16"), (":dtype=float32:dtype=float16",
+    for bad, match in ((":dtype=fp8", "not one of float32, bfloat16, float16, bfloat16-weights"),
+                       (":dtype=float32:dtype=float16",
                                                                                  "dtype given twice")):
         with pytest.raises(ModelLoadError, match=match):
             parse_model_spec(f"{tiny_model_dir}{bad}")
+
+
+def test_bf16_rounded_weights_are_their_own_identity_and_compute_in_float32(tiny_model_dir: Path) -> None:
+    """`:dtype=bfloat16-weights`: every parameter rounded to bf16 (what a bf16 checkpoint holds), float32
+    arithmetic; never the same identity, label or scores as float32 or bfloat16."""
+    plain = parse_model_spec(str(tiny_model_dir))
+    rounded = parse_model_spec(f"{tiny_model_dir}:dtype=bfloat16-weights")
+    assert (rounded.dtype, rounded.label) == ("bfloat16-weights", plain.label + "@bf16-weights")
+    assert resolve_dtype("bfloat16-weights") == torch.float32 and dtype_name("bf16-weights") == "bfloat16-weights"
+    identity = model_identity(rounded, "float32", "cpu")
+    assert identity["dtype"] == "bfloat16-weights"
+    assert describe_identity(identity).endswith("with bfloat16-rounded weights in float32 arithmetic")
+    assert len({canonical_json(model_identity(f"{tiny_model_dir}:dtype={d}", "auto", "cpu"))
+                for d in ("float32", "bfloat16", "bfloat16-weights")}) == 3
+    lm = load_model(rounded, device="cpu")
+    full = load_model(plain, device="cpu", dtype="float32")
+    assert lm.dtype == torch.float32 and lm.identity == identity
+    changed = 0
+    for (name, weight), (_, original) in zip(lm.model.named_parameters(), full.model.named_parameters()):
+        assert weight.dtype == torch.float32, name
+        assert torch.equal(weight, original.to(torch.bfloat16).float()), name  # round to nearest even
+        changed += not torch.equal(weight, original)
+    assert changed > 0
 
 
 def test_chat_transform_is_part_of_identity_and_needs_a_template(tiny_model_dir: Path) -> None:

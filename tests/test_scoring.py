@@ -231,11 +231,11 @@ def test_out_of_memory_halves_the_batch_then_the_rows(
     real = scoring._forward_batch
     shapes = []
 
-    def small_memory(model, batch, mask_kind, clock):  # a device that fits one sequence at a time
+    def small_memory(model, batch, *args):  # a device that fits one sequence at a time
         shapes.append([len(row) for row in batch])
         if len(batch) > 1 or len(batch[0]) > 1:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, batch, mask_kind, clock)
+        return real(model, batch, *args)
 
     monkeypatch.setattr(scoring, "_forward_batch", small_memory)
     records, stats = score_items(tiny, TINY_ITEMS, batch_size="auto", progress=False, row_tokens=128)
@@ -272,6 +272,37 @@ def test_temperature_divides_logits(tiny: LoadedModel, tiny_scored) -> None:
         for name in EXTRACTORS:
             assert max(warm.probs[name]) >= max(cold.probs[name]) - 1e-12
             assert warm.scores[name] != cold.scores[name]
+
+
+def test_one_forward_pass_serves_several_temperatures(tiny: LoadedModel, tiny_scored) -> None:
+    """score_temperatures runs the decoder as often as one score_items run, and each temperature's records equal
+    a separate run at that temperature (float32 rounding apart: the head's chunks differ)."""
+    from calib_checks.scoring import score_temperatures
+
+    calls = []
+    hook = tiny.model.get_decoder().register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        both = score_temperatures(tiny, TINY_ITEMS, (1.0, 0.5, 2.0), batch_size=3, progress=False)
+        shared_calls = len(calls)
+        separate = {t: score_items(replace(tiny, temperature=t), TINY_ITEMS, batch_size=3, progress=False)
+                    for t in (0.5, 2.0)}
+    finally:
+        hook.remove()
+    assert shared_calls == (len(calls) - shared_calls) // 2 > 0  # one pass for three temperatures
+    separate[1.0] = tiny_scored
+    assert list(both) == [1.0, 0.5, 2.0]
+    for t, (records, stats) in both.items():
+        assert stats.tokens_forwarded == separate[t][1].tokens_forwarded
+        assert letter_mass_summary(records) == pytest.approx(letter_mass_summary(separate[t][0]), rel=1e-5)
+        for a, b in zip(separate[t][0], records):
+            assert (a.id, a.n_tokens, a.letter_token_ids) == (b.id, b.n_tokens, b.letter_token_ids)
+            for name in EXTRACTORS:
+                np.testing.assert_allclose(b.scores[name], a.scores[name], rtol=0, atol=1e-5)
+                np.testing.assert_allclose(b.probs[name], a.probs[name], rtol=0, atol=1e-5)
+    assert both[0.5][0][0].scores["choice"] != both[1.0][0][0].scores["choice"]
+    for bad in ((), (0.5, 0.5), (0.0,), (float("inf"),)):
+        with pytest.raises(ScoringError, match="temperatures must be distinct positive numbers"):
+            score_temperatures(tiny, TINY_ITEMS[:1], bad, progress=False)
 
 
 def test_truncation_keeps_the_scored_tail(tiny: LoadedModel) -> None:

@@ -65,7 +65,9 @@ class SourceContext:
 
     ``limit`` and ``seed`` are the gate's `--calib-limit` sample (a source that decides its items, such as an
     lm-eval run, samples them by `data.sample_items`); ``tasks`` is the run's task registry (built-in tasks and
-    the run's task files); ``cache`` is the score cache that `open_source` gives cacheable sources (None: off).
+    the run's task files); ``cache`` is the score cache that `open_source` gives cacheable sources (None: off);
+    ``scorers`` is the run's `engine.ScorerPool`, through which checkpoints that differ only in temperature share
+    one loaded model and one forward pass (None: each checkpoint scores alone).
     """
 
     device: str = "auto"
@@ -79,6 +81,7 @@ class SourceContext:
     data_source: str = "auto"
     tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
     cache: ScoreCache | None = None
+    scorers: Any = None  # engine.ScorerPool
 
     def task(self, name: str) -> TaskSpec:
         """The registered task `name` (SourceError naming the known tasks otherwise)."""

@@ -30,7 +30,8 @@ class CheckpointSource(Source):
         super().__init__(text, context)
         # ModelLoadError (a CalibChecksError) for a bad spec or a missing path; `revision`: `score --revision`
         self.spec = parse_model_spec(text, revision=revision)
-        self._scorer: Scorer | None = None
+        # Joined to the run's pool now, so that a sibling temperature scored first scores this one's items too.
+        self._scorer: Scorer | None = None if context.scorers is None else context.scorers.scorer(self.spec)
 
     @property
     def scorer(self) -> Scorer:
@@ -39,8 +40,9 @@ class CheckpointSource(Source):
             from calib_checks.engine import Scorer
 
             c = self.context
-            self._scorer = Scorer(self.spec, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
-                                  trust_remote_code=c.trust_remote_code, progress=c.progress, attention=c.attention)
+            self._scorer = c.scorers.scorer(self.spec) if c.scorers is not None else Scorer(
+                self.spec, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
+                trust_remote_code=c.trust_remote_code, progress=c.progress, attention=c.attention)
         return self._scorer
 
     @property
