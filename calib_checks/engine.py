@@ -152,6 +152,9 @@ class Scorer:
         kept = self._shared.kept.get((own, task_data.task), {})
         digests = [item_digest(item) for item in task_data.items]
         if task_data.items and all(kept.get(i.id, ("",))[0] == d for i, d in zip(task_data.items, digests)):
+            if isinstance(self.progress, Progress):
+                self.progress.cached(f"{self.label} on {task_data.task}", len(task_data.items),
+                                     "the forward pass it shares with its other temperatures")
             return [kept.pop(i.id)[1] for i in task_data.items], self._shared.kept_stats[(own, task_data.task)]
         temperatures = [own] + [t for t in self._shared.temperatures if t != own]
         results = self._pass(task_data, temperatures)

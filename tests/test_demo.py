@@ -111,20 +111,24 @@ def test_demo_refuses_a_limit_that_would_gate_nothing():
     demo._check_limit_gates(demo.DEMO_THRESHOLDS, ["arc_easy"], demo.DEMO_LIMIT)
 
 
-def _case(pair, task, extractor, metric, verdict):
+def _case(pair, task, extractor, metric, verdict, n_items):
     return {"pair": pair, "task": task, "extractor": extractor, "metric": metric, "verdict": verdict,
-            "message": ""}
+            "message": "", "n_items": n_items}
 
 
-def _results(tasks, same="pass", simulated="fail", complete=True):
+def _results(tasks, same="pass", simulated="fail", complete=True, simulated_items=30):
+    """A run as the demo's looks of 30 and 60 items make it: the simulated release decided at the first."""
     cases = []
     for task in tasks:
         for extractor in ("continuation-sum", "choice"):
             for metric in ("ece", "overconfidence", "accuracy"):
                 gated = metric != "accuracy"
-                cases.append(_case(demo.SAME_PAIR, task, extractor, metric, same if gated else "not-gated"))
-                cases.append(_case(demo.SIMULATED_PAIR, task, extractor, metric, simulated if gated else "not-gated"))
-    return {"complete": complete, "cases": cases}
+                cases.append(_case(demo.SAME_PAIR, task, extractor, metric, same if gated else "not-gated", 60))
+                cases.append(_case(demo.SIMULATED_PAIR, task, extractor, metric, simulated if gated else "not-gated",
+                                   simulated_items))
+    looks = {demo.SAME_PAIR: {"looks": [30, None], "stopped_at": 2, "reason": "every item judged", "items": None},
+             demo.SIMULATED_PAIR: {"looks": [30, None], "stopped_at": 1, "reason": "a case failed", "items": 30}}
+    return {"complete": complete, "cases": cases, "run": {"sequential": {"comparisons": looks}}}
 
 
 def test_check_results_accepts_the_expected_behaviour():
@@ -159,6 +163,8 @@ def test_check_results_refuses_a_run_that_gated_nothing_or_did_not_finish():
     assert any("not complete" in p for p in problems)
     problems, _ = demo.check_results(_results(["piqa"]), ["piqa", "hellaswag"])
     assert any("hellaswag:choice:ece is missing" in p for p in problems)
+    problems, _ = demo.check_results(_results(["piqa"], simulated_items=60), ["piqa"])
+    assert any("the whole budget: a release this far off must be decided at an earlier look" in p for p in problems)
 
 
 @pytest.mark.slow

@@ -39,7 +39,7 @@ def _run(chromium: str, profile: Path, *args: str) -> subprocess.CompletedProces
 
 
 def test_report_renders_in_chromium_and_the_injected_script_does_not_run(chromium: str, tmp_path: Path) -> None:
-    writer = build_run(tmp_path / "reports", "20260103T000000Z-b10b10", n_items=60)
+    writer = build_run(tmp_path / "reports", "20260103T000000Z-b10b10")
     url = (writer.run_dir / "report.html").resolve().as_uri()
 
     shot = tmp_path / "shot.png"
