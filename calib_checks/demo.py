@@ -95,12 +95,13 @@ class MeasuredRun:
     wall_seconds: float
 
 
-# `python -m calib_checks demo` (what `make demo` runs once the venv is there), fresh score cache and GGUF
-# conversion (CALIB_CHECKS_CACHE on an empty folder), 2026-12-04 19:18 UTC, machine quiet (1.9-2.0 of 2 cores
-# idle when it started): 153 s wall; the float32 pass 86.0 s of scoring, the bf16 side 36.5 s, the conversion
-# 22-25 s (measured alone: 24.8 s), the rest (pytest start-up, loads, judging, the report) about 8 s.
+# `make demo` (the venv already built), fresh score cache and GGUF conversion (CALIB_CHECKS_CACHE on an empty
+# folder), 2026-12-04 20:23 UTC, machine quiet (load 0.4): 141 s wall. `matmul_rate` printed 323 GFLOP/s (torch's
+# two threads). The float32 pass's progress lines add up to 94 s, of which about 18 s is the first task's one-off
+# (the GGUF conversion: 22-25 s measured alone); the bf16 side 34 s; the rest (pytest start-up, loads, judging,
+# the report) about 12 s. The same run under `EMULATE_AVX2` (bf16-weights side): 224 s wall, estimate 3 min.
 MEASURED_RUN = MeasuredRun(date="2026-12-04", cpu="an Intel Xeon (Sapphire Rapids: AVX-512, AMX, native bf16)",
-                           rate=160.0, forward_side=86.0, rest=8.5, conversion=22.0, wall_seconds=153.0)
+                           rate=323.0, forward_side=76.0, rest=12.5, conversion=18.0, wall_seconds=141.0)
 MEASURED = (f"{MEASURED_RUN.wall_seconds:.0f} s with a fresh score cache and the GGUF conversion, venv already "
             f"built ({MEASURED_RUN.cpu}, 2 cores, {MEASURED_RUN.date})")
 # The cases the simulated release must fail on every task (the extractor and metric where sharpening a near-chance
