@@ -86,11 +86,13 @@ class Gate:
         self.progress = progress
         o = self.options
         from calib_checks.engine import ScorerPool
+        from calib_checks.models import worker_device
 
+        device = worker_device(o.device, worker, self.n_workers)
         # One pool: checkpoints that differ only in temperature share one model and one forward pass per task.
-        scorers = ScorerPool(device=self._device(), dtype=o.dtype, batch_size=o.batch_size,
+        scorers = ScorerPool(device=device, dtype=o.dtype, batch_size=o.batch_size,
                              progress=progress or False, attention=o.attention)
-        context = SourceContext(device=self._device(), dtype=o.dtype, attention=o.attention,
+        context = SourceContext(device=device, dtype=o.dtype, attention=o.attention,
                                 batch_size=o.batch_size, progress=progress or False, limit=o.limit, seed=o.seed,
                                 data_source=o.data_source, tasks=self.selection.tasks, cache=self._cache(),
                                 scorers=scorers)
@@ -107,15 +109,6 @@ class Gate:
     @property
     def comparisons(self) -> list[Comparison]:
         return self.selection.comparisons
-
-    def _device(self) -> str:
-        """The device option, except that workers on a machine with several GPUs take GPU (index mod count)."""
-        if self.n_workers == 1 or self.options.device != "auto":
-            return self.options.device
-        import torch
-
-        count = torch.cuda.device_count()
-        return f"cuda:{self.worker % count}" if count > 1 else self.options.device
 
     def _cache(self) -> Any:
         from calib_checks.cache import ScoreCache
@@ -241,13 +234,7 @@ class Gate:
             return self.error_result(case, str(exc))
         rule = self.selection.rules[(case.task, case.extractor, case.metric)]
         result = judge_case(base, aligned, case.extractor, case.metric, rule, self.options.seed, pair=case.pair)
-        return replace(result, chain=self._chain_of(case))
-
-    def _chain_of(self, case: Case) -> str | None:
-        """The chain a case's comparison is a step of (its Holm family), None for a pair."""
-        family = self.selection.comparison(case.pair).family
-        kind = next(f.kind for f in self.selection.families if f.name == family)
-        return family if kind == "chain" else None
+        return replace(result, chain=self.selection.chain_of(case.pair))
 
     def error_result(self, case: Case, message: str) -> CaseResult:
         """An `error` CaseResult of `case` saying `message` (never a pass)."""
@@ -258,7 +245,7 @@ class Gate:
                             task=case.task, extractor=case.extractor, metric=case.metric,
                             rule=self.selection.rules[(case.task, case.extractor, case.metric)],
                             seed=self.options.seed, message=message)
-        return replace(result, chain=self._chain_of(case))
+        return replace(result, chain=self.selection.chain_of(case.pair))
 
     def _with_identities(self, result: CaseResult) -> CaseResult:
         """A failing, erroring or inconclusive case names exactly what was compared: commits or content hashes."""

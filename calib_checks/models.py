@@ -319,6 +319,17 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def worker_device(device: str, worker: int, n_workers: int) -> str:
+    """The device an xdist worker scores on: under `auto` on a machine with several GPUs, GPU (worker mod count),
+    so that the workers split the GPUs; otherwise `device` as given (workers on one GPU share it)."""
+    if n_workers == 1 or device != "auto":
+        return device
+    import torch
+
+    count = torch.cuda.device_count()
+    return f"cuda:{worker % count}" if count > 1 else device
+
+
 def dtype_name(dtype: str | torch.dtype = "auto", device: str = "auto") -> str:
     """The canonical name of a dtype choice: `float32`, `bfloat16`, `float16` or `bfloat16-weights`
     (`auto` = bfloat16 on CUDA, float32 elsewhere; aliases fp32/bf16/fp16/half/bf16-weights accepted)."""
@@ -593,8 +604,13 @@ def attention_order(device: str = "auto", attention: str = "auto") -> tuple[str,
     """The attention implementations `load_model` asks transformers for, in order (the next when a model class
     lacks one), for a device (`resolve_device`'s argument) and an `ATTENTION_CHOICES` entry.
 
-    auto: flex_attention first on CUDA when torch has it (>= 2.5), then the dense kinds; dense only on CPU,
-    where flex attention needs a compile per shape and sdpa over rows of 256 tokens is at least as fast.
+    auto: flex_attention first on CUDA when torch has it (>= 2.5), then the dense kinds; dense only on CPU.
+    flex: CUDA only. On CPU, transformers compiles torch's flex kernel to C++, and torch 2.13's CPU kernel is not
+    trustworthy: with AVX2 vector code (an AVX2-only CPU, or ``ATEN_CPU_CAPABILITY=avx2``) it returned attention
+    outputs off by up to 3.0 from its own uncompiled reference on a 40-token causal mask, and crashed the process
+    on the tiny Gemma 3 of the tests (measured 2026-12-04); with AVX-512 code it fails to recompile for a second
+    shape. A release gate does not run a kernel that is wrong on some CPUs, and sdpa over rows of 256 tokens is at
+    least as fast there. (The tests check the block mask on CPU through torch's uncompiled flex_attention.)
     """
     import importlib.util
 
@@ -606,6 +622,9 @@ def attention_order(device: str = "auto", attention: str = "auto") -> tuple[str,
     if attention == "flex":
         if not flex:
             raise ModelLoadError(f"attention 'flex' needs torch >= 2.5 (this is {torch.__version__}); use 'dense'")
+        if torch.device(resolve_device(device)).type != "cuda":
+            raise ModelLoadError(f"attention 'flex' runs on CUDA only (device {device!r} here): torch's compiled CPU "
+                                 "flex kernel gives wrong attention with AVX2 code; use 'dense' or 'auto' on CPU")
         return flex
     if attention == "auto" and torch.device(resolve_device(device)).type == "cuda":
         return flex + _DENSE_ATTENTION

@@ -57,8 +57,8 @@ product and the log-softmax run in float32 whatever the model's dtype (a bf16 he
 Attention: the mask rule is one function (`_visibility`). With sdpa / eager it is materialised as a dense
 ``[batch, 1, seq, seq]`` mask; with ``flex_attention`` (`models.attention_order`: the default on CUDA where a
 model class has it) it becomes a `BlockMask`, so the kernel skips the blocks no query of a packed row sees and
-no dense mask is built. Where the flex kernel fails (it compiles on first use; torch 2.13's CPU kernel fails to
-recompile for a second shape), the run warns, records ``attention_fallback`` and goes on through sdpa.
+no dense mask is built. Where the flex kernel fails (it compiles on first use), the run warns, records
+``attention_fallback`` and goes on through sdpa. Flex runs on CUDA only (`models.attention_order` says why).
 The KV-cache alternative (forward the context, then the options against its cache) needs a second forward per
 batch and a cache expanded per option; the packed row gets the same sharing in one call and batches freely.
 """
@@ -565,8 +565,8 @@ def _run_batches(
                 values = _forward_batch(model, batch, run, clock, temperatures)
             except Exception as exc:
                 if run.attention == "flex_attention" and "out of memory" not in str(exc).lower():
-                    # Flex attention compiles its kernel on first use (triton on CUDA, C++ on CPU); where that
-                    # fails the dense mask computes the same scores, slower: say so and carry on with it.
+                    # Flex attention compiles its (triton) kernel on first use; where that fails the dense mask
+                    # computes the same scores, slower: say so and carry on with it.
                     run.attention_fallback = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
                     warnings.warn(f"model {model.label}: flex attention failed ({run.attention_fallback}); "
                                   "using sdpa with a dense mask", RuntimeWarning, stacklevel=2)

@@ -155,6 +155,11 @@ class Selection:
     def comparison(self, name: str) -> Comparison:
         return next(c for c in self.comparisons if c.name == name)
 
+    def chain_of(self, comparison: str) -> str | None:
+        """The chain a comparison is a step of (its Holm family), None for a pair."""
+        family = self.comparison(comparison).family
+        return family if any(f.name == family and f.kind == "chain" for f in self.families) else None
+
     def cases(self) -> list[Case]:
         """The expected cases, in report order: comparison x task x extractor x metric."""
         o = self.options

@@ -36,10 +36,10 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -358,15 +358,10 @@ def _run_cell(args: tuple[Scenario, int, int, int, str]) -> Cell:
     return cell
 
 
-def run_study(plan: dict[str, dict[int, int]], thresholds_path: str | Path = SHIPPED, seed: int = 0, jobs: int = 1,
-              truth_items: int = 400_000) -> Study:
-    """Simulate `plan` = {scenario name: {items per task: repetitions}} through the shipped rules."""
-    thresholds = load_thresholds(thresholds_path)
-    metrics = gated_metrics(thresholds)
-    tasks = [(SCENARIOS[name], n, reps, seed + i, str(thresholds_path))
-             for i, (name, sizes) in enumerate(plan.items()) for n, reps in sizes.items()]
-    # Fresh worker processes with single-threaded BLAS: the bootstrap's small matrix products are 5x slower
-    # in CPU time when OpenBLAS spreads them over threads (and they would crowd a shared machine).
+def _map_in_workers(func: Callable[[Any], Any], tasks: list, jobs: int) -> list:
+    """`func` over `tasks` in `jobs` fresh worker processes with single-threaded BLAS: the bootstrap's small matrix
+    products are 5x slower in CPU time when OpenBLAS spreads them over threads (and they would crowd a shared
+    machine)."""
     import multiprocessing
     import os
 
@@ -374,13 +369,23 @@ def run_study(plan: dict[str, dict[int, int]], thresholds_path: str | Path = SHI
     os.environ.update(_ONE_THREAD)
     try:
         with multiprocessing.get_context("spawn").Pool(max(1, jobs)) as pool:
-            cells = pool.map(_run_cell, tasks, chunksize=1)
+            return pool.map(func, tasks, chunksize=1)
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def run_study(plan: dict[str, dict[int, int]], thresholds_path: str | Path = SHIPPED, seed: int = 0, jobs: int = 1,
+              truth_items: int = 400_000) -> Study:
+    """Simulate `plan` = {scenario name: {items per task: repetitions}} through the shipped rules."""
+    thresholds = load_thresholds(thresholds_path)
+    metrics = gated_metrics(thresholds)
+    tasks = [(SCENARIOS[name], n, reps, seed + i, str(thresholds_path))
+             for i, (name, sizes) in enumerate(plan.items()) for n, reps in sizes.items()]
+    cells = _map_in_workers(_run_cell, tasks, jobs)
     truth: dict[tuple[str, str, str], float] = {}
     if truth_items:
         for name in plan:
@@ -404,22 +409,9 @@ def _run_sequential_cell(args: tuple[Scenario, int, int, int, str]) -> tuple[str
 def run_sequential_study(plan: dict[str, dict[int, int]], thresholds_path: str | Path = SHIPPED, seed: int = 0,
                          jobs: int = 1) -> dict[tuple[str, int], tuple[list[SequentialPair], float]]:
     """Simulate `plan` = {scenario: {budget per task: repetitions}} judged in looks and by the fixed-size rule."""
-    import multiprocessing
-    import os
-
     tasks = [(SCENARIOS[name], n, reps, seed + 101 + i, str(thresholds_path))
              for i, (name, sizes) in enumerate(plan.items()) for n, reps in sizes.items()]
-    saved = {k: os.environ.get(k) for k in _ONE_THREAD}
-    os.environ.update(_ONE_THREAD)
-    try:
-        with multiprocessing.get_context("spawn").Pool(max(1, jobs)) as pool:
-            cells = pool.map(_run_sequential_cell, tasks, chunksize=1)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    cells = _map_in_workers(_run_sequential_cell, tasks, jobs)
     return {(name, budget): (pairs, seconds) for name, budget, pairs, seconds in cells}
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from calib_checks.gate import GateUsageError, run_gate
 from calib_checks.results import load_records
-from tests.test_gate import BETA, EXTRACTORS, REPO, _log_softmax
+from tests.test_gate import BETA, EXTRACTORS, REPO, _log_softmax, correlated, draw
 
 pytest_plugins = ["pytester"]
 
@@ -36,9 +36,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     step-1 model sharpened at T = 0.7 (over-confident): a chain whose second step breaks calibration."""
     root = tmp_path_factory.mktemp("chain")
     rng = np.random.default_rng(23)
-    labels = {t: rng.integers(0, k, N) for t, k in K.items()}
-    base = {(t, e): rng.standard_normal((N, k)) for t, k in K.items() for e in EXTRACTORS}
-    step = {key: 0.9 * eps + np.sqrt(1 - 0.81) * rng.standard_normal(eps.shape) for key, eps in base.items()}
+    labels, base = draw(rng, N, K)
+    step = correlated(base, 0.9, rng)
     return [_folder(root / "base", labels, base), _folder(root / "sft", labels, step),
             _folder(root / "dpo", labels, step, temperature=0.7)]
 

@@ -34,6 +34,19 @@ def _log_softmax(z: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
+def draw(rng: np.random.Generator, n: int, tasks: dict[str, int] = TASKS
+         ) -> tuple[dict[str, np.ndarray], dict[tuple[str, str], np.ndarray]]:
+    """`n` gold labels per task and a base's standard normal noise per task and extractor."""
+    labels = {t: rng.integers(0, k, n) for t, k in tasks.items()}
+    return labels, {(t, e): rng.standard_normal((n, k)) for t, k in tasks.items() for e in EXTRACTORS}
+
+
+def correlated(noise: dict[tuple[str, str], np.ndarray], rho: float, rng: np.random.Generator
+               ) -> dict[tuple[str, str], np.ndarray]:
+    """Another model's noise, correlated `rho` with `noise` item by item (equally calibrated)."""
+    return {key: rho * eps + np.sqrt(1 - rho**2) * rng.standard_normal(eps.shape) for key, eps in noise.items()}
+
+
 def write_scores(folder: Path, labels: dict[str, np.ndarray], noise: dict[tuple[str, str], np.ndarray],
                  temperature: float = 1.0, drop_last: bool = False) -> Path:
     """One `<task>.jsonl` per task in `score --out`'s format (probs left out: the gate recomputes them)."""
@@ -52,18 +65,13 @@ def write_scores(folder: Path, labels: dict[str, np.ndarray], noise: dict[tuple[
 def score_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("scores")
     rng = np.random.default_rng(7)
-    labels = {t: rng.integers(0, k, N_ITEMS) for t, k in TASKS.items()}
-    base_noise = {(t, e): rng.standard_normal((N_ITEMS, k)) for t, k in TASKS.items() for e in EXTRACTORS}
-
-    def correlated(rho: float) -> dict[tuple[str, str], np.ndarray]:
-        return {key: rho * eps + np.sqrt(1 - rho**2) * rng.standard_normal(eps.shape) for key, eps in base_noise.items()}
-
+    labels, base_noise = draw(rng, N_ITEMS)
     return {
         "base": write_scores(root / "base", labels, base_noise),
-        "equal": write_scores(root / "equal", labels, correlated(0.9)),
-        "sharp": write_scores(root / "sharp", labels, correlated(0.9), temperature=0.7),
-        "twin": write_scores(root / "twin", labels, correlated(0.9999)),
-        "broken": write_scores(root / "broken", labels, correlated(0.9), drop_last=True),
+        "equal": write_scores(root / "equal", labels, correlated(base_noise, 0.9, rng)),
+        "sharp": write_scores(root / "sharp", labels, correlated(base_noise, 0.9, rng), temperature=0.7),
+        "twin": write_scores(root / "twin", labels, correlated(base_noise, 0.9999, rng)),
+        "broken": write_scores(root / "broken", labels, correlated(base_noise, 0.9, rng), drop_last=True),
     }
 
 

@@ -550,17 +550,22 @@ def test_software_stack_names_versions_device_and_attention(monkeypatch: pytest.
     assert software_stack("auto")["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch, "__version__", "9.9.9+cpu")
     assert software_stack("cpu") == {**stack, "torch": "9.9.9+cpu"}
-    assert software_stack("cpu", "flex")["attention"] == ["flex_attention"]  # another stack: other cache keys
+    monkeypatch.setattr(models, "resolve_device", lambda device: "cuda:0")  # as on a machine with a GPU
+    assert software_stack("cuda:0", "flex")["attention"] == ["flex_attention"]  # another stack: other cache keys
+    assert software_stack("cuda:0", "dense")["attention"] == ["sdpa", "eager"]
 
 
 def test_attention_order_prefers_flex_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:
     assert attention_order("cpu") == attention_order("cpu", "dense") == ("sdpa", "eager")
-    assert attention_order("cpu", "flex") == ("flex_attention",)
     with pytest.raises(ModelLoadError, match=r"unknown attention 'fast'; use one of auto, flex, dense"):
         attention_order("cpu", "fast")
+    # torch's compiled CPU flex kernel is wrong with AVX2 code (models.attention_order): refused on CPU, one line.
+    with pytest.raises(ModelLoadError, match=r"attention 'flex' runs on CUDA only \(device 'cpu' here\).*'dense'"):
+        attention_order("cpu", "flex")
     monkeypatch.setattr(models, "resolve_device", lambda device: "cuda:0")  # as on a machine with a GPU
     assert attention_order("auto") == ("flex_attention", "sdpa", "eager")
     assert attention_order("auto", "dense") == ("sdpa", "eager")
+    assert attention_order("cuda:0", "flex") == ("flex_attention",)
 
 
 # ---------------------------------------------------------------------------------------------- failures

@@ -13,7 +13,7 @@ import pytest
 from calib_checks.__main__ import main
 from calib_checks.gate import run_gate
 from calib_checks.planning import plan_from_run, plan_row
-from tests.test_gate import EXTRACTORS, REPO, TASKS, options, write_scores
+from tests.test_gate import EXTRACTORS, REPO, TASKS, correlated, draw, options, write_scores
 
 N = 1500
 
@@ -23,9 +23,9 @@ def independent(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A calibrated base and an equally calibrated aligned model with independent noise (rho = 0)."""
     root = tmp_path_factory.mktemp("plan")
     rng = np.random.default_rng(5)
-    labels = {t: rng.integers(0, k, N) for t, k in TASKS.items()}
-    noise = lambda: {(t, e): rng.standard_normal((N, k)) for t, k in TASKS.items() for e in EXTRACTORS}  # noqa: E731
-    return {"base": write_scores(root / "base", labels, noise()), "other": write_scores(root / "other", labels, noise())}
+    labels, base = draw(rng, N)
+    return {"base": write_scores(root / "base", labels, base),
+            "other": write_scores(root / "other", labels, correlated(base, 0.0, rng))}
 
 
 def test_the_plan_predicts_the_gates_own_standard_errors(independent, tmp_path, capsys) -> None:

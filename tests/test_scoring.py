@@ -401,13 +401,25 @@ def test_attention_without_custom_masks_is_refused() -> None:
 
 
 @pytest.fixture
-def fresh_compile():
-    """torch 2.13's CPU flex-attention kernel compiles its first shape but fails to recompile for another (a
-    C++ compile error, or an index out of bounds; scoring then falls back to sdpa, tested below): each test that
-    checks the flex path itself starts from, and leaves, an empty compile cache."""
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+def eager_flex(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run flex_attention uncompiled. What these CPU tests check is the block mask (`scoring._visibility`'s rule
+    as a BlockMask), not torch's kernel: transformers would compile the kernel to C++, and torch 2.13's CPU
+    kernel is wrong with AVX2 code and crashes on the tiny Gemma 3 (why `attention_order` refuses flex on CPU).
+    The uncompiled flex_attention applies the same mask and score_mod on any CPU; test_cuda.py checks the compiled
+    kernel on a GPU."""
+    import transformers.integrations.flex_attention as hf_flex
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def uncompiled(query, key, value, training=False, **kwargs):
+        return flex_attention(query, key, value, **kwargs)
+
+    monkeypatch.setattr(hf_flex, "compile_friendly_flex_attention", uncompiled)
+
+
+def cpu_flex(lm: LoadedModel) -> LoadedModel:
+    """`lm` switched to flex_attention on CPU (which `load_model` refuses: see `eager_flex`)."""
+    lm.model.set_attn_implementation("flex_attention")
+    return lm
 
 
 def tiny_gemma3(tiny_model_dir: Path, attention: str, device: str = "cpu", head_dim: int = 8) -> LoadedModel:
@@ -433,7 +445,7 @@ def tiny_gemma3(tiny_model_dir: Path, attention: str, device: str = "cpu", head_
 def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: str, request) -> None:
     """Gemma 3 mixes sliding and full layers and caps its logits; a window of 4 tokens makes both matter."""
     if attention == "flex_attention":
-        request.getfixturevalue("fresh_compile")
+        request.getfixturevalue("eager_flex")
     lm = tiny_gemma3(tiny_model_dir, attention)
     # One batch (one compiled shape for flex attention).
     records, stats = score_items(lm, TINY_ITEMS[:4], batch_size=1, row_tokens=4096, progress=False)
@@ -442,13 +454,13 @@ def test_gemma3_sliding_window_softcap_and_bos(tiny_model_dir: Path, attention: 
     assert (stats.attention, stats.attention_fallback) == (attention, None)
 
 
-def test_flex_attention_equals_the_dense_mask_and_skips_blocks(tiny_model_dir: Path, fresh_compile) -> None:
+def test_flex_attention_equals_the_dense_mask_and_skips_blocks(tiny_model_dir: Path, eager_flex) -> None:
     """The block mask follows the dense mask's rule: the same scores, fewer (query, key) pairs computed."""
     items = [replace(it, id=f"{it.id}-{n}") for n in range(6) for it in TINY_ITEMS]
     dense = load_model(str(tiny_model_dir), device="cpu", dtype="float32", attention="dense")
-    flex = load_model(str(tiny_model_dir), device="cpu", dtype="float32", attention="flex")
+    flex = cpu_flex(load_model(str(tiny_model_dir), device="cpu", dtype="float32", attention="dense"))
     assert flex.model.config._attn_implementation == "flex_attention"
-    settings = {"batch_size": 1, "row_tokens": 1 << 14, "progress": False}  # one row: one compiled shape
+    settings = {"batch_size": 1, "row_tokens": 1 << 14, "progress": False}  # one row
     ours, ours_stats = score_items(flex, items, **settings)
     theirs, theirs_stats = score_items(dense, items, **settings)
     assert (ours_stats.attention, ours_stats.attention_fallback) == ("flex_attention", None)
@@ -478,7 +490,7 @@ def test_a_failing_flex_kernel_falls_back_to_the_dense_mask(
         return dense_mask(config, rows, kind, dtype)
 
     monkeypatch.setattr(scoring, "_attention_mask", failing)
-    flex = load_model(str(tiny_model_dir), device="cpu", dtype="float32", attention="flex")
+    flex = cpu_flex(load_model(str(tiny_model_dir), device="cpu", dtype="float32", attention="dense"))
     with pytest.warns(RuntimeWarning, match=r"tiny-llama.*flex attention failed \(RuntimeError: CppCompileError"):
         records, stats = score_items(flex, TINY_ITEMS, batch_size=3, progress=False)
     assert stats.attention == "sdpa" and flex.model.config._attn_implementation == "sdpa"

@@ -11,7 +11,7 @@ import pytest
 
 from calib_checks.gate import Gate, run_gate
 from calib_checks.verdicts import INTERIM_ALPHA_SHARE, look_alpha
-from tests.test_gate import EXTRACTORS, REPO, TASKS, options, write_scores
+from tests.test_gate import REPO, TASKS, correlated, draw, options, write_scores
 
 pytest_plugins = ["pytester"]
 
@@ -22,9 +22,8 @@ N = 2000
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sequential")
     rng = np.random.default_rng(11)
-    labels = {t: rng.integers(0, k, N) for t, k in TASKS.items()}
-    noise = {(t, e): rng.standard_normal((N, k)) for t, k in TASKS.items() for e in EXTRACTORS}
-    twin = {key: 0.9 * eps + np.sqrt(1 - 0.81) * rng.standard_normal(eps.shape) for key, eps in noise.items()}
+    labels, noise = draw(rng, N)
+    twin = correlated(noise, 0.9, rng)
     return {"base": write_scores(root / "base", labels, noise),
             "equal": write_scores(root / "equal", labels, twin),
             "hot": write_scores(root / "hot", labels, twin, temperature=0.5)}
