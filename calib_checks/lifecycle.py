@@ -10,6 +10,7 @@ step where calibration got worse (`summary.chain_finding`, the same sentence as 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -96,8 +97,21 @@ def chart(labels: Sequence[str], values: dict[str, list[tuple[float, float, floa
     ticks = np.linspace(y_min + pad, y_max - pad, 4)
     return Chart(_W, _H, {"x": _LEFT, "y": _TOP, "w": plot_w, "h": plot_h},
                  [{"pos": sy(float(t)), "label": f"{t:.2f}"} for t in ticks],
-                 [{"pos": sx(k), "label": label, "y": _H - _BOTTOM + 14} for k, label in enumerate(labels)],
+                 [{"pos": sx(k), "label": short, "title": label, "y": _H - _BOTTOM + 14}
+                  for k, (label, short) in enumerate(zip(labels, tick_labels(labels, step)))],
                  lines, failed)
+
+
+def tick_labels(labels: Sequence[str], width: float) -> list[str]:
+    """Each checkpoint's number and what sets its label apart from the others' (their common prefix cut back to
+    a separator: ``SmolLM2…@fp32``, ``SmolLM2…@T0.8@fp32`` -> ``1 fp32``, ``2 T0.8@fp32``), shortened with an
+    ellipsis to fit `width` SVG units (about 6 per character at the ticks' font size); the full label is the
+    tick's tooltip."""
+    prefix = os.path.commonprefix(list(labels)) if len(set(labels)) > 1 else ""
+    cut = max(prefix.rfind(sep) for sep in "@-_./:") + 1
+    room = max(4, int(width // 6))
+    texts = [f"{k + 1} {label[cut:] or label}" for k, label in enumerate(labels)]
+    return [text if len(text) <= room else text[: room - 1] + "…" for text in texts]
 
 
 def chain_view(chain: dict[str, Any], pairs: Sequence[dict[str, Any]], cases: Sequence[dict[str, Any]],

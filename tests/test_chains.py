@@ -135,4 +135,15 @@ def test_a_chain_of_real_checkpoints(smollm2_path: Path, pytester: pytest.Pytest
                 and c["metric"] == "accuracy"} == {"smol.1-2": 0.0, "smol.2-3": 0.0, "smol.1-3": 0.0}
     page = (run_dir / "report.html").read_text()
     assert 'id="lifecycle-smol"' in page and "calibration got worse at step" in page
+    assert ">1 fp32<title>" in page and ">2 T0.8@fp32<title>" in page and ">3 T0.5@fp32<title>" in page
     assert "calibration got worse at step" in (run_dir / "results.md").read_text()
+
+
+def test_chart_ticks_name_what_sets_each_checkpoint_apart() -> None:
+    from calib_checks.lifecycle import tick_labels
+
+    smol = ["SmolLM2-135M-Instruct.Q4_1@fp32", "SmolLM2-135M-Instruct.Q4_1@T0.8@fp32"]
+    assert tick_labels(smol, 80) == ["1 fp32", "2 T0.8@fp32"]
+    assert tick_labels(["base", "sft", "dpo"], 80) == ["1 base", "2 sft", "3 dpo"]
+    assert tick_labels(["run-checkpoint-1000", "run-checkpoint-2000"], 80) == ["1 1000", "2 2000"]
+    assert tick_labels(["llama-3-8b-sft-long-run", "llama-3-8b-dpo-long-run"], 48) == ["1 sft-l…", "2 dpo-l…"]
