@@ -233,8 +233,39 @@ def describe(with_bf16: bool = False) -> str:
     return text + " (measured now)"
 
 
-def estimate_seconds(seconds: float, rate: float) -> float:
-    """Seconds a job that took `seconds` on a machine whose float32 `matmul_rate` was `rate` should take here,
-    assuming its time scales with the float32 matrix-product rate (scoring is mostly such products) and that
-    both machines have as many cores free. An estimate, not a measurement."""
-    return seconds * rate / matmul_rate("float32")
+@functools.lru_cache(maxsize=None)
+def python_rate() -> float:
+    """Runs per second of a fixed interpreter-and-numpy workload (a Python loop, a sort, small array sums: what
+    the suite's bootstraps, pytest start-ups and imports are made of), measured once per process, the best of the
+    repetitions timed over about 0.15 s."""
+    import numpy as np
+
+    values = np.random.default_rng(0).random(20_000)
+
+    def work() -> None:
+        sum(i * i for i in range(20_000))
+        np.sort(values)
+        for _ in range(200):
+            values[:100].sum()
+
+    work()
+    times: list[float] = []
+    started = time.perf_counter()
+    while len(times) < 3 or time.perf_counter() - started < _RATE_SECONDS:
+        begun = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - begun)
+    return 1 / min(times)
+
+
+def estimate_seconds(seconds: float, rate: float, matmul_share: float = 1.0, python: float | None = None) -> float:
+    """Seconds a job that took `seconds` on a machine whose float32 `matmul_rate` was `rate` (and `python_rate`
+    `python`) should take here: its `matmul_share` scaled by the ratio of the matmul rates (scoring is mostly such
+    products), the rest by the ratio of the `python_rate`s; both machines with as many cores free. An estimate,
+    not a measurement."""
+    scaled = matmul_share * rate / matmul_rate("float32")
+    if matmul_share < 1.0:
+        if python is None:
+            raise ValueError("estimate_seconds: a matmul_share under 1 needs the measured python rate")
+        scaled += (1.0 - matmul_share) * python / python_rate()
+    return seconds * scaled

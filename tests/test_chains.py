@@ -87,13 +87,15 @@ def test_bad_chains_are_usage_errors(chain, tmp_path) -> None:
 
 
 @pytest.mark.slow
-def test_a_chain_of_real_checkpoints(smollm2_path: Path, pytester: pytest.Pytester, tmp_path: Path) -> None:
+def test_a_chain_of_real_checkpoints(user_cache_dir: Path, smollm2_path: Path, pytester: pytest.Pytester,
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """SmolLM2 in float32 -> the same model at T = 0.8 -> at T = 0.5, on real ARC-Easy and PIQA items: one forward
     pass per task serves all three checkpoints, and what a temperature must do holds on the real records (the
     choice extractor's probabilities are the base's sharpened by 1/T, its accuracy never moves, its
     over-confidence grows at every step); the whole chain is caught and the report draws its lifecycle."""
     tasks = ("arc_easy", "piqa")
     gguf = f"{smollm2_path}:dtype=float32"
+    monkeypatch.setenv("CALIB_CHECKS_CACHE", str(user_cache_dir))  # the conversion made once per machine
     result = pytester.runpytest_subprocess(
         str(REPO / "tests_models"), "-p", "no:cacheprovider",
         "--model-chain", f"smol={gguf},{gguf}:temperature=0.8,{gguf}:temperature=0.5",

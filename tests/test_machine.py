@@ -41,6 +41,7 @@ def test_facts_follow_torch_and_the_rate_is_measured_once() -> None:
     assert machine.slowdown(torch.bfloat16) == pytest.approx(rate / machine.matmul_rate("bfloat16"))
     assert "GFLOP/s (measured now)" in machine.describe()
     assert machine.estimate_seconds(60.0, rate) == pytest.approx(60.0)
+    assert machine.python_rate() > 0 and machine.python_rate() == machine.python_rate()  # cached per process
     with pytest.raises(ValueError, match="no matmul rate for dtype"):
         machine.matmul_rate("int8")
 
@@ -101,3 +102,15 @@ def test_openmp_threads_spin_briefly_unless_the_user_chose(monkeypatch: pytest.M
     # `make test` passes the same value to pytest.
     makefile = (REPO / "Makefile").read_text()
     assert f"GOMP_SPINCOUNT ?= {machine.GOMP_SPINCOUNT}\n" in makefile
+
+
+def test_a_suite_estimate_scales_its_matmul_share_and_the_rest_by_their_own_rates(monkeypatch) -> None:
+    """The suite is mostly pytest start-ups and numpy, not matrix products: only its matmul share follows the
+    matmul rate (scaling it all by that rate was wrong by 1.8x under AVX2 dispatch)."""
+    monkeypatch.setattr(machine, "matmul_rate", lambda dtype="float32": 50.0)
+    monkeypatch.setattr(machine, "python_rate", lambda: 500.0)
+    # Matmul 4x slower than then, the rest 2x: 0.25 x 4 + 0.75 x 2 = 2.5 times the measured seconds.
+    assert machine.estimate_seconds(100.0, 200.0, matmul_share=0.25, python=1000.0) == pytest.approx(250.0)
+    assert machine.estimate_seconds(100.0, 200.0) == pytest.approx(400.0)
+    with pytest.raises(ValueError, match="needs the measured python rate"):
+        machine.estimate_seconds(100.0, 200.0, matmul_share=0.5)
