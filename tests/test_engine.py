@@ -16,7 +16,7 @@ import pytest
 from calib_checks.__main__ import main
 from calib_checks.cache import ScoreCache
 from calib_checks.data import load_task
-from calib_checks.engine import Scorer, write_records_jsonl
+from calib_checks.engine import Scorer, ScorerPool, write_records_jsonl
 from calib_checks.errors import CalibChecksError
 from calib_checks.records import EXTRACTORS, ItemRecord
 from calib_checks.sources import Source, SourceContext, open_source
@@ -46,11 +46,12 @@ def _same(a: list[ItemRecord], b: list[ItemRecord]) -> bool:
     return [r.to_json() for r in a] == [r.to_json() for r in b]
 
 
-def _cached(spec: str, cache_root: Path | None) -> tuple[Source, Scorer]:
-    """A checkpoint source as the gate opens it (through the score cache unless `cache_root` is None), and the
-    engine's scorer inside it (its forward counter and load state)."""
-    cache = None if cache_root is None else ScoreCache(cache_root)
-    source = open_source(spec, SourceContext(device="cpu", progress=False, cache=cache))
+def _cached(spec: str, cache: Path | ScoreCache | None, pool: ScorerPool | None = None) -> tuple[Source, Scorer]:
+    """A checkpoint source as the gate opens it (through the score cache, or a cache at that root, unless `cache`
+    is None; its scorer from the run's `ScorerPool` when `pool` is given), and the engine's scorer inside it (its
+    forward counter and load state)."""
+    cache = ScoreCache(cache) if isinstance(cache, Path) else cache
+    source = open_source(spec, SourceContext(device="cpu", progress=False, cache=cache, scorers=pool))
     inner = source.inner if isinstance(source, CachedSource) else source
     return source, inner.scorer
 
@@ -276,23 +277,14 @@ def _close(a: list[ItemRecord], b: list[ItemRecord]) -> None:
             assert y.scores[name] == pytest.approx(x.scores[name], abs=1e-5), (x.id, name)
 
 
-def _pooled(pool, cache: ScoreCache | None, spec: str) -> tuple[Source, Scorer]:
-    """A checkpoint source as the gate opens it, its scorer from the run's `ScorerPool`."""
-    source = open_source(spec, SourceContext(device="cpu", progress=False, cache=cache, scorers=pool))
-    inner = source.inner if isinstance(source, CachedSource) else source
-    return source, inner.scorer
-
-
 def test_a_pool_scores_sibling_temperatures_in_one_forward_pass_under_their_own_keys(
     tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path
 ) -> None:
-    from calib_checks.engine import ScorerPool
-
     data = load_task("piqa", source=str(piqa_folder))
     pool = ScorerPool(device="cpu", progress=False)
     cache = ScoreCache(tmp_path)
-    base, base_scorer = _pooled(pool, cache, str(tiny_model_dir))
-    hot, hot_scorer = _pooled(pool, cache, f"{tiny_model_dir}:temperature=0.5")
+    base, base_scorer = _cached(str(tiny_model_dir), cache, pool)
+    hot, hot_scorer = _cached(f"{tiny_model_dir}:temperature=0.5", cache, pool)
     assert pool.scorer(f"{tiny_model_dir}:temperature=0.50") is hot_scorer  # the same spec, written otherwise
     assert base.scores("piqa", data).stats.cache == "miss"
     calls = base_scorer.forward_calls
@@ -307,14 +299,12 @@ def test_a_pool_scores_sibling_temperatures_in_one_forward_pass_under_their_own_
         fresh, fresh_scorer = _cached(spec, tmp_path)
         assert fresh.scores("piqa", data).stats.cache == "hit" and not fresh_scorer.loaded
     # Another dtype is another model: not a sibling, scored by a pass of its own.
-    half, half_scorer = _pooled(pool, cache, f"{tiny_model_dir}:dtype=bfloat16-weights")
+    half, half_scorer = _cached(f"{tiny_model_dir}:dtype=bfloat16-weights", cache, pool)
     assert half.scores("piqa", data).stats.cache == "miss" and half_scorer.forward_calls > 0
     assert base_scorer.forward_calls == calls
 
 
 def test_a_sibling_is_handed_the_records_of_the_shared_pass_once(tiny_model_dir: Path, piqa_folder: Path) -> None:
-    from calib_checks.engine import ScorerPool
-
     data = load_task("piqa", source=str(piqa_folder), limit=4)
     pool = ScorerPool(device="cpu", progress=False)
     hot, base = pool.scorer(f"{tiny_model_dir}:temperature=0.5"), pool.scorer(str(tiny_model_dir))
