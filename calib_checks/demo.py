@@ -277,7 +277,6 @@ def check_results(results: Mapping[str, Any], tasks: Sequence[str]) -> tuple[lis
     summary = {
         "looks": looks,
         "simulated_items": items_used,
-        "same_items": max((c["n_items"] for c in same), default=0),
         "same_gated": len(gated_same),
         "same_passed": sum(c["verdict"] == "pass" for c in gated_same),
         "same_inconclusive": sum(c["verdict"] == "inconclusive" for c in gated_same),
@@ -331,6 +330,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
+    from calib_checks.summary import sequence_line
+
     started = time.perf_counter()
     tasks = [t for t in args.tasks.split(",") if t]
     if args.limit < 1:
@@ -394,8 +395,7 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"demo: {SIMULATED_PAIR}: {len(summary['simulated_failed'])} of {summary['simulated_gated']} gated cases "
           f"failed, including choice over-confidence on {summary['tasks_caught']} of {len(tasks)} tasks")
     for name, seq in summary["looks"].items():
-        print(f"demo: {name}: ended at look {seq['stopped_at']} of {len(seq['looks'])} "
-              f"({seq['items'] or summary['same_items']} items per task): {seq['reason']}")
+        print(f"demo: {name}: {sequence_line(seq)}")
     print(f"demo: took {minutes:.1f} min (estimated {estimate:.0f} min before it started)")
     if problems:
         print("demo: the suite did NOT behave as expected:")

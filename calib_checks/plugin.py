@@ -335,7 +335,8 @@ class _SessionHooks:
         if self.worker or self.outcome is None:
             return
         terminalreporter.section("calib-checks gate")
-        for line in summary_lines(self.gate, self.results, self.outcome, verbose=config.getoption("verbose") > 0):
+        for line in summary_lines(self.gate, self.results, self.outcome, verbose=config.getoption("verbose") > 0,
+                                  sequences=self.sequence):
             terminalreporter.write_line(line)
         if self.results_path is not None:
             terminalreporter.write_line(f"report: {self.results_path.parent / 'report.html'}")
@@ -353,14 +354,18 @@ def _num(value: float | None, sign: str = "") -> str:
     return "-" if value is None else f"{value:{sign}.4f}"
 
 
-def summary_lines(gate: Gate, results: dict[tuple, dict], outcome: tuple[str, str], verbose: bool) -> list[str]:
-    """The terminal summary: per comparison a table of its gated cases (report-only ones with -v), then the verdict.
+def summary_lines(gate: Gate, results: dict[tuple, dict], outcome: tuple[str, str], verbose: bool,
+                  sequences: dict[str, dict] | None = None) -> list[str]:
+    """The terminal summary: per comparison a table of its gated cases (report-only ones with -v) and where its
+    looks ended (`sequences`: `Gate.sequence` gathered from the workers), then the verdict.
 
     A comparison's headline is `verdicts.run_verdict` over its own cases, so it never contradicts the run's.
     """
+    from calib_checks.summary import chain_finding, sequence_line
     from calib_checks.verdicts import VERDICTS, run_verdict
 
     lines: list[str] = []
+    sequences = sequences or {}
     order = {c.key: i for i, c in enumerate(gate.cases())}
     cases = [results[k] for k in sorted(results, key=lambda k: order.get(k, len(order)))]
     for comparison in gate.comparisons:
@@ -386,7 +391,7 @@ def summary_lines(gate: Gate, results: dict[tuple, dict], outcome: tuple[str, st
         if len(shown) < len(mine):
             lines.append(f"  ({len(mine) - len(shown)} report-only case(s) not shown; -v shows them; all are in "
                          "the report)")
-    from calib_checks.summary import chain_finding
+        lines.append(f"  {sequence_line(sequences.get(comparison.name))}")
 
     pairs = [{"name": c.name, "base": gate.sides[c.base].label, "aligned": gate.sides[c.aligned].label,
               "steps": list(c.steps)} for c in gate.comparisons]

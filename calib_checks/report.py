@@ -383,6 +383,7 @@ class PairView:
     overview: dict
     matrix: list[CaseRow]
     tasks: list[PairTaskView]
+    ended: str  # where its sequential looks ended and why (`summary.sequence_line`)
 
 
 def _case_row(case: dict) -> CaseRow:
@@ -749,6 +750,9 @@ def build_context(run_dir: Path, results: dict) -> dict:
     def case_key(case: dict) -> tuple:
         return tuple(sort_key[k][case[k]] for k in ("task", "extractor", "metric"))
 
+    from calib_checks.summary import sequence_line
+
+    sequences = (results.get("run", {}).get("sequential") or {}).get("comparisons") or {}
     pairs = []
     for pair in results["pairs"]:
         pair_cases = sorted((c for c in cases if c["pair"] == pair["name"]), key=case_key)
@@ -762,6 +766,7 @@ def build_context(run_dir: Path, results: dict) -> dict:
                 overview=_overview(pair_cases, pair_tasks, extractors, metric_names),
                 matrix=[_case_row(c) for c in pair_cases],
                 tasks=[_pair_task_view(run_dir, pair, task, cases, extractors) for task in pair_tasks],
+                ended=sequence_line(sequences.get(pair["name"])),
             )
         )
     flagged = [

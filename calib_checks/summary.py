@@ -2,7 +2,7 @@
 
 Every run writes `reports/<run-id>/results.md` beside results.json: the verdict and its reason, one compact table
 per pair or chain (a row per comparison, a column per task, each cell the worst verdict of that task's gated
-cases and how many of them failed), one sentence per chain naming the step where calibration got worse, and the
+cases and how many of them failed), per comparison where its sequential looks ended and why, one sentence per chain naming the step where calibration got worse, and the
 failing and erroring cases, one line each (at most `MAX_LISTED` of each; the rest are in results.json and the
 report). When `GITHUB_STEP_SUMMARY` is set (GitHub Actions), the same text is appended to that file, which the
 job's summary page shows; docs/GATE.md ("CI") posts it as a pull-request comment.
@@ -71,6 +71,16 @@ def chain_finding(chain: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]],
     return f"Chain {chain['name']}: no step is shown to make calibration worse."
 
 
+def sequence_line(sequence: Mapping[str, Any] | None) -> str:
+    """Where a comparison's sequential looks ended, on how many items and why (`run.sequential.comparisons[name]`
+    in results.json); the terminal, results.md, the report and the demo print this one sentence."""
+    if not sequence:
+        return "no record of its looks (it was not judged)"
+    looks = sequence["looks"]
+    items = f"{sequence['items']} items per task" if sequence.get("items") else "every item"
+    return f"ended at look {sequence['stopped_at']} of {len(looks)} ({items}): {sequence['reason']}"
+
+
 def render_summary(results: Mapping[str, Any]) -> str:
     """The markdown text of a run's summary (module docstring)."""
     cases = list(results.get("cases", []))
@@ -92,6 +102,9 @@ def render_summary(results: Mapping[str, Any]) -> str:
             row = [_cell([c for c in cases if c["pair"] == pair["name"] and c["task"] == t]) for t in tasks]
             lines.append(f"| {_md(pair['name'])} ({_md(pair['base'])} → {_md(pair['aligned'])}) | "
                          + " | ".join(row) + " |")
+        sequences = (results.get("run", {}).get("sequential") or {}).get("comparisons") or {}
+        lines.append("")
+        lines += [f"- `{_md(pair['name'])}` {_md(sequence_line(sequences.get(pair['name'])))}" for pair in members]
         if chain:
             lines += ["", _md(chain_finding(chain, members, cases))]
         lines.append("")

@@ -54,6 +54,13 @@ def test_a_clear_regression_stops_early_and_an_equal_pair_runs_to_the_end(folder
     assert sequence["equal"]["alpha"] == pytest.approx(0.05 * (1 - INTERIM_ALPHA_SHARE))
     summary = (outcome.results_path.parent / "results.md").read_text()
     assert "**FAIL**" in summary
+    # results.md and the report say where each pair's looks ended, on how many items and why.
+    hot_line = f"ended at look {sequence['hot']['stopped_at']} of 6 ({sequence['hot']['items']} items per task): " \
+               f"{sequence['hot']['reason']}"
+    assert f"- `hot` {hot_line}" in summary
+    assert "- `equal` ended at look 6 of 6 (every item): every item judged (look 6 of 6)" in summary
+    page = (outcome.results_path.parent / "report.html").read_text()
+    assert f"Sequential looks: {hot_line}" in page and "Sequential looks: ended at look 6 of 6 (every item)" in page
 
 
 def test_full_scores_every_item(folders, tmp_path) -> None:
@@ -74,6 +81,9 @@ def test_xdist_workers_stop_where_a_single_process_stops(folders, tmp_path, pyte
             "--calib-report-dir", str(tmp_path / "xdist")]
     result = pytester.runpytest_subprocess(*args, *[part for p in pairs for part in ("--model-pair", p)])
     assert result.ret == 1
+    # The terminal says it too, from the workers' records (the controller judged nothing).
+    result.stdout.fnmatch_lines(["pair hot:*", "  ended at look * of 6 (* items per task): a case failed at look*",
+                                 "pair equal:*", "  ended at look 6 of 6 (every item): every item judged*"])
     run = json.loads((tmp_path / "xdist" / "latest" / "results.json").read_text())
     assert run["run"]["sequential"]["comparisons"] == json.loads(serial.results_path.read_text())["run"]["sequential"][
         "comparisons"]
