@@ -49,9 +49,9 @@ if TYPE_CHECKING:
 @dataclass
 class _Shared:
     """What the Scorers of one model at several temperatures share (`ScorerPool`): the loaded weights, the count
-    of forward passes through them, the pool's temperatures, and records a pass computed for a temperature that
-    has not asked for them yet: ``kept[(temperature, task)][item id] = (item digest, record)``, with the pass's
-    stats."""
+    of forward passes through them, the temperatures whose Scorers are open (a pass scores those), and records a
+    pass computed for a temperature that has not asked for them yet: ``kept[(temperature, task)][item id] =
+    (item digest, record)``, with the pass's stats."""
 
     temperatures: list[float] = field(default_factory=list)
     model: LoadedModel | None = None
@@ -138,9 +138,16 @@ class Scorer:
         self._shared.forward_calls += 1
 
     def unload(self) -> None:
-        """Drop the model's weights (the next `score` loads them again); frees memory between models. Sibling
-        temperatures share the weights, so they are dropped for them too."""
-        self._shared.model = None
+        """Close this temperature: later passes stop scoring it and its kept records go. The weights, shared with
+        sibling temperatures, are dropped once none of them is open (a closed sibling must not make an open one
+        load the model again); the next `score` reopens and, where needed, loads again."""
+        shared, own = self._shared, self.spec.temperature
+        if own in shared.temperatures:
+            shared.temperatures.remove(own)
+        for key in [k for k in shared.kept if k[0] == own]:
+            del shared.kept[key], shared.kept_stats[key]
+        if not shared.temperatures:
+            shared.model = None
 
     def score(self, task_data: TaskData) -> tuple[list[ItemRecord], EngineStats]:
         """Score every item of `task_data` at this spec's temperature: from records a sibling temperature's pass
@@ -149,6 +156,8 @@ class Scorer:
         from calib_checks.data import item_digest
 
         own = self.spec.temperature
+        if own not in self._shared.temperatures:  # reopened after `unload`
+            self._shared.temperatures.append(own)
         kept = self._shared.kept.get((own, task_data.task), {})
         digests = [item_digest(item) for item in task_data.items]
         if task_data.items and all(kept.get(i.id, ("",))[0] == d for i, d in zip(task_data.items, digests)):

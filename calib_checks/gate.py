@@ -174,11 +174,14 @@ class Gate:
         far, spending `verdicts.look_alpha` of its false-alarm rate there (Holm over the cases still judged). A
         comparison with a failing case at a look ends there: its regression is certain, and scoring more items
         would not change that. The others go on to the next look; at the last one every item is judged. Whatever
-        the looks, a family false-alarms with probability at most alpha (the union bound over the looks).
+        the looks, a family false-alarms with probability at most alpha (the union bound over the looks). Holm's
+        family keeps its size at every look: the cases of comparisons that ended earlier take part with p = 1 (so a
+        chain's later looks are not corrected over a smaller, data-chosen set).
         `self.sequence` records, per comparison, its looks, where it ended and why.
         """
         from calib_checks.verdicts import apply_family, look_alpha, stopped_early
 
+        self.sequence = {}
         by_family: dict[str, list[Case]] = {}
         for case in cases:
             by_family.setdefault(self.selection.comparison(case.pair).family, []).append(case)
@@ -193,7 +196,10 @@ class Gate:
                 plan = plans[family]
                 last = j == len(plan) - 1
                 alpha = look_alpha(self.policy.alpha, j, len(plan))
-                judged = apply_family([self._judge_one(c, plan[j]) for c in members], replace(self.policy, alpha=alpha))
+                ended = [replace(final[c], p_value=1.0) for c in by_family[family] if c.pair in self.sequence
+                         and final[c].p_value is not None]
+                judged = apply_family([self._judge_one(c, plan[j]) for c in members] + ended,
+                                      replace(self.policy, alpha=alpha))[: len(members)]
                 for comparison in dict.fromkeys(c.pair for c in members):
                     mine = [(c, r) for c, r in zip(members, judged) if c.pair == comparison]
                     failed = any(r.verdict == "fail" for _, r in mine)

@@ -316,11 +316,43 @@ def test_a_sibling_is_handed_the_records_of_the_shared_pass_once(tiny_model_dir:
     _close(_separately(f"{tiny_model_dir}:temperature=0.5", data)[0], hot_records)
     base.score(data)
     assert base.forward_calls > calls  # handed over once, not kept
-    # Items it was not handed (another sample) are scored, not served from another sample's pass.
+    # Items it was not handed (another sample) are scored, not served from another sample's pass: the hot side
+    # scores `data` (its pass keeps the base's records of `data`), then the base asks for `more`.
     more = load_task("piqa", source=str(piqa_folder))
+    hot.score(data)
     calls = base.forward_calls
     base.score(more)
     assert base.forward_calls > calls
+
+
+def test_closing_a_temperature_keeps_the_model_its_open_sibling_uses(tiny_model_dir: Path, piqa_folder: Path) -> None:
+    """The demo's T = 0.5 pair ends at its first look and closes its side; the base, still in the precision pair,
+    must not load the model again, and its later passes stop scoring the closed temperature."""
+    import calib_checks.engine as engine
+
+    data = load_task("piqa", source=str(piqa_folder), limit=4)
+    pool = ScorerPool(device="cpu", progress=False)
+    hot, base = pool.scorer(f"{tiny_model_dir}:temperature=0.5"), pool.scorer(str(tiny_model_dir))
+    hot.score(data)
+    model = base.model
+    hot.unload()
+    assert base.loaded and base.model is model and hot.loaded  # one model, still in memory for the base
+    more = load_task("piqa", source=str(piqa_folder))
+    passes: list[list[float]] = []
+    real = engine.Scorer._pass
+
+    def recording(self, task_data, temperatures):
+        passes.append(list(temperatures))
+        return real(self, task_data, temperatures)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine.Scorer, "_pass", recording)
+        base.score(more)
+    assert passes == [[1.0]]  # the closed temperature is not computed any more
+    base.unload()
+    assert not base.loaded  # the last open temperature closed: the weights go
+    hot.score(data)  # a closed temperature reopens (and loads again)
+    assert hot.loaded
 
 
 def test_the_gate_forwards_a_model_once_for_its_temperature_sibling(

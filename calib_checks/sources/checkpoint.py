@@ -35,14 +35,14 @@ class CheckpointSource(Source):
 
     @property
     def scorer(self) -> Scorer:
-        """The engine's scorer for this checkpoint (weights loaded on its first `score`)."""
+        """The engine's scorer for this checkpoint (weights loaded on its first `score`); the run's pool's when
+        the context has one (set in `__init__`)."""
         if self._scorer is None:
             from calib_checks.engine import Scorer
 
             c = self.context
-            self._scorer = c.scorers.scorer(self.spec) if c.scorers is not None else Scorer(
-                self.spec, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
-                trust_remote_code=c.trust_remote_code, progress=c.progress, attention=c.attention)
+            self._scorer = Scorer(self.spec, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
+                                  trust_remote_code=c.trust_remote_code, progress=c.progress, attention=c.attention)
         return self._scorer
 
     @property
