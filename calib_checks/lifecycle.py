@@ -131,7 +131,8 @@ def chain_view(chain: dict[str, Any], pairs: Sequence[dict[str, Any]], cases: Se
         loaded = [scores_of(label, task) for label in checkpoints]
         if any(s is None for s in loaded):
             continue
-        ids = [i for i in loaded[0].ids if all(i in set(s.ids) for s in loaded[1:])]
+        others = [set(s.ids) for s in loaded[1:]]
+        ids = [i for i in loaded[0].ids if all(i in ids_of for ids_of in others)]
         for extractor in extractors:
             if not all(extractor in s.probs for s in loaded):
                 continue

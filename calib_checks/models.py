@@ -638,9 +638,9 @@ def software_stack(device: str = "auto", attention: str = "auto") -> dict:
     were the other's scores.
 
     `{"calib_checks", "torch", "transformers", "tokenizers" (versions), "device" ("cpu", "cuda", ...:
-    the type, not the index), "attention"}`. `attention` is the implementations `load_model` asks for, in
-    order (`attention_order`): which one a model gets is decided
-    by transformers from the model's own files and the transformers version, both already in the key, and
+    the type, not the index), "attention"}`, on CPU also "cpu_capability" (torch's vector code: AVX2, AVX512,
+    ...). `attention` is the implementations `load_model` asks for, in order (`attention_order`): which one a
+    model gets is decided by transformers from the model's own files and the transformers version, both already in the key, and
     knowing it before loading would mean importing the model class (remote code included).
     """
     import tokenizers
@@ -649,14 +649,20 @@ def software_stack(device: str = "auto", attention: str = "auto") -> dict:
 
     from calib_checks import __version__
 
-    return {
+    kind = torch.device(resolve_device(device)).type
+    stack = {
         "calib_checks": __version__,
         "torch": str(torch.__version__),
         "transformers": transformers.__version__,
         "tokenizers": tokenizers.__version__,
-        "device": torch.device(resolve_device(device)).type,
+        "device": kind,
         "attention": list(attention_order(device, attention)),
     }
+    if kind == "cpu":
+        # The vector code torch dispatches to (AVX2, AVX-512, ...) moves float32 scores by 1e-7 to 2e-5: a cache
+        # shared by two kinds of CPU (a home folder on NFS) must not hand one's scores to the other.
+        stack["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    return stack
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -884,6 +890,11 @@ def load_model(
     model.requires_grad_(False)
     rounding = _ROUNDED_WEIGHTS.get(identity["dtype"])
     if rounding is not None:
+        if any(parameter.device.type == "meta" for parameter in model.parameters()):
+            # Offloaded weights (device_map="auto" short of memory) are placeholders here: rounding them would do
+            # nothing, and scores labelled bf16-weights would come from unrounded weights.
+            raise ModelLoadError(f"model {spec.text!r}: dtype bfloat16-weights needs every weight in memory, but "
+                                 "some were offloaded: use dtype bfloat16 on a GPU, or a machine with more memory")
         with torch.no_grad():  # round to nearest even, as a bf16 checkpoint holds them; then back to float32
             for parameter in model.parameters():
                 parameter.copy_(parameter.to(getattr(torch, rounding)))

@@ -25,8 +25,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from calib_checks.errors import CalibChecksError
+
+if TYPE_CHECKING:
+    from calib_checks.selection import Selection
+    from calib_checks.sources import Source
 
 POWER = 0.8
 
@@ -116,10 +121,8 @@ def plan_from_run(run_dir: str | Path, worsening: float) -> list[PlanRow]:
 def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
     """The plan from one side's scores (module docstring)."""
     from calib_checks.cache import ScoreCache
-    from calib_checks.data import load_task, sample_ids
     from calib_checks.selection import GateOptions, select
     from calib_checks.sources import SourceContext, open_source
-    from calib_checks.verdicts import look_alpha, look_sizes
 
     selection = select(GateOptions(pairs=(f"{side},{side}",), tasks=tuple(options.tasks.split(",")),
                                    extractors=tuple(options.extractors.split(",")),
@@ -132,6 +135,17 @@ def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
                             data_source=o.data_source, tasks=selection.tasks,
                             cache=None if options.no_cache else ScoreCache())
     source = open_source(side, context)
+    try:
+        return _plan_rows(source, side, selection, options)
+    finally:
+        source.close()
+
+
+def _plan_rows(source: Source, side: str, selection: Selection, options: argparse.Namespace) -> list[PlanRow]:
+    from calib_checks.data import load_task, sample_ids
+    from calib_checks.verdicts import look_alpha, look_sizes
+
+    o = selection.options
     gated = [(t, e, m) for (t, e, m), rule in selection.rules.items() if rule.gate]
     rows = []
     for task in o.tasks:
@@ -142,7 +156,8 @@ def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
         if data is None:
             scores = scores.select(sample_ids(scores.ids, o.limit, o.seed))
         n = len(scores.records)
-        alpha = look_alpha(selection.policy.alpha, len(look_sizes(100, n)) - 1, len(look_sizes(100, n)))
+        looks = len(look_sizes(100, n))  # the gate's default looks (--calib-first-look 100)
+        alpha = look_alpha(selection.policy.alpha, looks - 1, looks)
         for t, extractor, metric in gated:
             if t != task:
                 continue
@@ -153,7 +168,6 @@ def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
             value, se = model_se(metric, probs, scores.labels(), rule.n_bins, rule.n_resamples, o.seed)
             rows.append(plan_row(task, extractor, metric, n, change_se(metric, value, se, options.correlation),
                                  rule.margin(probs.shape[1], value), rule.confidence, alpha, len(gated), options.worsening))
-    source.close()
     return rows
 
 
@@ -185,6 +199,8 @@ def run_cli(args: argparse.Namespace) -> int:
         raise PlanError("give one model's scores (SIDE) or --from-run RUN_DIR, not both and not neither")
     if not 0.0 <= args.correlation < 1.0:
         raise PlanError(f"--correlation must be in [0, 1), got {args.correlation}")
+    if not (math.isfinite(args.worsening) and args.worsening > 0):
+        raise PlanError(f"--worsening must be a positive number (e.g. 0.02), got {args.worsening}")
     if args.from_run is not None:
         rows, how = plan_from_run(args.from_run, args.worsening), f"the standard errors measured in {args.from_run}"
     else:

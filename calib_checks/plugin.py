@@ -51,6 +51,7 @@ PLUGIN_NAME = "calib_checks.plugin"
 CASE_PROPERTY = "calib_checks_case"
 SCORED_PROPERTY = "calib_checks_scored"
 SEQUENCE_PROPERTY = "calib_checks_sequence"
+_SEQUENCE_UNSENT = pytest.StashKey[bool]()
 VERDICT_TEST = "test_gate_verdict"
 _RUN_ID = "calib_checks_run_id"
 _STARTED = "calib_checks_started_at"
@@ -198,7 +199,9 @@ def calib_gate(request: pytest.FixtureRequest) -> Gate:
 def calib_results(calib_gate: Gate, request: pytest.FixtureRequest) -> dict[Case, CaseResult]:
     """Every selected case of the session, scored and judged (family correction included) at first use."""
     hooks: _SessionHooks = request.config.pluginmanager.get_plugin("calib_checks.gate")
-    return calib_gate.judge(hooks.selected)
+    judged = calib_gate.judge(hooks.selected)
+    request.config.stash[_SEQUENCE_UNSENT] = True
+    return judged
 
 
 @pytest.fixture
@@ -210,7 +213,9 @@ def calib_result(calib_case: Case, calib_results: dict[Case, CaseResult], calib_
     node.user_properties.append((CASE_PROPERTY, json.dumps(result.to_json())))
     while calib_gate.events:  # this process's scoring log travels once, with the first case it reports
         node.user_properties.append((SCORED_PROPERTY, json.dumps(calib_gate.events.pop(0))))
-    node.user_properties.append((SEQUENCE_PROPERTY, json.dumps(calib_gate.sequence)))  # where families stopped
+    if request.config.stash.get(_SEQUENCE_UNSENT, False):  # where families stopped: once per process, too
+        node.user_properties.append((SEQUENCE_PROPERTY, json.dumps(calib_gate.sequence)))
+        request.config.stash[_SEQUENCE_UNSENT] = False
     if result.verdict == "error":
         pytest.fail(result.message, pytrace=False)
     return result

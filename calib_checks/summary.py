@@ -27,10 +27,21 @@ _CELL = {"fail": "**FAIL**", "error": "**ERROR**", "inconclusive": "inconclusive
          "not-gated": "report only"}
 
 
+# Markdown that names in results.md (folder and hub names, item ids in messages) could use on a pull-request page:
+# links and images ([...](...)), emphasis and code (* _ ` ~), table cells (|); HTML is turned into entities, and
+# an @ gets a word joiner after it so that "@org/team" in a label mentions nobody.
+_MD_ESCAPED = str.maketrans({c: "\\" + c for c in "\\`*_[]~|"} | {"&": "&amp;", "<": "&lt;", ">": "&gt;",
+                                                                 "@": "@\u2060", "\n": " ", "\r": " "})
+
+
 def _md(text: Any) -> str:
-    """`text` safe inside a markdown table cell or line: no pipes, no line breaks, no HTML."""
-    return (str(text).replace("\\", "\\\\").replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
-            .replace("\n", " "))
+    """`text` safe as plain text inside a markdown table cell or line (`_MD_ESCAPED`)."""
+    return str(text).translate(_MD_ESCAPED)
+
+
+def _code(text: Any) -> str:
+    """`text` as inline code (nothing inside is markdown; a backtick would end it, so it becomes a quote)."""
+    return "`" + str(text).replace("`", "'").replace("\n", " ") + "`"
 
 
 def _headline(case: Mapping[str, Any]) -> str:
@@ -68,6 +79,10 @@ def chain_finding(chain: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]],
     if failing[whole]:
         return (f"Chain {chain['name']}: no single step is shown worse, but the whole chain is "
                 f"({len(failing[whole])} case(s) of {whole} failed): the worsening builds up over the steps.")
+    unjudged = sum(c["verdict"] == "error" for c in cases if c["pair"] in comparisons)
+    if unjudged:
+        return (f"Chain {chain['name']}: no step is shown to make calibration worse, but {unjudged} case(s) could "
+                "not be judged (errors), so the chain is not shown fine either.")
     return f"Chain {chain['name']}: no step is shown to make calibration worse."
 
 
@@ -104,7 +119,7 @@ def render_summary(results: Mapping[str, Any]) -> str:
                          + " | ".join(row) + " |")
         sequences = (results.get("run", {}).get("sequential") or {}).get("comparisons") or {}
         lines.append("")
-        lines += [f"- `{_md(pair['name'])}` {_md(sequence_line(sequences.get(pair['name'])))}" for pair in members]
+        lines += [f"- {_code(pair['name'])} {_md(sequence_line(sequences.get(pair['name'])))}" for pair in members]
         if chain:
             lines += ["", _md(chain_finding(chain, members, cases))]
         lines.append("")
@@ -112,12 +127,12 @@ def render_summary(results: Mapping[str, Any]) -> str:
         chosen = [c for c in cases if c["verdict"] == verdict]
         if chosen:
             lines += [f"**{title} ({len(chosen)})**", ""]
-            lines += [f"- `{_md(c['pair'])}`: {_md(_headline(c))}" for c in chosen[:MAX_LISTED]]
+            lines += [f"- {_code(c['pair'])}: {_md(_headline(c))}" for c in chosen[:MAX_LISTED]]
             if len(chosen) > MAX_LISTED:
                 lines.append(f"- ... and {len(chosen) - MAX_LISTED} more (results.json, report.html)")
             lines.append("")
     lines.append("Full report: `report.html` and `results.json` in the run directory "
-                 f"`{_md(results.get('run_id', ''))}`.")
+                 f"{_code(results.get('run_id', ''))}.")
     return "\n".join(lines) + "\n"
 
 

@@ -285,9 +285,13 @@ def _sign_aware_test(boot: BootstrapResult, margin: float, rule: Rule) -> _Test:
         parts = {name: boot.contrast(s, s * base_weight, level) for name, base_weight in CONTRASTS}
         p = {name: c.p_value(margin, rule.interval) for name, c in parts.items()}
         binding = max(parts, key=lambda name: p[name])
+        if any(math.isnan(v) for v in p.values()):
+            binding = next(name for name, v in p.items() if math.isnan(v))
         estimate = min(_estimate(c, rule.interval) for c in parts.values())
         upper = min(c.interval(rule.interval)[1] for c in parts.values())
         sides.append((p[binding], -estimate, side, binding, parts[binding].se, estimate, upper))
+    if any(math.isnan(x[0]) for x in sides):  # never let max()/min() drop a NaN: `_verdict` fails a NaN case
+        return _Test(worsening=math.nan, compared=math.nan, se=math.nan, p_value=math.nan, sign_test="nan")
     p_value, _, side, binding, se, _, _ = min(sides)  # the smaller p-value; on a tie the larger worsening
     return _Test(worsening=max(x[5] for x in sides), compared=max(x[6] for x in sides), se=se, p_value=p_value,
                  sign_test=f"{side}:{binding}")

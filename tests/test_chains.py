@@ -121,20 +121,24 @@ def test_a_chain_of_real_checkpoints(user_cache_dir: Path, smollm2_path: Path, p
         ids = sorted(set(records[base]) & set(records[warm]) & set(records[sharp]))
         assert len(ids) >= 30
         mean_top = []
+        base_probs = np.array([records[base][i]["probs"]["choice"] for i in ids])
+        ordered = np.sort(base_probs, axis=1)
+        clear = ordered[:, -1] - ordered[:, -2] > 1e-5  # near-ties may swap under float32 rounding: ties, not tested
         for label, temperature in ((base, 1.0), (warm, 0.8), (sharp, 0.5)):
             choice = np.array([records[label][i]["probs"]["choice"] for i in ids])
-            log_base = np.log(np.array([records[base][i]["probs"]["choice"] for i in ids]))
-            expected = np.exp(log_base / temperature)
+            expected = np.exp(np.log(base_probs) / temperature)
             np.testing.assert_allclose(choice, expected / expected.sum(1, keepdims=True), rtol=1e-4, atol=1e-6)
-            np.testing.assert_array_equal(choice.argmax(1), np.exp(log_base).argmax(1))
+            np.testing.assert_array_equal(choice.argmax(1)[clear], base_probs.argmax(1)[clear])
             mean_top.append(choice.max(1).mean())
         assert mean_top[0] < mean_top[1] < mean_top[2], (task, mean_top)
         by_pair = {c["pair"]: c for c in run["cases"]
                    if c["task"] == task and c["extractor"] == "choice" and c["metric"] == "overconfidence"}
         assert by_pair["smol.1-3"]["verdict"] == "fail", by_pair["smol.1-3"]["message"]
         assert by_pair["smol.1-2"]["change"] > 0 and by_pair["smol.2-3"]["change"] > 0
-        assert {c["pair"]: c["change"] for c in run["cases"] if c["task"] == task and c["extractor"] == "choice"
-                and c["metric"] == "accuracy"} == {"smol.1-2": 0.0, "smol.2-3": 0.0, "smol.1-3": 0.0}
+        accuracy = {c["pair"]: c["change"] for c in run["cases"] if c["task"] == task and c["extractor"] == "choice"
+                    and c["metric"] == "accuracy"}
+        assert set(accuracy) == {"smol.1-2", "smol.2-3", "smol.1-3"}
+        assert all(abs(change) <= (~clear).sum() / len(ids) + 1e-12 for change in accuracy.values()), accuracy
     page = (run_dir / "report.html").read_text()
     assert 'id="lifecycle-smol"' in page and "calibration got worse at step" in page
     assert ">1 fp32<title>" in page and ">2 T0.8@fp32<title>" in page and ">3 T0.5@fp32<title>" in page
@@ -149,3 +153,21 @@ def test_chart_ticks_name_what_sets_each_checkpoint_apart() -> None:
     assert tick_labels(["base", "sft", "dpo"], 80) == ["1 base", "2 sft", "3 dpo"]
     assert tick_labels(["run-checkpoint-1000", "run-checkpoint-2000"], 80) == ["1 1000", "2 2000"]
     assert tick_labels(["llama-3-8b-sft-long-run", "llama-3-8b-dpo-long-run"], 48) == ["1 sft-l…", "2 dpo-l…"]
+
+
+def test_results_md_neutralises_markdown_in_names() -> None:
+    """A label or item id lands on the pull-request page: no link, image, mention, HTML or table break from it."""
+    from calib_checks.summary import render_summary
+    from calib_checks.thresholds import load_thresholds
+    from calib_checks.verdicts import error_case
+
+    label = "evil](https://x.example/t.png) ![i](https://x.example/i.png) @org/team <img src=x> a|b"
+    rule = load_thresholds(REPO / "thresholds.toml").rule_for("piqa", "choice", "ece")
+    case = error_case(pair="p`x", base=label, aligned="b", task="piqa", extractor="choice", metric="ece", rule=rule,
+                      message=f"item [{label}] could not be judged").to_json()
+    text = render_summary({"verdict": "error", "verdict_reason": label, "run_id": "r",
+                           "pairs": [{"name": "p`x", "base": label, "aligned": "b"}], "chains": [], "cases": [case],
+                           "run": {"selection": {"tasks": ["piqa"]}}})
+    assert "](" not in text.replace("\\](", "") and "![" not in text and "<img" not in text
+    assert "@org" not in text and "@\u2060org" in text
+    assert "a\\|b" in text and "`p'x`" in text

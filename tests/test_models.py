@@ -546,6 +546,7 @@ def test_software_stack_names_versions_device_and_attention(monkeypatch: pytest.
         "tokenizers": tokenizers.__version__,
         "device": "cpu",
         "attention": ["sdpa", "eager"],
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2 and AVX-512 scores differ by ~1e-6
     }
     assert software_stack("auto")["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
     monkeypatch.setattr(torch, "__version__", "9.9.9+cpu")
@@ -553,6 +554,10 @@ def test_software_stack_names_versions_device_and_attention(monkeypatch: pytest.
     monkeypatch.setattr(models, "resolve_device", lambda device: "cuda:0")  # as on a machine with a GPU
     assert software_stack("cuda:0", "flex")["attention"] == ["flex_attention"]  # another stack: other cache keys
     assert software_stack("cuda:0", "dense")["attention"] == ["sdpa", "eager"]
+    assert "cpu_capability" not in software_stack("cuda:0", "dense")
+    monkeypatch.setattr(models, "resolve_device", lambda device: device)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # the same cache, another CPU
+    assert software_stack("cpu")["cpu_capability"] == "AVX2" and software_stack("cpu") != {**stack, "torch": "9.9.9+cpu"}
 
 
 def test_attention_order_prefers_flex_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -75,3 +75,11 @@ def test_plan_on_a_checkpoint_and_its_mistakes(tiny_model_dir: Path, tmp_path, c
     assert "| piqa | choice | overconfidence | 40 |" in out and "correlation with it taken as 0" in out
     assert main(["plan"]) == 2 and "give one model's scores" in capsys.readouterr().err
     assert main([*args, "--correlation", "1.5"]) == 2 and "--correlation must be in [0, 1)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("worsening", ["nan", "inf", "0", "-0.01"])
+def test_a_worsening_that_is_not_a_positive_number_is_one_clear_line(worsening, tmp_path, capsys) -> None:
+    from calib_checks.__main__ import main
+
+    assert main(["plan", "--from-run", str(tmp_path), "--worsening", worsening]) == 2
+    assert "--worsening must be a positive number" in capsys.readouterr().err
