@@ -146,7 +146,8 @@ class Gate:
         for c in self.comparisons:
             if self.sides.same_checkpoint(c.base, c.aligned):
                 raise GateUsageError(
-                    f"pair {c.name}: base {c.base!r} and aligned {c.aligned!r} are the same checkpoint "
+                    f"{'pair' if c.name == c.family else f'chain {c.family}, comparison'} {c.name}: base {c.base!r} "
+                    f"and aligned {c.aligned!r} are the same checkpoint "
                     f"({self.sides.describe(c.base)}): comparing a model with itself proves nothing. Pass the "
                     "aligned checkpoint, or --calib-allow-same-model to compare a model with itself on purpose"
                 )

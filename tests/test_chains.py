@@ -171,3 +171,17 @@ def test_results_md_neutralises_markdown_in_names() -> None:
     assert "](" not in text.replace("\\](", "") and "![" not in text and "<img" not in text
     assert "@org" not in text and "@\u2060org" in text
     assert "a\\|b" in text and "`p'x`" in text
+
+
+def test_a_chain_that_returns_to_its_first_checkpoint_is_refused(chain, tmp_path) -> None:
+    """base -> sft -> a copy of base: the whole chain compares a checkpoint with itself (it would pass whatever)."""
+    import shutil
+
+    from calib_checks.gate import GateOptions
+
+    copy = shutil.copytree(chain[0], tmp_path / "base-again")
+    spec = f"c=scores:{chain[0]},scores:{chain[1]},scores:{copy}"
+    with pytest.raises(GateUsageError, match=r"chain c, comparison c\.1-3: base .* and aligned .* are the same "
+                                             r"checkpoint"):
+        run_gate(GateOptions(pairs=(), chains=(spec,), tasks=tuple(K), report_dir=tmp_path / "reports",
+                             thresholds=REPO / "thresholds.toml"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calib_checks.metrics import METRICS, ROW_SUM_ATOL, normal_sf
+from calib_checks.metrics import METRICS, ROW_SUM_ATOL, normal_sf, paired_bootstrap
 from calib_checks.simulation import (
     EXTRACTORS,
     KINDS,
@@ -29,7 +29,7 @@ from calib_checks.simulation import (
     true_worsening,
 )
 from calib_checks.thresholds import load_thresholds
-from calib_checks.verdicts import judge_arrays
+from calib_checks.verdicts import _sign_aware_test, judge_arrays
 
 pytestmark = pytest.mark.slow
 
@@ -78,7 +78,8 @@ def test_over_confidence_detects_damage_in_both_directions(scenario: str, side: 
 
 
 def _null_cases(n_groups: int, n_items: int) -> dict[str, list[tuple[float, float]]]:
-    """(worsening, se) of every gated metric on null groups of all tasks; the true worsening is 0 in each."""
+    """(worsening, se) of every gated unsigned metric on null groups of all tasks, the true worsening 0 in each;
+    for over-confidence (signed) (p-value of the sign-aware test at margin 0, nan): its worsening |a| - |b| is 0."""
     names = [s for s in SCENARIOS.values() if s.kind == "null"]
     rng = np.random.default_rng(2024)
     out: dict[str, list[tuple[float, float]]] = {m: [] for m in GATED}
@@ -87,12 +88,18 @@ def _null_cases(n_groups: int, n_items: int) -> dict[str, list[tuple[float, floa
         task = tasks[g % len(tasks)]
         base, aligned, labels = generate_group(rng, n_items, task, names[g % len(names)])
         for metric in GATED:
-            d = judge_arrays(base, aligned, labels, metric, THRESHOLDS.rule_for(task, "choice", metric), seed=g)
+            rule = THRESHOLDS.rule_for(task, "choice", metric)
+            if METRICS[metric].signed:
+                boot = paired_bootstrap(metric, base, aligned, labels, n_resamples=rule.n_resamples,
+                                        confidence=rule.confidence, seed=g, n_bins=rule.n_bins)
+                out[metric].append((_sign_aware_test(boot, 0.0, rule).p_value, float("nan")))
+                continue
+            d = judge_arrays(base, aligned, labels, metric, rule, seed=g)
             out[metric].append((d.worsening, d.se))
     return out
 
 
-def test_null_p_values_of_ece_and_sce_are_not_above_nominal() -> None:
+def test_null_p_values_of_the_gated_metrics_are_not_above_nominal() -> None:
     # Every null scenario's true ECE / SCE change is 0 (both models exactly calibrated, or equally
     # miscalibrated in distribution), so the normal p-value at the truth is sf(worsening / se). Before the
     # measured se inflation (metrics.SE_INFLATION) these rates were 6.6-8.1 % at 0.05 and 1.6-2.3 % at 0.01 and
@@ -102,7 +109,11 @@ def test_null_p_values_of_ece_and_sce_are_not_above_nominal() -> None:
     # fails for both metrics.
     cases = _null_cases(480, 200)
     for metric in GATED:
-        if METRICS[metric].signed:
+        if METRICS[metric].signed:  # the sign-aware over-confidence test at the truth (margin 0): at most nominal
+            p = np.array([p_value for p_value, _ in cases[metric]])
+            for level in (0.05, 0.01):
+                k = int((p <= level).sum())
+                assert clopper_pearson(k, p.size)[0] <= level, (metric, level, k, p.size)
             continue
         z = np.array([w / se for w, se in cases[metric]])
         p = np.array([normal_sf(x) for x in z])
