@@ -312,6 +312,15 @@ class Gate:
                                         "show the run verdict; do not deselect it, or pass --calib-allow-partial")
         return verdict, reason, cases, partial
 
+    def records(self) -> tuple[list[dict], list[dict]]:
+        """results.json's `pairs` (one per comparison, model labels) and `chains` (docs/RESULTS.md)."""
+        pairs = [{"name": c.name, "family": c.family, "base": self.sides[c.base].label,
+                  "aligned": self.sides[c.aligned].label, "steps": list(c.steps)} for c in self.comparisons]
+        chains = [{"name": f.name, "checkpoints": [self.sides[t].label for t in f.sides],
+                   "comparisons": [c.name for c in self.comparisons if c.family == f.name]}
+                  for f in self.selection.families if f.kind == "chain"]
+        return pairs, chains
+
     def finish(self, results: Sequence[CaseResult], *, missing: Sequence[Case] = (), complete: bool = True,
                verdict_case_ran: bool = True, extra: dict | None = None) -> tuple[str, str, Path]:
         """Write the run (results.json, then report.html); returns (run verdict, reason, results.json path).
@@ -320,11 +329,7 @@ class Gate:
         from calib_checks.summary import write_summary
 
         verdict, reason, cases, partial = self.verdict(results, missing, complete, verdict_case_ran)
-        pairs = [{"name": c.name, "family": c.family, "base": self.sides[c.base].label,
-                  "aligned": self.sides[c.aligned].label, "steps": list(c.steps)} for c in self.comparisons]
-        chains = [{"name": f.name, "checkpoints": [self.sides[t].label for t in f.sides],
-                   "comparisons": [c.name for c in self.comparisons if c.family == f.name]}
-                  for f in self.selection.families if f.kind == "chain"]
+        pairs, chains = self.records()
         identity = self.run_identity({**(extra or {}), "partial": partial})
         path = self.writer.finish(identity, pairs, {}, cases, complete, verdict=(verdict, reason), chains=chains)
         # The workers' private cache of a --calib-no-cache run (see _cache) is scratch, not part of the run.

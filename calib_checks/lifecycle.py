@@ -120,12 +120,12 @@ def chain_view(chain: dict[str, Any], pairs: Sequence[dict[str, Any]], cases: Se
     """The view of one chain (see the module docstring). `scores_of(label, task)`: a checkpoint's records as
     arrays (None where absent); `n_bins_of(task, extractor)`: the gate's bins there."""
     from calib_checks.report import _ece_margin, fmt, repair_view
-    from calib_checks.summary import chain_finding
+    from calib_checks.summary import chain_finding, whole_chain
 
     checkpoints = list(chain["checkpoints"])
     comparisons = {p["name"]: p for p in pairs if p["name"] in chain["comparisons"]}
     steps = {tuple(p["steps"]): name for name, p in comparisons.items()}
-    whole = steps.get((1, len(checkpoints)), next(iter(comparisons)))
+    whole = whole_chain(comparisons)
     panels = []
     for task in tasks:
         loaded = [scores_of(label, task) for label in checkpoints]

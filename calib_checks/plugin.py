@@ -321,13 +321,12 @@ class _SessionHooks:
         complete = exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) and not (
             session.shouldfail or session.shouldstop
         )
+        self.gate.sequence = self.sequence  # where the workers' (or this process's) looks ended
         try:
             verdict, reason, self.results_path = self.gate.finish(
                 results, missing=missing, complete=complete, verdict_case_ran=self.verdict_seen,
                 extra={"scoring": [self.scored[k] for k in sorted(self.scored)],
-                       "workers": getattr(session.config.option, "numprocesses", None) or 0,
-                       "sequential": {"on": self.gate.options.sequential, "first_look": self.gate.options.first_look,
-                                      "comparisons": self.sequence}},
+                       "workers": getattr(session.config.option, "numprocesses", None) or 0},
             )
         except CalibChecksError as exc:
             verdict, reason = "error", f"the run could not be written: {exc}"
@@ -398,11 +397,8 @@ def summary_lines(gate: Gate, results: dict[tuple, dict], outcome: tuple[str, st
                          "the report)")
         lines.append(f"  {sequence_line(sequences.get(comparison.name))}")
 
-    pairs = [{"name": c.name, "base": gate.sides[c.base].label, "aligned": gate.sides[c.aligned].label,
-              "steps": list(c.steps)} for c in gate.comparisons]
-    for family in (f for f in gate.selection.families if f.kind == "chain"):
-        chain = {"name": family.name, "comparisons": [c.name for c in gate.comparisons if c.family == family.name]}
-        lines.append(chain_finding(chain, pairs, cases))
+    pairs, chains = gate.records()
+    lines += [chain_finding(chain, pairs, cases) for chain in chains]
     verdict, reason = outcome
     lines.append(f"GATE VERDICT: {verdict.upper()}: {reason}")
     return lines

@@ -59,12 +59,17 @@ def _cell(cases: Sequence[Mapping[str, Any]]) -> str:
     return _CELL[worst] + (f" {failed}/{gated}" if worst == "fail" else "")
 
 
+def whole_chain(comparisons: Mapping[str, Mapping[str, Any]]) -> str:
+    """The name of a chain's first-to-last comparison among its `comparisons` (name -> pair record with `steps`)."""
+    return max(comparisons, key=lambda n: comparisons[n]["steps"][1] - comparisons[n]["steps"][0])
+
+
 def chain_finding(chain: Mapping[str, Any], pairs: Sequence[Mapping[str, Any]],
                   cases: Sequence[Mapping[str, Any]]) -> str:
     """One sentence naming the step(s) of a chain where calibration got worse (the report says it too)."""
     comparisons = {p["name"]: p for p in pairs if p["name"] in chain["comparisons"]}
     failing = {name: [c for c in cases if c["pair"] == name and c["verdict"] == "fail"] for name in comparisons}
-    whole = max(comparisons, key=lambda n: comparisons[n]["steps"][1] - comparisons[n]["steps"][0])
+    whole = whole_chain(comparisons)
     steps = [n for n in comparisons if n != whole or len(comparisons) == 1]
     broke = [n for n in steps if failing[n]]
     if broke:
