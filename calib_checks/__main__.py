@@ -1,4 +1,4 @@
-"""Command line: `python -m calib_checks {score,report,demo,simulate,plan} ...` (also installed as `calib-checks`).
+"""Command line: `python -m calib_checks {score,report,demo,simulate,plan,recompute} ...` (also installed as `calib-checks`).
 
 Each subcommand lives in the module of its concept, which provides `add_cli_arguments(parser)` and
 `run_cli(args) -> int`; its one-line help is here. Only the chosen module is imported, so `report` never loads
@@ -19,6 +19,7 @@ SUBCOMMANDS = {
     "demo": ("calib_checks.demo", "the embedded default: SmolLM2 demo pairs on all five tasks"),
     "simulate": ("calib_checks.simulation", "reprint the measured false-alarm and power figures of the decision rule"),
     "plan": ("calib_checks.planning", "what one model's items can detect, and the items a worsening or a pass needs"),
+    "recompute": ("calib_checks.recompute", "judge every verdict of a saved run again from its run directory alone"),
 }
 
 

@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from calib_checks.fileio import read_jsonl
+from calib_checks.sampling import sample_items
 from calib_checks.tasks import (
     LETTERS,
     MMLU_CATEGORY,
@@ -51,7 +52,7 @@ from calib_checks.tasks import (
     get_task,
 )
 
-__all__ = ["DataError", "TaskData", "fingerprint_items", "load_task", "sample_items"]
+__all__ = ["DataError", "TaskData", "fingerprint_items", "load_task"]
 
 log = logging.getLogger(__name__)
 
@@ -134,34 +135,6 @@ def item_digest(item: Item) -> str:
     """sha256 hex digest of one item's content (the JSON array `fingerprint_items` hashes for it): what the score
     cache files a record under, so that a record is served only for the very item it was computed on."""
     return hashlib.sha256(_item_json(item)).hexdigest()
-
-
-def _sample_key(seed: int, item_id: str) -> bytes:
-    return hashlib.sha256(f"{seed}\x00{item_id}".encode()).digest()
-
-
-def sample_ids(ids: Sequence[str], limit: int | None, seed: int = 0) -> list[str]:
-    """The `limit` ids whose sha256(f"{seed}\\0{id}") is smallest, in their given order (every id when `limit` is
-    None or >= len(ids)). Sorting all ids by that key gives the seeded random order in which the gate's
-    sequential looks take items: a smaller limit's sample is a prefix of a larger one's."""
-    if limit is None or limit >= len(ids):
-        return list(ids)
-    chosen = sorted(range(len(ids)), key=lambda i: _sample_key(seed, ids[i]))[:limit]
-    return [ids[i] for i in sorted(chosen)]
-
-
-def sample_items(items: Sequence[Item], limit: int | None, seed: int = 0) -> tuple[Item, ...]:
-    """The `limit` items whose sha256(f"{seed}\\0{id}") is smallest, returned in their original order.
-
-    Depends only on the ids, the seed and the limit (`sample_ids`): the same items for both models of a pair, in
-    any process, from any source, and a smaller limit gives a subset of a larger one. MMLU groups are sampled
-    across the pooled items, not stratified by subject (a small sample may miss a subject; the pooled metric is
-    what is gated). `limit` None or >= len(items) keeps every item.
-    """
-    if limit is None or limit >= len(items):
-        return tuple(items)
-    by_id = {item.id: item for item in items}
-    return tuple(by_id[i] for i in sample_ids([item.id for item in items], limit, seed))
 
 
 def load_task(name: str | TaskSpec, source: str = "auto", limit: int | None = None, seed: int = 0,

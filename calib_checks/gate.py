@@ -50,6 +50,7 @@ from calib_checks.selection import (
 
 if TYPE_CHECKING:
     from calib_checks.results import RunWriter
+    from calib_checks.shared import SharedWork
     from calib_checks.thresholds import GatePolicy
     from calib_checks.verdicts import CaseResult
 
@@ -93,13 +94,14 @@ class Gate:
         scorers = ScorerPool(device=device, dtype=o.dtype, batch_size=o.batch_size,
                              progress=progress or False, attention=o.attention)
         context = SourceContext(device=device, dtype=o.dtype, attention=o.attention,
-                                batch_size=o.batch_size, progress=progress or False, limit=o.limit, seed=o.seed,
+                                batch_size=o.batch_size, progress=progress or False,
                                 data_source=o.data_source, tasks=self.selection.tasks, cache=self._cache(),
                                 scorers=scorers)
         self.sides = Sides(self.selection.side_texts, context)
         self.selection.name_comparisons(self.sides.labels)
         self._writer: RunWriter | None = None
         self._collection: ScoreCollection | None = None
+        self._shared: SharedWork | None = None
         self.sequence: dict[str, dict[str, Any]] = {}  # comparison -> its looks, where and why it ended (`judge`)
 
     @property
@@ -115,8 +117,9 @@ class Gate:
 
         if self.options.use_cache:
             return ScoreCache()
-        # Workers share scores through a cache; without the user's cache they use one private to the run.
-        return ScoreCache(Path(self.options.report_dir) / self.run_id / ".scores") if self.n_workers > 1 else None
+        # Without the user's cache the run keeps one of its own: a later look scores only its new items, and
+        # xdist workers share their scores through it. `finish` removes it.
+        return ScoreCache(Path(self.options.report_dir) / self.run_id / ".scores")
 
     @property
     def writer(self) -> RunWriter:
@@ -127,11 +130,25 @@ class Gate:
         return self._writer
 
     @property
+    def shared(self) -> SharedWork:
+        """Case judgements split between xdist workers through the run directory (calib_checks/shared.py)."""
+        if self._shared is None:
+            from calib_checks.shared import SharedWork
+
+            self._shared = SharedWork(Path(self.writer.run_dir) / ".judged", self.worker, self.n_workers)
+        return self._shared
+
+    @property
     def collection(self) -> ScoreCollection:
         if self._collection is None:
             self._collection = ScoreCollection(self.selection, self.sides, self.writer, worker=self.worker,
                                                n_workers=self.n_workers, progress=self.progress)
         return self._collection
+
+    @property
+    def process_name(self) -> str:
+        """This process in the run's records: the xdist worker's id, or "main"."""
+        return f"gw{self.worker}" if self.n_workers > 1 else "main"
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -158,81 +175,59 @@ class Gate:
 
     # ------------------------------------------------------------------------------------------ judging
 
-    def looks(self, family: str, tasks: Sequence[str]) -> list[int | None]:
-        """The family's looks: items per task at each (`first_look`, doubling; None = every item, the last).
-        One look (None) when the run is not sequential."""
-        from calib_checks.verdicts import look_sizes
+    def looks(self, family: str, tasks: Sequence[str]) -> list[int]:
+        """The family's looks: items per task at each (`first_look`, doubling, the last every item:
+        `sampling.look_sizes` over its largest task). One look when the run is not sequential."""
+        from calib_checks.sampling import look_sizes
 
-        if not self.options.sequential:
-            return [None]
         budget = max((self.collection.budget(family, task) for task in tasks), default=0)
-        return [*look_sizes(self.options.first_look, budget)[:-1], None]
+        return look_sizes(self.options.first_look, budget) if self.options.sequential else [budget]
 
     def judge(self, cases: Sequence[Case]) -> dict[Case, CaseResult]:
-        """Every case judged, the family correction applied per thresholds.toml's [gate] policy.
+        """Every case judged in its family's sequential looks (`sequential.judge_in_looks`, which documents the
+        rule), the family correction applied per thresholds.toml's [gate] policy. Each look's items are scored
+        before it is judged (`collect.ScoreCollection.collect_all`: this worker's share first); a side is closed
+        once no open comparison needs it. `self.sequence` records, per comparison, its looks, where it ended and
+        why."""
+        from calib_checks.sequential import judge_in_looks
 
-        Sequentially (the default), each family (pair or chain) is judged at each of its looks on the items seen so
-        far, spending `verdicts.look_alpha` of its false-alarm rate there (Holm over the cases still judged). A
-        comparison with a failing case at a look ends there: its regression is certain, and scoring more items
-        would not change that. The others go on to the next look; at the last one every item is judged. Whatever
-        the looks, a family false-alarms with probability at most alpha (the union bound over the looks). Holm's
-        family keeps its size at every look: the cases of comparisons that ended earlier take part with p = 1 (so a
-        chain's later looks are not corrected over a smaller, data-chosen set).
-        `self.sequence` records, per comparison, its looks, where it ended and why.
-        """
-        from calib_checks.verdicts import apply_family, look_alpha, stopped_early
-
-        self.sequence = {}
-        by_family: dict[str, list[Case]] = {}
+        family_of = {c.name: c.family for c in self.comparisons}
+        tasks: dict[str, list[str]] = {}
         for case in cases:
-            by_family.setdefault(self.selection.comparison(case.pair).family, []).append(case)
-        plans = {family: self.looks(family, list(dict.fromkeys(c.task for c in members)))
-                 for family, members in by_family.items()}
-        final: dict[Case, CaseResult] = {}
-        for j in range(max((len(p) for p in plans.values()), default=0)):
-            open_cases = {f: [c for c in members if c.pair not in self.sequence]
-                          for f, members in by_family.items() if j < len(plans[f])}
-            self.collection.collect_all(self._jobs([c for members in open_cases.values() for c in members], plans, j))
-            for family, members in open_cases.items():
-                plan = plans[family]
-                last = j == len(plan) - 1
-                alpha = look_alpha(self.policy.alpha, j, len(plan))
-                ended = [replace(final[c], p_value=1.0) for c in by_family[family] if c.pair in self.sequence
-                         and final[c].p_value is not None]
-                judged = apply_family([self._judge_one(c, plan[j]) for c in members] + ended,
-                                      replace(self.policy, alpha=alpha))[: len(members)]
-                for comparison in dict.fromkeys(c.pair for c in members):
-                    mine = [(c, r) for c, r in zip(members, judged) if c.pair == comparison]
-                    failed = any(r.verdict == "fail" for _, r in mine)
-                    if not (failed or last):
-                        continue
-                    reason = (f"a case failed at look {j + 1} of {len(plan)}: the regression is certain" if not last
-                              else f"every item judged (look {j + 1} of {len(plan)})")
-                    self.sequence[comparison] = {"family": family, "looks": plan, "stopped_at": j + 1,
-                                                 "reason": reason, "alpha": alpha, "items": plan[j]}
-                    for case, result in mine:
-                        final[case] = result if last else stopped_early(result, reason)
-            self._close_finished(by_family)
+            tasks.setdefault(family_of[case.pair], []).append(case.task)
+        plans = {family: self.looks(family, list(dict.fromkeys(names))) for family, names in tasks.items()}
+
+        judged_now: dict[tuple[Case, int], CaseResult] = {}
+
+        def prepare(open_cases: list[tuple[Case, int]]) -> None:
+            """Score the look's jobs, then judge its cases: each once over all xdist workers (`shared`)."""
+            from calib_checks.verdicts import CaseResult
+
+            jobs: list[Job] = []
+            for case, n in open_cases:
+                c = self.selection.comparison(case.pair)
+                jobs += [Job(c.base, case.task, c.family, n), Job(c.aligned, case.task, c.family, n)]
+            self.collection.collect_all(jobs)
+            pieces = [(f"{n}\0{case.id}", lambda case=case, n=n: self._judge_one(case, n).to_json())
+                      for case, n in open_cases]
+            judged_now.clear()
+            judged_now.update({key: CaseResult.from_json(r) for key, r in zip(open_cases, self.shared.run(pieces))})
+
+        judged = {case.pair for case in cases}
+        final, endings = judge_in_looks(cases, family_of, plans, lambda case, n: judged_now[(case, n)], self.policy,
+                                        prepare=prepare, ended=lambda done: self._close_finished(judged - done))
+        self.sequence = {name: ending.to_json() for name, ending in endings.items()}
         return {case: self._with_identities(final[case]) for case in cases}
 
-    def _jobs(self, cases: Sequence[Case], plans: dict[str, list[int | None]], look: int) -> list[Job]:
-        """The (side, task, family, look) scores the cases need at their family's look `look`, in case order."""
-        jobs: list[Job] = []
-        for case in cases:
-            c = self.selection.comparison(case.pair)
-            n = plans[c.family][look]
-            jobs += [Job(c.base, case.task, c.family, n), Job(c.aligned, case.task, c.family, n)]
-        return list(dict.fromkeys(jobs))
-
-    def _close_finished(self, by_family: dict[str, list[Case]]) -> None:
-        """Drop the weights of every side whose comparisons are all judged (they are not needed again)."""
-        pending = {t for members in by_family.values() for case in members if case.pair not in self.sequence
-                   for c in [self.selection.comparison(case.pair)] for t in (c.base, c.aligned)}
+    def _close_finished(self, open_comparisons: set[str]) -> None:
+        """Drop the weights of every side that no open comparison needs (it is not needed again)."""
+        pending = {t for c in self.comparisons if c.name in open_comparisons for t in (c.base, c.aligned)}
         for side in self.sides:
             if side.text not in pending:
                 self.sides.close(side.text)
 
     def _judge_one(self, case: Case, look: int | None = None) -> CaseResult:
+        """`case` judged alone on the first `look` items of its family's sample (None: all)."""
         from calib_checks.verdicts import judge_case
 
         try:
@@ -289,13 +284,16 @@ class Gate:
         }
 
     def verdict(self, results: Sequence[CaseResult], missing: Sequence[Case] = (), complete: bool = True,
-                verdict_case_ran: bool = True) -> tuple[str, str, list[CaseResult], dict | None]:
+                verdict_case_ran: bool = True, problem: str | None = None
+                ) -> tuple[str, str, list[CaseResult], dict | None]:
         """The run verdict with completeness accounted for: (verdict, reason, all cases, partial or None).
 
         `missing`: expected cases that produced no result. Each becomes an error case, unless the options
         allow a partial run: then they are listed in `partial` and the reason says the run was partial.
         `verdict_case_ran`: False when pytest's own verdict case was deselected, which is an error too (JUnit
-        would not show the run verdict) unless a partial run is allowed.
+        would not show the run verdict) unless a partial run is allowed. `problem`: a reason the run cannot be
+        trusted whatever its cases say (xdist workers that disagree): the verdict is then an error, unless it is
+        a regression already.
         """
         from calib_checks.verdicts import run_verdict
 
@@ -310,6 +308,8 @@ class Gate:
         if not verdict_case_ran and not self.options.allow_partial and verdict == "ship":
             verdict, reason = "error", ("the gate's verdict case (test_gate_verdict) never ran, so JUnit would not "
                                         "show the run verdict; do not deselect it, or pass --calib-allow-partial")
+        if problem is not None and verdict != "regression":
+            verdict, reason = "error", problem
         return verdict, reason, cases, partial
 
     def records(self) -> tuple[list[dict], list[dict]]:
@@ -322,18 +322,20 @@ class Gate:
         return pairs, chains
 
     def finish(self, results: Sequence[CaseResult], *, missing: Sequence[Case] = (), complete: bool = True,
-               verdict_case_ran: bool = True, extra: dict | None = None) -> tuple[str, str, Path]:
+               verdict_case_ran: bool = True, problem: str | None = None, extra: dict | None = None
+               ) -> tuple[str, str, Path]:
         """Write the run (results.json, then report.html); returns (run verdict, reason, results.json path).
         Arguments as in `verdict`."""
         from calib_checks.report import render_report
         from calib_checks.summary import write_summary
 
-        verdict, reason, cases, partial = self.verdict(results, missing, complete, verdict_case_ran)
+        verdict, reason, cases, partial = self.verdict(results, missing, complete, verdict_case_ran, problem)
         pairs, chains = self.records()
         identity = self.run_identity({**(extra or {}), "partial": partial})
         path = self.writer.finish(identity, pairs, {}, cases, complete, verdict=(verdict, reason), chains=chains)
-        # The workers' private cache of a --calib-no-cache run (see _cache) is scratch, not part of the run.
-        shutil.rmtree(Path(self.writer.run_dir) / ".scores", ignore_errors=True)
+        # The private cache of a --calib-no-cache run (see _cache) and the workers' shared judgements are scratch.
+        for scratch in (".scores", ".judged"):
+            shutil.rmtree(Path(self.writer.run_dir) / scratch, ignore_errors=True)
         render_report(path.parent)
         write_summary(path.parent)
         self.writer.publish()
@@ -350,5 +352,6 @@ def run_gate(options: GateOptions, progress: Progress | None = None) -> GateOutc
     gate.check_sides()
     cases = gate.cases()
     judged = gate.judge(cases)
-    verdict, reason, path = gate.finish(list(judged.values()), extra={"scoring": gate.events})
+    verdict, reason, path = gate.finish(list(judged.values()), extra={
+        "scoring": gate.events, "judged": {gate.process_name: gate.shared.done_here}})
     return GateOutcome(verdict, reason, 0 if verdict == "ship" else 1, list(judged.values()), path)

@@ -131,8 +131,8 @@ def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
                                    device=options.device, dtype=options.dtype,
                                    task_files=tuple(options.task_file)))
     o = selection.options
-    context = SourceContext(device=o.device, dtype=o.dtype, progress=True, limit=o.limit, seed=o.seed,
-                            data_source=o.data_source, tasks=selection.tasks,
+    context = SourceContext(device=o.device, dtype=o.dtype, progress=True, data_source=o.data_source,
+                            tasks=selection.tasks,
                             cache=None if options.no_cache else ScoreCache())
     source = open_source(side, context)
     try:
@@ -142,21 +142,21 @@ def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
 
 
 def _plan_rows(source: Source, side: str, selection: Selection, options: argparse.Namespace) -> list[PlanRow]:
-    from calib_checks.data import load_task, sample_ids
-    from calib_checks.verdicts import look_alpha, look_sizes
+    from calib_checks.collect import decide_items
+    from calib_checks.data import load_task
+    from calib_checks.sampling import FIRST_LOOK, look_sizes
+    from calib_checks.sequential import look_alpha
 
     o = selection.options
     gated = [(t, e, m) for (t, e, m), rule in selection.rules.items() if rule.gate]
     rows = []
     for task in o.tasks:
-        data = source.items(task) if source.fixes_items else (
-            load_task(selection.tasks[task], source=o.data_source, limit=o.limit, seed=o.seed)
-            if source.needs_items else None)
-        scores = source.scores(task, data)
-        if data is None:
-            scores = scores.select(sample_ids(scores.ids, o.limit, o.seed))
+        # The items the gate would judge this side on, chosen by the gate's own rule.
+        items = decide_items(task, [(side, source)], lambda: load_task(selection.tasks[task],
+                                                                       source=o.data_source), o.limit, o.seed)
+        scores = source.scores(task, items.data, items.ids)
         n = len(scores.records)
-        looks = len(look_sizes(100, n))  # the gate's default looks (--calib-first-look 100)
+        looks = len(look_sizes(FIRST_LOOK, n))  # the gate's default looks
         alpha = look_alpha(selection.policy.alpha, looks - 1, looks)
         for t, extractor, metric in gated:
             if t != task:

@@ -14,8 +14,11 @@ Mapping of the gate onto pytest:
 - the session fixture `calib_results` scores and judges every selected case at the first case
   (`Gate.judge`: the family correction needs all of a pair's cases). Outcomes: pass -> passed; a case that
   blocks the release (`GatePolicy.blocks`: fail, error, and inconclusive under `on_inconclusive = "fail"`) ->
-  FAILED or ERROR, one line; inconclusive -> skipped `INCONCLUSIVE: ...`; not-gated -> skipped `REPORT ONLY`. Under pytest-xdist every worker judges the same way (the
-  score cache shares the scoring, each model scored once) and reports its share.
+  FAILED or ERROR, one line; inconclusive -> skipped `INCONCLUSIVE: ...`; not-gated -> skipped `REPORT ONLY`. Under pytest-xdist every worker runs the same looks, but each
+  score and each case's judgement is done once over all of them (the score cache; calib_checks/shared.py) and
+  read by the others; each worker reports its share of the tests.
+- the controller gathers every worker's record of where each comparison ended (as junitxml gathers reports) and
+  makes the run an error when two workers disagree.
 - each case's CaseResult travels in `report.user_properties` (xdist serialises them to the controller),
   which at the end accounts for cases that never ran (an error unless `--calib-allow-partial`), writes the run
   (`Gate.finish`) and prints the summary.
@@ -42,6 +45,7 @@ from calib_checks.gate import (
 )
 from calib_checks.models import ATTENTION_CHOICES
 from calib_checks.progress import Progress
+from calib_checks.sampling import FIRST_LOOK
 
 if TYPE_CHECKING:
     from calib_checks.thresholds import GatePolicy
@@ -96,7 +100,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("full", action="store_true", default=False,
         help="score every item before judging (default: judge in looks of 100, 200, 400, ... items per task and "
              "stop a pair or chain as soon as its regression is certain)")
-    add("first-look", type=int, default=100, metavar="N", help="items per task at the first look (default 100)")
+    add("first-look", type=int, default=FIRST_LOOK, metavar="N",
+        help=f"items per task at the first look (default {FIRST_LOOK})")
 
 
 def _options(config: pytest.Config) -> GateOptions:
@@ -214,7 +219,9 @@ def calib_result(calib_case: Case, calib_results: dict[Case, CaseResult], calib_
     while calib_gate.events:  # this process's scoring log travels once, with the first case it reports
         node.user_properties.append((SCORED_PROPERTY, json.dumps(calib_gate.events.pop(0))))
     if request.config.stash.get(_SEQUENCE_UNSENT, False):  # where families stopped: once per process, too
-        node.user_properties.append((SEQUENCE_PROPERTY, json.dumps(calib_gate.sequence)))
+        node.user_properties.append((SEQUENCE_PROPERTY, json.dumps(
+            {"process": calib_gate.process_name, "sequence": calib_gate.sequence,
+             "judged": calib_gate.shared.done_here})))
         request.config.stash[_SEQUENCE_UNSENT] = False
     if result.verdict == "error":
         pytest.fail(result.message, pytrace=False)
@@ -256,7 +263,9 @@ class _SessionHooks:
         self.selected: list[Case] = []
         self.results: dict[tuple[str, str, str, str], dict] = {}
         self.scored: dict[tuple[str, str, str, int], dict] = {}
-        self.sequence: dict[str, dict] = {}  # comparison -> where it ended, from whichever process judged it
+        self.sequence: dict[str, dict] = {}  # comparison -> where it ended, as every process that judged it says
+        self.judged: dict[str, int] = {}  # process -> cases it judged itself (the others it read: calib_checks/shared.py)
+        self.disagreement: str | None = None  # two processes that judged the run differently
         self.unjudged: dict[Case, str] = {}
         self.verdict_seen = False
         self.outcome: tuple[str, str] | None = None
@@ -303,7 +312,19 @@ class _SessionHooks:
                 event = json.loads(value)
                 self.scored[(event["worker"], event["model"], event["task"], event["n_items"])] = event
             elif name == SEQUENCE_PROPERTY:
-                self.sequence.update(json.loads(value))
+                self._add_process(json.loads(value))
+
+    def _add_process(self, record: dict) -> None:
+        """One process's judgement of the run (as pytest's junitxml gathers the workers' reports): where each
+        comparison ended must be the same in every process, which judged from the same shared numbers; a
+        difference makes the run an error, never a silent choice of one process's view."""
+        self.judged[record["process"]] = record["judged"]
+        for comparison, ending in record["sequence"].items():
+            seen = self.sequence.setdefault(comparison, ending)
+            if seen != ending and self.disagreement is None:
+                self.disagreement = (f"the xdist workers disagree on comparison {comparison}: one ended at look "
+                                     f"{seen.get('stopped_at')}, {record['process']} at look "
+                                     f"{ending.get('stopped_at')}; rerun without -n and report this")
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         if self.worker or session.config.option.collectonly:
@@ -325,8 +346,10 @@ class _SessionHooks:
         try:
             verdict, reason, self.results_path = self.gate.finish(
                 results, missing=missing, complete=complete, verdict_case_ran=self.verdict_seen,
+                problem=self.disagreement,
                 extra={"scoring": [self.scored[k] for k in sorted(self.scored)],
-                       "workers": getattr(session.config.option, "numprocesses", None) or 0},
+                       "workers": getattr(session.config.option, "numprocesses", None) or 0,
+                       "judged": dict(sorted(self.judged.items()))},
             )
         except CalibChecksError as exc:
             verdict, reason = "error", f"the run could not be written: {exc}"

@@ -4,10 +4,12 @@ Layout of one run (docs/RESULTS.md documents every field)::
 
     reports/<run-id>/results.json                      the run: identity, pairs, tasks, every case, verdict
     reports/<run-id>/report.html                       the self-contained page rendered from the above
-    reports/<run-id>/records/<model-label>/<task>.jsonl     one ItemRecord JSON object a line
+    reports/<run-id>/records/<model-label>/<task>.jsonl     one ItemRecord JSON object a line: every record any
+                                                       verdict used, merged over looks and comparisons
     reports/<run-id>/records/<model-label>/<task>.meta.json model identity, data fingerprint, scoring stats
     reports/<run-id>/items/<task>.jsonl                one item a line: id, gold, options, context, subject
     reports/<run-id>/items/<task>.meta.json            the task's data source, fingerprint and counts
+    reports/<run-id>/items/families/<family>/<task>.json   the ids a comparison family is judged on, in order
     reports/latest -> <run-id>                         the newest COMPLETE run (a `LATEST` text file where
                                                        symlinks are unavailable)
 
@@ -158,28 +160,49 @@ class RunWriter:
         return FileLock(str(locks / f"{name}.lock"))
 
     def write_records(self, scores: Any) -> Path:
-        """Write `records/<model-label>/<task>.jsonl` (one ItemRecord a line) and its `.meta.json`.
+        """Add `scores`' records to `records/<model-label>/<task>.jsonl` (one ItemRecord a line) and describe the
+        file in its `.meta.json`.
 
-        `scores` is a `records.TaskScores`. Returns the `.jsonl` path.
+        `scores` is a `records.TaskScores`. Records are merged per item, never replaced: every look and every
+        comparison family that judged this side on this task adds its items, so the file holds every record any
+        verdict used (`python -m calib_checks recompute` judges from it again). An item already there with
+        other numbers is refused (ResultsError): one side cannot have given two answers to one item. Returns the
+        `.jsonl` path.
         """
         label = safe_name(scores.model_label, "model label")
         task = safe_name(scores.task, "task name")
         what = f"records of {label} on {task}"
-        lines = [_dumps(_as_dict(record, what), what) for record in scores.records]
-        body = "".join(line + "\n" for line in lines)
-        meta = {
-            "model_label": label,
-            "task": task,
-            "model_identity": scores.model_identity,
-            "data_fingerprint": scores.data_fingerprint,
-            "stats": scores.stats.to_json(),
-            "n_records": len(lines),
-            "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
-        }
         path = self.run_dir / "records" / label / f"{task}.jsonl"
         with self._lock(f"records--{label}--{task}"):
+            rows = {row["id"]: row for row in read_jsonl(path, ResultsError, what)} if path.exists() else {}
+            for record in scores.records:
+                row = json.loads(_dumps(_as_dict(record, what), what))
+                if rows.setdefault(row["id"], row) != row:
+                    raise ResultsError(f"{what}: item {row['id']!r} was recorded with other numbers earlier in "
+                                       "this run; one side cannot give two answers to one item")
+            body = "".join(_dumps(row, what) + "\n" for row in rows.values())
+            meta = {
+                "model_label": label,
+                "task": task,
+                "model_identity": scores.model_identity,
+                "data_fingerprint": scores.data_fingerprint,
+                "stats": scores.stats.to_json(),
+                "n_records": len(rows),
+                "sha256": hashlib.sha256(body.encode("utf-8")).hexdigest(),
+            }
             atomic_write_text(path, body)
             atomic_write_text(path.with_suffix(".meta.json"), _dumps(meta, what, indent=2) + "\n")
+        return path
+
+    def write_item_set(self, family: str, item_set: dict) -> Path:
+        """Write `items/families/<family>/<task>.json`: the ids a comparison family is judged on for one task, in
+        their order, and who decided them (`collect.ItemSet.to_json`). Each look judges the first items of it in
+        the run's seeded order (calib_checks/sampling.py), so with the records this recomputes every verdict."""
+        family = safe_name(family, "comparison family")
+        task = safe_name(item_set["task"], "task name")
+        path = self.run_dir / "items" / "families" / family / f"{task}.json"
+        with self._lock(f"item-set--{family}--{task}"):
+            atomic_write_text(path, _dumps(item_set, f"items of {family} on {task}") + "\n")
         return path
 
     def write_items(self, task_data: Any) -> Path:

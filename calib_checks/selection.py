@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from calib_checks.errors import CalibChecksError
+from calib_checks.sampling import FIRST_LOOK
 
 if TYPE_CHECKING:
     from calib_checks.tasks import TaskSpec
@@ -72,7 +73,7 @@ class GateOptions:
     task_files: tuple[str | Path, ...] = ()  # TOML task files or folders of them (calib_checks/taskfiles.py)
     chains: tuple[str, ...] = ()  # `[NAME=]A,B,C[,...]` texts: checkpoint chains (module docstring)
     sequential: bool = True  # judge in looks and stop a family once its regression is certain (docs/GATE.md)
-    first_look: int = 100  # items per task at the first look; each later look doubles it, the last takes all
+    first_look: int = FIRST_LOOK  # items per task at the first look; each later look doubles it, the last takes all
 
 
 @dataclass(frozen=True)

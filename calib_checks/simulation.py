@@ -44,17 +44,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from calib_checks.metrics import METRICS, normal_quantile, normal_sf
-from calib_checks.selection import DEFAULT_EXTRACTORS, DEFAULT_METRICS
+from calib_checks.sampling import FIRST_LOOK, look_sizes
+from calib_checks.selection import DEFAULT_EXTRACTORS, DEFAULT_METRICS, Case
+from calib_checks.sequential import INTERIM_ALPHA_SHARE, judge_in_looks
 from calib_checks.thresholds import GatePolicy, Thresholds, load_thresholds
-from calib_checks.verdicts import (
-    INTERIM_ALPHA_SHARE,
-    CaseResult,
-    apply_family,
-    case_from_decision,
-    judge_arrays,
-    look_alpha,
-    look_sizes,
-)
+from calib_checks.verdicts import CaseResult, apply_family, case_from_decision, judge_arrays
 
 __all__ = ["ALTERNATIVES", "IMPROVEMENTS", "KINDS", "NULLS", "SCENARIOS", "SIZES", "TASK_OPTIONS", "CaseRecord", "Cell",
            "Scenario", "Study", "clopper_pearson", "format_study", "generate_group", "judge_pair",
@@ -203,32 +197,33 @@ class SequentialPair:
 
 
 def judge_pair_sequential(scenario: Scenario, budget: int, thresholds: Thresholds, seed: int,
-                          first_look: int = 100) -> SequentialPair:
-    """A pair's items are drawn once at the full `budget` per task, in a random order; look j judges the first
-    `verdicts.look_sizes` items of every group, spending `verdicts.look_alpha` of the family's rate, and the pair
-    ends at the first look with a failing case (or the last). The fixed-size rule judges every item at once."""
+                          first_look: int = FIRST_LOOK) -> SequentialPair:
+    """A pair's items are drawn once at the full `budget` per task, in a random order (so the first n items are a
+    random sample, as the gate's seeded order is); the pair is judged by the gate's own loop
+    (`sequential.judge_in_looks`) in looks of `sampling.look_sizes` items, and by the fixed-size rule (one look
+    of every item) on the same items."""
     rng = np.random.default_rng(seed)
     policy = thresholds.policy
-    groups = [(task, extractor, generate_group(rng, budget, task, scenario))
-              for task in TASK_OPTIONS for extractor in EXTRACTORS]
+    groups = {(task, extractor): generate_group(rng, budget, task, scenario)
+              for task in TASK_OPTIONS for extractor in EXTRACTORS}
+    cases = [Case("sim", task, extractor, metric) for task, extractor in groups
+             for metric in gated_metrics(thresholds)]
 
-    def judge(n: int, alpha: float) -> bool:
-        cases = []
-        for task, extractor, (base, aligned, labels) in groups:
-            for metric in gated_metrics(thresholds):
-                rule = thresholds.rule_for(task, extractor, metric)
-                d = judge_arrays(base[:n], aligned[:n], labels[:n], metric, rule, seed=seed % 2**31, alpha=alpha)
-                cases.append(case_from_decision(d, pair="sim", base="base", aligned="aligned", task=task,
-                                                extractor=extractor, metric=metric, rule=rule, seed=seed))
-        return any(c.verdict == "fail" for c in apply_family(cases, replace(policy, alpha=alpha)))
+    def judge(case: Case, n: int) -> CaseResult:
+        base, aligned, labels = groups[(case.task, case.extractor)]
+        rule = thresholds.rule_for(case.task, case.extractor, case.metric)
+        d = judge_arrays(base[:n], aligned[:n], labels[:n], case.metric, rule, seed=seed % 2**31,
+                         alpha=policy.alpha)
+        return case_from_decision(d, pair="sim", base="base", aligned="aligned", task=case.task,
+                                  extractor=case.extractor, metric=case.metric, rule=rule, seed=seed)
 
-    sizes = look_sizes(first_look, budget)
-    fixed = judge(budget, policy.alpha)
-    for j, n in enumerate(sizes):
-        failed = judge(n, look_alpha(policy.alpha, j, len(sizes)))
-        if failed or j == len(sizes) - 1:
-            return SequentialPair(failed, fixed, j + 1, len(sizes), n)
-    raise AssertionError("unreachable: the last look always ends the pair")
+    def failed(looks: list[int]) -> tuple[bool, int, int]:
+        final, endings = judge_in_looks(cases, {"sim": "sim"}, {"sim": looks}, judge, policy)
+        ending = endings["sim"]
+        return any(r.verdict == "fail" for r in final.values()), ending.stopped_at, ending.items
+
+    sequential, stopped_at, items = failed(look_sizes(first_look, budget))
+    return SequentialPair(sequential, failed([budget])[0], stopped_at, len(look_sizes(first_look, budget)), items)
 
 
 # ------------------------------------------------------------------------------------------------ figures

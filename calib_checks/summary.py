@@ -97,7 +97,8 @@ def sequence_line(sequence: Mapping[str, Any] | None) -> str:
     if not sequence:
         return "no record of its looks (it was not judged)"
     looks = sequence["looks"]
-    items = f"{sequence['items']} items per task" if sequence.get("items") else "every item"
+    last = sequence["stopped_at"] >= len(looks)
+    items = f"every item, at most {sequence['items']} per task" if last else f"{sequence['items']} items per task"
     return f"ended at look {sequence['stopped_at']} of {len(looks)} ({items}): {sequence['reason']}"
 
 

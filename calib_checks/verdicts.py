@@ -563,33 +563,6 @@ def run_verdict(verdicts: Sequence[str], complete: bool, policy: GatePolicy = BU
     return "ship", f"all {counts['pass']} gated case(s) passed ({counts['not-gated']} reported, not gated).{part}"
 
 
-#: The share of a family's false-alarm rate spent at its interim looks, together; its last look spends the rest.
-#: Bonferroni across looks: whatever the dependence between looks, a family false-alarms at some look with
-#: probability at most alpha (docs/GATE.md, "Sequential looks", measures it and the power this costs).
-INTERIM_ALPHA_SHARE = 0.2
-
-
-def look_sizes(first_look: int, budget: int) -> list[int]:
-    """Items per task at each look of a sequential judgement: `first_look`, doubling while below `budget`, then
-    `budget` (every item). One look when `budget <= first_look`."""
-    sizes, n = [], first_look
-    while n < budget:
-        sizes.append(n)
-        n *= 2
-    return [*sizes, budget]
-
-
-def look_alpha(alpha: float, look: int, n_looks: int) -> float:
-    """The family-wise false-alarm rate spent at look `look` (0-based) of `n_looks`: ``alpha`` with one look;
-    else ``alpha x INTERIM_ALPHA_SHARE / (n_looks - 1)`` at each interim look and ``alpha x (1 -
-    INTERIM_ALPHA_SHARE)`` at the last. The rates sum to alpha."""
-    if n_looks <= 1:
-        return alpha
-    if look >= n_looks - 1:
-        return alpha * (1.0 - INTERIM_ALPHA_SHARE)
-    return alpha * INTERIM_ALPHA_SHARE / (n_looks - 1)
-
-
 def stopped_early(case: CaseResult, reason: str) -> CaseResult:
     """A case of a family that stopped at an interim look because a case failed there: its numbers are the
     look's. A case that is an error only for having fewer items than `min_items` there is reported as

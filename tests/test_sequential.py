@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from calib_checks.gate import Gate, run_gate
-from calib_checks.verdicts import INTERIM_ALPHA_SHARE, look_alpha
+from calib_checks.sequential import INTERIM_ALPHA_SHARE, look_alpha
 from tests.test_gate import REPO, TASKS, correlated, draw, options, write_scores
 
 pytest_plugins = ["pytester"]
@@ -48,7 +48,7 @@ def test_a_clear_regression_stops_early_and_an_equal_pair_runs_to_the_end(folder
     assert all("stopped early" in c.message for c in hot) and not any(c.verdict == "error" for c in hot)
     assert {c.n_items for c in equal} == {N} and {c.verdict for c in equal} <= {"pass", "inconclusive"}
     sequence = json.loads(outcome.results_path.read_text())["run"]["sequential"]["comparisons"]
-    assert sequence["equal"]["looks"] == [100, 200, 400, 800, 1600, None]
+    assert sequence["equal"]["looks"] == [100, 200, 400, 800, 1600, 2000]
     assert sequence["equal"]["stopped_at"] == 6 and "every item judged" in sequence["equal"]["reason"]
     assert sequence["hot"]["stopped_at"] <= 3 and "the regression is certain" in sequence["hot"]["reason"]
     assert sequence["equal"]["alpha"] == pytest.approx(0.05 * (1 - INTERIM_ALPHA_SHARE))
@@ -58,21 +58,22 @@ def test_a_clear_regression_stops_early_and_an_equal_pair_runs_to_the_end(folder
     hot_line = f"ended at look {sequence['hot']['stopped_at']} of 6 ({sequence['hot']['items']} items per task): " \
                f"{sequence['hot']['reason']}"
     assert f"- `hot` {hot_line}" in summary
-    assert "- `equal` ended at look 6 of 6 (every item): every item judged (look 6 of 6)" in summary
+    assert "- `equal` ended at look 6 of 6 (every item, at most 2000 per task): every item judged (look 6 of 6)" in summary
     page = (outcome.results_path.parent / "report.html").read_text()
-    assert f"Sequential looks: {hot_line}" in page and "Sequential looks: ended at look 6 of 6 (every item)" in page
+    assert f"Sequential looks: {hot_line}" in page and "Sequential looks: ended at look 6 of 6 (every item, at most 2000 per task)" in page
 
 
 def test_full_scores_every_item(folders, tmp_path) -> None:
     d = folders
     gate = Gate(options(tmp_path, f"hot=scores:{d['base']},scores:{d['hot']}", metrics=("overconfidence",)))
     judged = gate.judge(gate.cases())
-    assert {c.n_items for c in judged.values()} == {N} and gate.sequence["hot"]["looks"] == [None]
+    assert {c.n_items for c in judged.values()} == {N} and gate.sequence["hot"]["looks"] == [N]
 
 
 def test_xdist_workers_stop_where_a_single_process_stops(folders, tmp_path, pytester: pytest.Pytester) -> None:
-    """Every worker runs the same looks (they judge every case; the cache shares the scoring): the run stops each
-    pair where a single process does, and results.json says where, although the controller judged nothing."""
+    """Every worker runs the same looks, but each case's judgement is made once over both workers (the others read
+    it) and the scoring once (the cache): the run stops each pair where a single process does, and results.json
+    says where, although the controller judged nothing."""
     d = folders
     pairs = [f"hot=scores:{d['base']},scores:{d['hot']}", f"equal=scores:{d['base']},scores:{d['equal']}"]
     serial = run_gate(options(tmp_path / "serial", *pairs, metrics=("overconfidence",), sequential=True))
@@ -83,9 +84,33 @@ def test_xdist_workers_stop_where_a_single_process_stops(folders, tmp_path, pyte
     assert result.ret == 1
     # The terminal says it too, from the workers' records (the controller judged nothing).
     result.stdout.fnmatch_lines(["pair hot:*", "  ended at look * of 6 (* items per task): a case failed at look*",
-                                 "pair equal:*", "  ended at look 6 of 6 (every item): every item judged*"])
+                                 "pair equal:*", "  ended at look 6 of 6 (every item, at most 2000 per task): every item judged*"])
     run = json.loads((tmp_path / "xdist" / "latest" / "results.json").read_text())
     assert run["run"]["sequential"]["comparisons"] == json.loads(serial.results_path.read_text())["run"]["sequential"][
         "comparisons"]
     assert {(c["pair"], c["task"], c["extractor"], c["n_items"], c["verdict"]) for c in run["cases"]} == {
         (c.pair, c.task, c.extractor, c.n_items, c.verdict) for c in serial.cases}
+    # Each judgement once over the two workers: as many as the serial run made, none twice.
+    endings = run["run"]["sequential"]["comparisons"]
+    judgements = sum(endings[c.pair]["stopped_at"] for c in serial.cases)
+    assert json.loads(serial.results_path.read_text())["run"]["judged"] == {"main": judgements}
+    assert set(run["run"]["judged"]) == {"gw0", "gw1"} and sum(run["run"]["judged"].values()) == judgements
+
+
+def test_workers_that_disagree_make_the_run_an_error(folders, tmp_path) -> None:
+    """The controller checks the workers' records against each other: two views of where a comparison ended
+    cannot both be right, so the run is an error, never one of them picked silently."""
+    from calib_checks.plugin import _SessionHooks
+
+    d = folders
+    gate = Gate(options(tmp_path, f"equal=scores:{d['base']},scores:{d['equal']}", metrics=("overconfidence",)))
+    hooks = _SessionHooks(gate, worker=False)
+    ending = {"family": "equal", "looks": [100, 200], "stopped_at": 2, "reason": "r", "alpha": 0.04, "items": 200}
+    hooks._add_process({"process": "gw0", "sequence": {"equal": ending}, "judged": 3})
+    hooks._add_process({"process": "gw1", "sequence": {"equal": ending}, "judged": 4})
+    assert hooks.disagreement is None and hooks.judged == {"gw0": 3, "gw1": 4}
+    hooks._add_process({"process": "gw2", "sequence": {"equal": {**ending, "stopped_at": 1}}, "judged": 0})
+    assert "disagree on comparison equal" in hooks.disagreement
+    cases = gate.judge(gate.cases())
+    verdict, reason, *_ = gate.verdict(list(cases.values()), problem=hooks.disagreement)
+    assert verdict == "error" and "disagree" in reason

@@ -27,7 +27,7 @@ import importlib
 import importlib.metadata
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -63,8 +63,7 @@ class SourceError(CalibChecksError):
 class SourceContext:
     """What every source of one run shares: the run's options that concern scoring, and its task registry.
 
-    ``limit`` and ``seed`` are the gate's `--calib-limit` sample (a source that decides its items, such as an
-    lm-eval run, samples them by `data.sample_items`); ``tasks`` is the run's task registry (built-in tasks and
+    No field says which items to score: the gate decides them and passes them to `Source.scores`. ``tasks`` is the run's task registry (built-in tasks and
     the run's task files); ``cache`` is the score cache that `open_source` gives cacheable sources (None: off);
     ``scorers`` is the run's `engine.ScorerPool`, through which checkpoints that differ only in temperature share
     one loaded model and one forward pass (None: each checkpoint scores alone).
@@ -76,8 +75,6 @@ class SourceContext:
     batch_size: int | Literal["auto"] = "auto"
     trust_remote_code: bool = False
     progress: Progress | bool = False
-    limit: int | None = None
-    seed: int = 0
     data_source: str = "auto"
     tasks: Mapping[str, TaskSpec] = field(default_factory=dict)
     cache: ScoreCache | None = None
@@ -104,11 +101,18 @@ class Source(ABC):
       equal identities are one model, which the gate refuses to compare with itself. May be slow (hashing): the
       gate asks once, on the controller only;
     - `describe(identity)`: one phrase naming it for messages and the report;
-    - `items(task)`: the items when this source decides them (an lm-eval run: the documents it scored), else
-      None; the gate loads the task's data set for the sources that `needs_items`;
-    - `scores(task, data)`: the `records.TaskScores` of `task`. `data` is the items to score (never None when
-      `needs_items`); a source reading files may return more or other items than `data` holds: the gate aligns
-      the two sides by item id and errors a case whose sides differ;
+    - `item_ids(task)`: the ids of the items this source holds records of (a source reading files: a scores
+      folder, an lm-eval run), in its own order, or None for a source that scores whatever items it is given (a
+      checkpoint). The default is the ids of `items(task)`;
+    - `items(task)`: the items' texts, when the source holds them (an lm-eval run: the documents it scored),
+      else None;
+    - `scores(task, data, ids)`: the `records.TaskScores` of `task`. The gate decides every item itself
+      (`collect.decide_items`): `ids` are exactly the items it judges, and `data` their texts when the run has
+      them (always for a source that `needs_items`; its items are then exactly `ids`). The source must return
+      a record for EVERY id in `ids`; it may return others, which the gate drops. A source that lacks an asked
+      item fails the side's cases with one error naming how many items are missing. It must not sample: the
+      `--calib-limit` sample and the looks are the gate's (calib_checks/sampling.py). `ids` None (a library
+      caller, never the gate) asks for `data`'s items, or with no `data` for every item the source holds;
     - `close()`: free what the source holds (a model's weights).
 
     `cacheable` sources compute deterministic scores worth keeping (`open_source` wraps them in
@@ -118,7 +122,6 @@ class Source(ABC):
 
     prefix: ClassVar[str] = ""
     needs_items: ClassVar[bool] = False
-    fixes_items: ClassVar[bool] = False
     cacheable: ClassVar[bool] = False
 
     def __init__(self, text: str, context: SourceContext) -> None:
@@ -146,11 +149,15 @@ class Source(ABC):
     def describe(self, identity: Mapping[str, Any]) -> str:
         return f"{self.text} ({identity.get('name', self.location)})"
 
+    def item_ids(self, task: str) -> Sequence[str] | None:
+        data = self.items(task)
+        return None if data is None else data.item_ids
+
     def items(self, task: str) -> TaskData | None:
         return None
 
     @abstractmethod
-    def scores(self, task: str, data: TaskData | None) -> TaskScores: ...
+    def scores(self, task: str, data: TaskData | None, ids: Sequence[str] | None = None) -> TaskScores: ...
 
     def cache_inputs(self) -> dict[str, Any] | None:
         return None

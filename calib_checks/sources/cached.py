@@ -9,6 +9,7 @@ checkpoint, loads no weights.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +30,6 @@ class CachedSource(Source):
         self.cache = cache
         self.prefix = inner.prefix
         self.needs_items = inner.needs_items
-        self.fixes_items = inner.fixes_items
         self.cacheable = inner.cacheable
 
     @property
@@ -46,6 +46,9 @@ class CachedSource(Source):
     def describe(self, identity: dict[str, Any]) -> str:  # type: ignore[override]
         return self.inner.describe(identity)
 
+    def item_ids(self, task: str) -> Sequence[str] | None:
+        return self.inner.item_ids(task)
+
     def items(self, task: str) -> TaskData | None:
         return self.inner.items(task)
 
@@ -55,7 +58,7 @@ class CachedSource(Source):
     def close(self) -> None:
         self.inner.close()
 
-    def scores(self, task: str, data: TaskData | None) -> TaskScores:
+    def scores(self, task: str, data: TaskData | None, ids: Sequence[str] | None = None) -> TaskScores:
         from calib_checks.data import item_digest
 
         if data is None:

@@ -8,6 +8,7 @@ deterministic for a given identity and stack, so `open_source` puts the score ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from calib_checks.records import ScoreStats, TaskScores
@@ -68,7 +69,8 @@ class CheckpointSource(Source):
         return {"model_identity": self.identity(), "stack": self.scorer.stack, "prompt_version": PROMPT_VERSION,
                 "scoring_version": SCORING_VERSION}
 
-    def scores(self, task: str, data: TaskData | None) -> TaskScores:
+    def scores(self, task: str, data: TaskData | None, ids: Sequence[str] | None = None) -> TaskScores:
+        # `ids`, when given, are `data`'s items (the Source contract): a checkpoint scores exactly what it is given.
         if data is None:
             raise SourceError(f"{self.text}: a checkpoint is scored on a task's items; none were given")
         records, engine = self.scorer.score(data)

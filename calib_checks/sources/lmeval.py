@@ -29,7 +29,7 @@ import glob
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -448,45 +448,46 @@ def _task_items(run: LmEvalRun, task: str) -> tuple[list[Item], dict[str, dict[s
     return list(items.values()), scores
 
 
-def task_data(run: LmEvalRun, task: str, limit: int | None = None, seed: int = 0) -> TaskData:
-    """The run's items of `task` as a `data.TaskData`, with the gate's `--limit` sample among them.
+def task_data(run: LmEvalRun, task: str) -> TaskData:
+    """The run's items of `task` as a `data.TaskData`, every one of them (the gate draws its sample).
 
     What a checkpoint the gate scores itself is scored on when it is compared with this run: the very items
     (and so the very prompts) lm-eval scored.
     """
-    from calib_checks.data import TaskData, fingerprint_items, sample_items
+    from calib_checks.data import TaskData, fingerprint_items
 
     items, _ = task_items(run, task)
-    chosen = sample_items(items, limit, seed)
     names = ", ".join(f.lmeval_task for f in run.sources(task))
-    return TaskData(task=task, items=chosen, source=f"{PREFIX}{run.where} ({names})",
-                    fingerprint=fingerprint_items(chosen), n_available=len(items), limit=limit, seed=seed)
+    return TaskData(task=task, items=tuple(items), source=f"{PREFIX}{run.where} ({names})",
+                    fingerprint=fingerprint_items(items), n_available=len(items), limit=None, seed=0)
 
 
-def task_scores(run: LmEvalRun, task: str, label: str, limit: int | None = None, seed: int = 0) -> TaskScores:
-    """The side's `records.TaskScores` on `task`: one `ItemRecord` per item of the `--limit` sample, with the
-    extractors lm-eval's samples give (the gate errors the cases of the others)."""
+def task_scores(run: LmEvalRun, task: str, label: str, ids: Sequence[str] | None = None) -> TaskScores:
+    """The side's `records.TaskScores` on `task`: one `ItemRecord` per item of `ids` that the run scored (every
+    item when `ids` is None), with the extractors lm-eval's samples give (the gate errors the cases of the
+    others)."""
+    from calib_checks.data import fingerprint_items
     from calib_checks.records import ItemRecord, ScoreStats, TaskScores
 
-    data = task_data(run, task, limit, seed)
-    _, scores = task_items(run, task)
+    items, scores = task_items(run, task)
+    by_id = {item.id: item for item in items}
+    chosen = [by_id[i] for i in (ids if ids is not None else by_id) if i in by_id]
     present = [e for e in (CONTINUATION, CHOICE) if any(e in s for s in scores.values())]
     records = [ItemRecord(id=item.id, gold=item.gold, scores={e: list(scores[item.id][e]) for e in present},
-                          n_options=len(item.options)) for item in data.items]
+                          n_options=len(item.options)) for item in chosen]
     return TaskScores(
-        model_label=label, model_identity=identity(run), task=task, data_fingerprint=data.fingerprint,
+        model_label=label, model_identity=identity(run), task=task, data_fingerprint=fingerprint_items(chosen),
         records=records,
         stats=ScoreStats(source=f"lm-eval run {run.where}", files=tuple(str(f.path) for f in run.sources(task)),
-                         n_available=data.n_available),
+                         n_available=len(items)),
     )
 
 
 class LmEvalSource(Source):
-    """``lm-eval:PATH[?tasks=NAME=TASK+...]``: the samples of an ``lm_eval --log_samples`` run. It decides the
-    items of the comparisons it is in (`items`): the checkpoints compared with it are scored on them."""
+    """``lm-eval:PATH[?tasks=NAME=TASK+...]``: the samples of an ``lm_eval --log_samples`` run. It holds its items'
+    texts (`items`): the checkpoints compared with it are scored on them."""
 
     prefix = PREFIX
-    fixes_items = True
 
     def __init__(self, text: str, context: SourceContext) -> None:
         super().__init__(text, context)
@@ -510,7 +511,7 @@ class LmEvalSource(Source):
         return describe(identity)
 
     def items(self, task: str) -> TaskData | None:
-        return task_data(self.run, task, self.context.limit, self.context.seed)
+        return task_data(self.run, task)
 
-    def scores(self, task: str, data: TaskData | None) -> TaskScores:
-        return task_scores(self.run, task, self.label, self.context.limit, self.context.seed)
+    def scores(self, task: str, data: TaskData | None, ids: Sequence[str] | None = None) -> TaskScores:
+        return task_scores(self.run, task, self.label, ids if ids is not None or data is None else data.item_ids)

@@ -4,8 +4,9 @@ A team that scores elsewhere gates here by pointing a side at a folder holding `
 `python -m calib_checks score --out` writes: one JSON object per item with ``id``, ``gold`` and ``scores``
 (extractor name -> one log-score per option, data set option order). Other keys (``n_tokens``,
 ``letter_token_ids``, ``letter_mass``, ...) are kept when present. No data set is loaded for such a side: its items
-are its records, matched by id with the other side's, and the gate's `--calib-limit` sample is drawn among them by
-the same rule as for a data set (`data.sample_items`: it depends only on the ids, the seed and the limit).
+are its records (`item_ids`): when it is the first side of a comparison holding its own records, the gate draws
+its `--calib-limit` sample and its looks among them (`collect.decide_items`), and the other side must hold or
+score every one of them.
 
 ``probs`` is never taken from the file: the gate judges `records.probabilities` of the scores, which the
 report's temperature fit also reads, so the two cannot disagree. A file that carries ``probs`` must agree with
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +53,8 @@ class ScoreFolderSource(Source):
                               "<task>.jsonl files written by `python -m calib_checks score --out`")
         if not any(self.folder.glob("*.jsonl")):
             raise SourceError(f"scores folder {str(self.folder)!r} holds no <task>.jsonl file")
+        self._parsed: dict[str, tuple[dict[str, ItemRecord], str, Path]] = {}
+        self._identity: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -62,10 +65,12 @@ class ScoreFolderSource(Source):
         return tuple(safe_label(p) for p in reversed(self.folder.parts[1:-1]))
 
     def identity(self) -> dict[str, Any]:
-        digest = hashlib.sha256()
-        for path in sorted(self.folder.glob("*.jsonl")):
-            digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-        return {"source": "scores", "name": str(self.folder), "content_sha256": digest.hexdigest()}
+        if self._identity is None:  # hashed once per run: every look's records carry the same identity
+            digest = hashlib.sha256()
+            for path in sorted(self.folder.glob("*.jsonl")):
+                digest.update(path.name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+            self._identity = {"source": "scores", "name": str(self.folder), "content_sha256": digest.hexdigest()}
+        return self._identity
 
     def describe(self, identity: Mapping[str, Any]) -> str:
         return f"scores folder {identity.get('name')} (content {str(identity.get('content_sha256'))[:12]})"
@@ -78,23 +83,31 @@ class ScoreFolderSource(Source):
                               f"score the task there or drop it from --calib-tasks")
         return path
 
-    def scores(self, task: str, data: TaskData | None) -> TaskScores:
-        from calib_checks.data import sample_ids
+    def _read(self, task: str) -> tuple[dict[str, ItemRecord], str, Path]:
+        """The task file's records by id, its content hash and path, read and checked once."""
+        if task not in self._parsed:
+            path = self._task_file(task)
+            body = path.read_bytes()
+            rows = read_jsonl(path, SourceError, "scores")
+            if not rows:
+                raise SourceError(f"{path} is empty: an empty data set cannot be gated")
+            records: dict[str, ItemRecord] = {}
+            for number, row in enumerate(rows, start=1):
+                record = _record(row, f"{path} line {number}")
+                if record.id in records:
+                    raise SourceError(f"{path} line {number}: item id {record.id!r} appears twice")
+                records[record.id] = record
+            self._parsed[task] = (records, hashlib.sha256(body).hexdigest(), path)
+        return self._parsed[task]
 
-        path = self._task_file(task)
-        rows = read_jsonl(path, SourceError, "scores")
-        if not rows:
-            raise SourceError(f"{path} is empty: an empty data set cannot be gated")
-        records: dict[str, ItemRecord] = {}
-        for number, row in enumerate(rows, start=1):
-            record = _record(row, f"{path} line {number}")
-            if record.id in records:
-                raise SourceError(f"{path} line {number}: item id {record.id!r} appears twice")
-            records[record.id] = record
-        chosen = sample_ids(list(records), self.context.limit, self.context.seed)
-        content = hashlib.sha256(path.read_bytes()).hexdigest()
+    def item_ids(self, task: str) -> list[str]:
+        return list(self._read(task)[0])
+
+    def scores(self, task: str, data: TaskData | None, ids: Sequence[str] | None = None) -> TaskScores:
+        records, content, path = self._read(task)
+        wanted = ids if ids is not None else data.item_ids if data is not None else list(records)
         return TaskScores(model_label=self.label, model_identity=self.identity(), task=task,
-                          data_fingerprint=content, records=[records[i] for i in chosen],
+                          data_fingerprint=content, records=[records[i] for i in wanted if i in records],
                           stats=ScoreStats(source=f"scores file {path}", files=(str(path),),
                                            n_available=len(records)))
 

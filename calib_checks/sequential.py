@@ -1,0 +1,109 @@
+"""The gate's sequential judgement, written once: `Gate.judge`, the simulation (`simulation.judge_pair_sequential`)
+and the recompute command (`recompute.recompute_run`) all run `judge_in_looks`.
+
+A family (a pair, or all comparisons of a chain together) is judged at each of its looks on the items seen so far
+(`sampling.look_sizes`: the first look's items, doubling, the last look every item), spending `look_alpha` of its
+false-alarm rate there (the family correction, Holm by default, over its cases). A comparison with a failing case
+at a look ends there: its regression is certain, and scoring more items would not change that. The others go on
+to the next look; at the last one every item is judged. Whatever the looks, a family false-alarms with probability
+at most alpha (the union bound over the looks). The family keeps its size at every look: the cases of comparisons
+that ended earlier take part with p = 1, so a chain's later looks are not corrected over a smaller, data-chosen set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
+
+from calib_checks.verdicts import apply_family, stopped_early
+
+if TYPE_CHECKING:
+    from calib_checks.thresholds import GatePolicy
+    from calib_checks.verdicts import CaseResult
+
+__all__ = ["INTERIM_ALPHA_SHARE", "Ending", "LookCase", "judge_in_looks", "look_alpha"]
+
+#: The share of a family's false-alarm rate spent at its interim looks, together; its last look spends the rest.
+#: Bonferroni across looks: whatever the dependence between looks, a family false-alarms at some look with
+#: probability at most alpha (docs/GATE.md, "Sequential looks", measures it and the power this costs).
+INTERIM_ALPHA_SHARE = 0.2
+
+
+def look_alpha(alpha: float, look: int, n_looks: int) -> float:
+    """The family-wise false-alarm rate spent at look `look` (0-based) of `n_looks`: ``alpha`` with one look;
+    else ``alpha x INTERIM_ALPHA_SHARE / (n_looks - 1)`` at each interim look and ``alpha x (1 -
+    INTERIM_ALPHA_SHARE)`` at the last. The rates sum to alpha."""
+    if n_looks <= 1:
+        return alpha
+    if look >= n_looks - 1:
+        return alpha * (1.0 - INTERIM_ALPHA_SHARE)
+    return alpha * INTERIM_ALPHA_SHARE / (n_looks - 1)
+
+
+class LookCase(Protocol):
+    """What the loop needs of a case: the comparison it belongs to (`selection.Case` is one)."""
+
+    @property
+    def pair(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Ending:
+    """Where one comparison's looks ended: its family, the items per task at each look (the last: every item),
+    the look it stopped at (1-based), why, the false-alarm rate spent there and the items per task judged."""
+
+    family: str
+    looks: tuple[int, ...]
+    stopped_at: int
+    reason: str
+    alpha: float
+    items: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "looks": list(self.looks)}
+
+
+def judge_in_looks(cases: Sequence[LookCase], family_of: Mapping[str, str], looks: Mapping[str, Sequence[int]],
+                   judge: Callable[[LookCase, int], CaseResult], policy: GatePolicy, *,
+                   prepare: Callable[[list[tuple[LookCase, int]]], None] | None = None,
+                   ended: Callable[[set[str]], None] | None = None) -> tuple[dict[Any, CaseResult], dict[str, Ending]]:
+    """Every case judged in its family's looks (module docstring); returns (case -> final result, comparison ->
+    `Ending`).
+
+    `family_of`: comparison -> family; `looks[family]`: items per task at each look (one look: judge every item
+    at once); `judge(case, n)`: the case judged alone on the first `n` items of the seeded order
+    (`sampling.sample_ids`). `prepare(open)` runs before each look with the (case, n) pairs it will judge (the
+    gate scores them there, its xdist share first); `ended(comparisons)` after each look with every comparison
+    ended so far (the gate frees models no open comparison needs).
+    """
+    by_family: dict[str, list[LookCase]] = {}
+    for case in cases:
+        by_family.setdefault(family_of[case.pair], []).append(case)
+    endings: dict[str, Ending] = {}
+    final: dict[Any, CaseResult] = {}
+    for j in range(max((len(looks[f]) for f in by_family), default=0)):
+        open_cases = {f: [c for c in members if c.pair not in endings]
+                      for f, members in by_family.items() if j < len(looks[f])}
+        if prepare is not None:
+            prepare([(c, looks[f][j]) for f, members in open_cases.items() for c in members])
+        for family, members in open_cases.items():
+            plan = tuple(looks[family])
+            last = j == len(plan) - 1
+            alpha = look_alpha(policy.alpha, j, len(plan))
+            done = [replace(final[c], p_value=1.0) for c in by_family[family]
+                    if c.pair in endings and final[c].p_value is not None]
+            judged = apply_family([judge(c, plan[j]) for c in members] + done,
+                                  replace(policy, alpha=alpha))[: len(members)]
+            for comparison in dict.fromkeys(c.pair for c in members):
+                mine = [(c, r) for c, r in zip(members, judged) if c.pair == comparison]
+                if not (last or any(r.verdict == "fail" for _, r in mine)):
+                    continue
+                reason = (f"a case failed at look {j + 1} of {len(plan)}: the regression is certain" if not last
+                          else f"every item judged (look {j + 1} of {len(plan)})")
+                endings[comparison] = Ending(family, plan, j + 1, reason, alpha, plan[j])
+                for case, result in mine:
+                    final[case] = result if last else stopped_early(result, reason)
+        if ended is not None:
+            ended(set(endings))
+    return final, endings
