@@ -11,7 +11,7 @@ import pytest
 
 from calib_checks.gate import Gate, run_gate
 from calib_checks.sequential import INTERIM_ALPHA_SHARE, look_alpha
-from tests.test_gate import REPO, TASKS, correlated, draw, options, write_scores
+from tests.test_gate import REPO, TASKS, correlated, draw, options, score_dirs, write_scores  # noqa: F401 (fixture)
 
 pytest_plugins = ["pytester"]
 
@@ -114,3 +114,20 @@ def test_workers_that_disagree_make_the_run_an_error(folders, tmp_path) -> None:
     cases = gate.judge(gate.cases())
     verdict, reason, *_ = gate.verdict(list(cases.values()), problem=hooks.disagreement)
     assert verdict == "error" and "disagree" in reason
+
+
+def test_a_comparison_whose_gated_cases_all_pass_stops_early(score_dirs, tmp_path) -> None:
+    """An aligned model that is its base to within noise: every gated over-confidence case passes at the first look
+    (750 of 1500 items), so the comparison stops there, says why, and ships; the passes are the first look's
+    numbers. (ECE rarely passes this early: its plug-in bias needs thousands of items, docs/GATE.md.)"""
+    from tests.test_gate import N_ITEMS
+
+    d = score_dirs
+    outcome = run_gate(options(tmp_path, f"twin=scores:{d['base']},scores:{d['twin']}", sequential=True,
+                               first_look=750, metrics=("overconfidence", "accuracy")))
+    assert outcome.verdict == "ship", outcome.reason
+    ending = json.loads(outcome.results_path.read_text())["run"]["sequential"]["comparisons"]["twin"]
+    assert ending["looks"] == [750, N_ITEMS]
+    assert ending["stopped_at"] == 1 and "every gated case passed at look 1" in ending["reason"]
+    gated = [c for c in outcome.cases if c.verdict != "not-gated"]
+    assert gated and {c.verdict for c in gated} == {"pass"} and {c.n_items for c in outcome.cases} == {750}
