@@ -122,7 +122,8 @@ def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
     """The plan from one side's scores (module docstring)."""
     from calib_checks.cache import ScoreCache
     from calib_checks.selection import GateOptions, select
-    from calib_checks.sources import SourceContext, open_source
+    from calib_checks.sources import SourceContext
+    from calib_checks.sources.registry import open_source
 
     selection = select(GateOptions(pairs=(f"{side},{side}",), tasks=tuple(options.tasks.split(",")),
                                    extractors=tuple(options.extractors.split(",")),

@@ -20,7 +20,8 @@ from calib_checks.engine import Scorer, ScorerPool
 from calib_checks.scorecli import write_records_jsonl
 from calib_checks.errors import CalibChecksError
 from calib_checks.records import EXTRACTORS, ItemRecord
-from calib_checks.sources import Source, SourceContext, open_source
+from calib_checks.sources import Source, SourceContext
+from calib_checks.sources.registry import open_source
 from calib_checks.sources.cached import CachedSource
 
 REPO = Path(__file__).resolve().parents[1]
