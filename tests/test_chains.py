@@ -191,8 +191,8 @@ def test_results_md_renders_bare_urls_and_www_names_as_plain_text() -> None:
                            "run": {"selection": {"tasks": ["piqa"]}}})
     assert not re.search(r"(?i)://|www\.", text), text
     # Still readable: the same characters with the joiner in them, in the table, the reason and the case line.
-    shown = "https:\u2060//evil.example/a HTTP:\u2060//EVIL.example/b ftp:\u2060//evil.example www\u2060.evil.example " \
-            "WWW\u2060.Evil.example"
+    shown = ("https:\u2060//evil.example/a HTTP:\u2060//EVIL.example/b ftp:\u2060//evil.example "
+             "www\u2060.evil.example WWW\u2060.Evil.example")
     assert text.count(shown) >= 3 and "http:\u2060//items.example/" in text
 
 
