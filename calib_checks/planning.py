@@ -3,18 +3,27 @@
 From one model's scores (any source: the base's cached scores are the natural input, and a cache hit loads no
 weights) it prints, per task, extractor and gated metric:
 
-- the smallest worsening the items at hand detect with 80 % power at the level the gate tests a pair's case
-  (``detectable``, the gate's own formula: ``margin + (z_{1 - a/m} + z_0.8) se``, with m the gated cases of a pair
-  and a the rate the last sequential look spends);
+- the smallest worsening the items at hand detect with 80 % power at the level the gate tests the case
+  (``detectable``, the gate's own formula `verdicts.detectable_worsening`: ``margin + (z_{1 - a/m} + z_0.8) se``);
 - the items per task needed to detect a given worsening (``--worsening``), and to make an equally calibrated pair
-  PASS its margin with 80 % probability (upper end ``W + z se`` within the margin: ``se <= margin / (z + z_0.8)``).
+  PASS its margin with 80 % probability (upper end ``W + z_q se`` within the margin: ``se <= margin / (z_q +
+  z_0.8)``, q the quantile of the upper end the gate passes a case on, `verdicts.upper_end_quantile`: (1 + c) / 2
+  at the rule's confidence c, and 1 - (1 - c) / 4 for over-confidence, whose sign-aware test bounds each of its
+  two contrasts at half that tail).
+
+The level is the gate's (`Gate.judge`): m the gated cases of the family, which is a pair's cases, or all the
+comparisons of a chain of ``--chain N`` checkpoints together (its N - 1 steps and, from 3, the whole chain;
+``family = "case"`` in thresholds.toml: 1), and a the rate `sequential.look_alpha` spends at the last of the looks
+`sampling.look_sizes(--first-look, budget)`, the budget being the family's largest task (one look with
+``--full``). The items a worsening needs set the looks too: below the first look there is one, at the whole rate.
 
 The standard errors are the gate's: the bootstrap of the model's own value (the gate's resampling, bins and se
 inflation), turned into the se of a pair's change by the aligned model's correlation with the base, `rho`:
 ``se_change = se_model sqrt(2 (1 - rho))`` for ECE and SCE; for over-confidence, whose sign-aware test is bound by
 the SUM of both values when the base is near calibrated (|value| < 2 se), ``se_model sqrt(2 (1 + rho))``. The
 default rho = 0 (independent errors) is conservative for a fine-tune of the base, whose errors correlate; a
-previous gate run of the same pair (`--from-run`) gives the se it measured instead, which is exact for that pair.
+previous gate run of the same pair (`--from-run`) gives the se it measured instead, which is exact for that pair,
+and each case's own level (the rate its last look spent, its family's size).
 Every se scales as 1 / sqrt(items).
 """
 
@@ -28,12 +37,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from calib_checks.errors import CalibChecksError
+from calib_checks.metrics import METRICS, normal_quantile, paired_bootstrap
+from calib_checks.sampling import look_sizes
+from calib_checks.sequential import look_alpha
+from calib_checks.verdicts import POWER, detectable_worsening, upper_end_quantile
 
 if TYPE_CHECKING:
     from calib_checks.selection import Selection
     from calib_checks.sources import Source
-
-POWER = 0.8
 
 
 class PlanError(CalibChecksError):
@@ -41,8 +52,25 @@ class PlanError(CalibChecksError):
 
 
 @dataclass(frozen=True)
+class Level:
+    """The level at which the gate tests a case (`Gate.judge`): the family-wise `alpha`, spent over the looks
+    `sampling.look_sizes(first_look, budget)` by `sequential.look_alpha` (`first_look` None: one look), and Holm
+    over the family's `family_size` gated cases (its strictest step, alpha / family_size, as `detectable`)."""
+
+    alpha: float
+    family_size: int
+    first_look: int | None = None
+
+    def at(self, budget: int) -> float:
+        """The rate the gate spends at the last look of a family whose largest task has `budget` items."""
+        looks = 1 if self.first_look is None else len(look_sizes(self.first_look, budget))
+        return look_alpha(self.alpha, looks - 1, looks)
+
+
+@dataclass(frozen=True)
 class PlanRow:
-    """One case's plan: `se` is the se of a pair's change at `n_items` items per task."""
+    """One case's plan: `se` is the se of a pair's change at `n_items` items per task; `alpha` the rate the gate
+    spends at the run's last look, over a Holm family of `family_size` gated cases."""
 
     task: str
     extractor: str
@@ -50,32 +78,37 @@ class PlanRow:
     n_items: int
     margin: float
     se: float
+    alpha: float
+    family_size: int
     detectable: float
     items_for_worsening: float  # math.inf when the worsening is within the margin
     items_to_pass: float
 
 
-def _z(q: float) -> float:
-    from calib_checks.metrics import normal_quantile
-
-    return normal_quantile(q)
-
-
 def plan_row(task: str, extractor: str, metric: str, n_items: int, se: float, margin: float, confidence: float,
-             alpha: float, family_size: int, worsening: float) -> PlanRow:
-    """The plan of one case from the se of a pair's change at `n_items` items (module docstring's formulas)."""
-    z_fail = _z(1.0 - alpha / max(family_size, 1)) + _z(POWER)
-    z_pass = _z((1.0 + confidence) / 2.0) + _z(POWER)
-    detectable = margin + z_fail * se
-    for_worsening = math.inf if worsening <= margin else n_items * (z_fail * se / (worsening - margin)) ** 2
-    return PlanRow(task, extractor, metric, n_items, margin, se, detectable, for_worsening,
+             level: Level, worsening: float, budget: int | None = None) -> PlanRow:
+    """The plan of one case from the se of a pair's change at `n_items` items (module docstring's formulas);
+    `budget`: the items of the family's largest task, which set its looks (default `n_items`)."""
+    budget = n_items if budget is None else budget
+    alpha = level.at(budget)
+
+    def z_fail(items: int) -> float:  # the gate's detectable worsening with margin 0 and se 1: its two z's
+        return detectable_worsening(0.0, 1.0, level.at(items), level.family_size)
+
+    def for_worsening(items: int) -> float:
+        return n_items * (z_fail(items) * se / (worsening - margin)) ** 2
+
+    # The items a worsening needs set the looks, and so the rate of the last: sized at one look's whole rate first,
+    # then at the rate of the looks that many items make (the same when they fit in the first look).
+    needed = math.inf if worsening <= margin else for_worsening(math.ceil(for_worsening(1)))
+    z_pass = normal_quantile(upper_end_quantile(confidence, METRICS[metric].signed)) + normal_quantile(POWER)
+    return PlanRow(task, extractor, metric, n_items, margin, se, alpha, level.family_size,
+                   detectable_worsening(margin, se, alpha, level.family_size), needed,
                    n_items * (z_pass * se / margin) ** 2 if margin > 0 else math.inf)
 
 
 def model_se(metric: str, probs, labels, n_bins: int, n_resamples: int, seed: int) -> tuple[float, float]:
     """(the model's value, its bootstrap se) as the gate resamples it (se inflation included)."""
-    from calib_checks.metrics import paired_bootstrap
-
     boot = paired_bootstrap(metric, probs, probs, labels, n_resamples=n_resamples, seed=seed, n_bins=n_bins)
     alone = boot.contrast(1.0, 0.0)
     return alone.change, alone.se
@@ -83,8 +116,6 @@ def model_se(metric: str, probs, labels, n_bins: int, n_resamples: int, seed: in
 
 def change_se(metric: str, value: float, se: float, rho: float) -> float:
     """The se of a pair's change from one model's se (module docstring)."""
-    from calib_checks.metrics import METRICS
-
     if METRICS[metric].signed and abs(value) < 2.0 * se:
         return se * math.sqrt(2.0 * (1.0 + rho))
     return se * math.sqrt(2.0 * (1.0 - rho))
@@ -105,31 +136,43 @@ def format_plan(rows: Sequence[PlanRow], worsening: float, how: str) -> str:
 
 
 def plan_from_run(run_dir: str | Path, worsening: float) -> list[PlanRow]:
-    """The plan from a previous gate run's own measured standard errors (its gated, judged cases)."""
+    """The plan from a previous gate run's own measured standard errors and levels (its gated, judged cases)."""
     from calib_checks.results import load_results
 
     rows = []
     for case in load_results(run_dir)["cases"]:
         if case["verdict"] in ("pass", "fail", "inconclusive") and case.get("se") is not None:
             rows.append(plan_row(case["task"], case["extractor"], case["metric"], case["n_items"], case["se"],
-                                 case["margin"], case["confidence"], case["alpha"], case["family_size"], worsening))
+                                 case["margin"], case["confidence"], Level(case["alpha"], case["family_size"]),
+                                 worsening))
     if not rows:
         raise PlanError(f"{run_dir}: no judged gated case holds a standard error to plan from")
     return rows
 
 
 def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
-    """The plan from one side's scores (module docstring)."""
-    from calib_checks.cache import ScoreCache
-    from calib_checks.selection import GateOptions, select
-    from calib_checks.sources import SourceContext, open_source
+    """The plan from one side's scores (module docstring), for a pair or a chain of `options.chain` checkpoints."""
+    from dataclasses import replace
 
+    from calib_checks.cache import ScoreCache
+    from calib_checks.selection import Family, GateOptions, select
+    from calib_checks.sources import SourceContext
+    from calib_checks.sources.registry import open_source
+
+    if options.chain < 2:
+        raise PlanError(f"--chain must be 2 (a pair) or more checkpoints, got {options.chain}")
     selection = select(GateOptions(pairs=(f"{side},{side}",), tasks=tuple(options.tasks.split(",")),
                                    extractors=tuple(options.extractors.split(",")),
                                    metrics=tuple(options.metrics.split(",")), thresholds=options.thresholds,
                                    limit=options.limit, seed=options.seed, data_source=options.data_source,
                                    device=options.device, dtype=options.dtype,
-                                   task_files=tuple(options.task_file)))
+                                   task_files=tuple(options.task_file), sequential=not options.full,
+                                   first_look=options.first_look))
+    # The family planned for, expanded into comparisons and cases as the gate expands a pair or a chain (the
+    # side stands for every checkpoint: only their number matters here).
+    family = Family("plan", (side,) * options.chain, "chain" if options.chain > 2 else "pair")
+    selection = replace(selection, families=[family])
+    selection.name_comparisons({})
     o = selection.options
     context = SourceContext(device=o.device, dtype=o.dtype, progress=True, data_source=o.data_source,
                             tasks=selection.tasks,
@@ -144,35 +187,35 @@ def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
 def _plan_rows(source: Source, side: str, selection: Selection, options: argparse.Namespace) -> list[PlanRow]:
     from calib_checks.collect import decide_items
     from calib_checks.data import load_task
-    from calib_checks.sampling import FIRST_LOOK, look_sizes
-    from calib_checks.sequential import look_alpha
 
     o = selection.options
     gated = [(t, e, m) for (t, e, m), rule in selection.rules.items() if rule.gate]
-    rows = []
+    family_size = 1 if selection.policy.family == "case" else sum(
+        selection.rules[(c.task, c.extractor, c.metric)].gate for c in selection.cases())
+    level = Level(selection.policy.alpha, family_size, o.first_look if o.sequential else None)
+    scored = {}
     for task in o.tasks:
         # The items the gate would judge this side on, chosen by the gate's own rule.
         items = decide_items(task, [(side, source)], lambda: load_task(selection.tasks[task],
                                                                        source=o.data_source), o.limit, o.seed)
-        scores = source.scores(task, items.data, items.ids)
-        n = len(scores.records)
-        looks = len(look_sizes(FIRST_LOOK, n))  # the gate's default looks
-        alpha = look_alpha(selection.policy.alpha, looks - 1, looks)
-        for t, extractor, metric in gated:
-            if t != task:
-                continue
-            rule = selection.rules[(t, extractor, metric)]
-            if scores.lacking(extractor):
-                raise PlanError(f"{side} gives no {extractor} scores on {task}; drop it from --extractors")
-            probs = scores.probs(extractor)
-            value, se = model_se(metric, probs, scores.labels(), rule.n_bins, rule.n_resamples, o.seed)
-            rows.append(plan_row(task, extractor, metric, n, change_se(metric, value, se, options.correlation),
-                                 rule.margin(probs.shape[1], value), rule.confidence, alpha, len(gated), options.worsening))
+        scored[task] = source.scores(task, items.data, items.ids)
+    budget = max(len(scores.records) for scores in scored.values())  # the family's looks follow its largest task
+    rows = []
+    for task, extractor, metric in gated:
+        scores = scored[task]
+        rule = selection.rules[(task, extractor, metric)]
+        if scores.lacking(extractor):
+            raise PlanError(f"{side} gives no {extractor} scores on {task}; drop it from --extractors")
+        probs = scores.probs(extractor)
+        value, se = model_se(metric, probs, scores.labels(), rule.n_bins, rule.n_resamples, o.seed)
+        rows.append(plan_row(task, extractor, metric, len(scores.records),
+                             change_se(metric, value, se, options.correlation), rule.margin(probs.shape[1], value),
+                             rule.confidence, level, options.worsening, budget))
     return rows
 
 
 def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
-    from calib_checks.selection import DEFAULT_EXTRACTORS, DEFAULT_METRICS, DEFAULT_TASKS
+    from calib_checks.selection import DEFAULT_EXTRACTORS, DEFAULT_METRICS, DEFAULT_TASKS, GateOptions
 
     parser.add_argument("side", nargs="?", metavar="SIDE",
                         help="one model's scores: a checkpoint, scores:DIR or lm-eval:PATH (the base, usually)")
@@ -181,6 +224,13 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--worsening", type=float, default=0.02, help="the worsening to plan for (default 0.02)")
     parser.add_argument("--correlation", type=float, default=0.0,
                         help="the aligned model's correlation with the base, in [0, 1) (default 0: conservative)")
+    parser.add_argument("--chain", type=int, default=2, metavar="N",
+                        help="checkpoints in the family to plan for: 2 (default) a pair, more a --model-chain, whose "
+                             "steps and whole chain are one Holm family")
+    parser.add_argument("--first-look", type=int, default=GateOptions.first_look, metavar="N",
+                        help=f"items per task at the gate's first look, as --calib-first-look (default "
+                             f"{GateOptions.first_look})")
+    parser.add_argument("--full", action="store_true", help="plan for a gate run with --calib-full (one look)")
     parser.add_argument("--tasks", default=",".join(DEFAULT_TASKS))
     parser.add_argument("--extractors", default=",".join(DEFAULT_EXTRACTORS))
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="the gated ones are planned")
@@ -205,7 +255,9 @@ def run_cli(args: argparse.Namespace) -> int:
         rows, how = plan_from_run(args.from_run, args.worsening), f"the standard errors measured in {args.from_run}"
     else:
         rows = plan_from_scores(args.side, args)
+        family = "a pair" if args.chain == 2 else f"a chain of {args.chain} checkpoints"
         how = (f"{args.side}'s own bootstrap, the aligned model's correlation with it taken as {args.correlation:g}; "
-               "the level of a pair's case at the last sequential look")
+               f"the level of a case of {family} at the gate's last look: alpha {rows[0].alpha:g} over a Holm "
+               f"family of {rows[0].family_size}")
     print(format_plan(rows, args.worsening, how))
     return 0

@@ -28,7 +28,8 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from calib_checks import metrics
 from calib_checks.fileio import atomic_write_text
 from calib_checks.lifecycle import chain_view
-from calib_checks.recalibration import RecalibrationError, TemperatureFit, cross_fit, repair
+from calib_checks.modelview import ModelScores, ece_margin, fmt, fmt_pct, fmt_signed, repair_view
+from calib_checks.recalibration import RecalibrationError, TemperatureFit, cross_fit
 from calib_checks.records import LETTER_MASS_FLOOR, ItemRecord, letter_mass_summary
 from calib_checks.results import (
     REPORT_FILE,
@@ -61,28 +62,6 @@ _HIST_H = 90.0
 # ----------------------------------------------------------------------------------------------- numbers
 
 
-def fmt(value: Any, digits: int = 4) -> str:
-    """A metric value: fixed `digits` decimals; '—' for None/NaN."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    return f"{value:.{digits}f}"
-
-
-def fmt_signed(value: Any, digits: int = 4) -> str:
-    """A change: explicit sign, U+2212 minus so columns align; '—' for None/NaN."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    text = f"{value:+.{digits}f}"
-    return text.replace("-", "\u2212")
-
-
-def fmt_pct(value: Any) -> str:
-    """A relative change (a fraction) as a signed percentage; '—' where undefined (base 0)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "—"
-    return fmt_signed(100.0 * value, 1) + " %"
-
-
 def _rule(rule: dict) -> Rule:
     try:
         return Rule(**rule)
@@ -106,31 +85,6 @@ def fmt_rule(rule: dict, metric: str) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------------------------- records
-
-
-@dataclass
-class ModelScores:
-    """One model's records on one task, as arrays over the items both models of a pair share."""
-
-    ids: list[str]
-    labels: np.ndarray  # (N,) gold index
-    probs: dict[str, np.ndarray]  # extractor -> (N, K) softmax across options, 0 for absent options
-    scores: dict[str, np.ndarray]  # extractor -> (N, K) log-scores, -inf for absent options
-
-
-def _model_scores(records: dict[str, ItemRecord], ids: Sequence[str]) -> ModelScores:
-    """Arrays over `ids` (in that order), padded to the largest option count (as `TaskScores.probs`)."""
-    rows = [records[item_id] for item_id in ids]
-    k_max = max(row.n_options for row in rows)
-    probs, scores = {}, {}
-    for extractor in rows[0].scores:
-        p = np.zeros((len(rows), k_max))
-        s = np.full((len(rows), k_max), -np.inf)
-        for i, row in enumerate(rows):
-            p[i, : len(row.probs[extractor])] = row.probs[extractor]
-            s[i, : len(row.scores[extractor])] = row.scores[extractor]
-        probs[extractor], scores[extractor] = p, s
-    return ModelScores(list(ids), np.array([row.gold for row in rows], dtype=np.int64), probs, scores)
 
 
 def _load_model_records(run_dir: Path, model: str, task: str) -> dict[str, ItemRecord] | None:
@@ -451,16 +405,6 @@ def _n_bins(cases: list[dict], task: str, extractor: str) -> int:
     return DEFAULT_BINS
 
 
-def _ece_margin(cases: list[dict], pair: str, task: str, extractor: str) -> float:
-    """The gate's ECE margin for this pair, task and extractor (what "back to the base" means for `repair`);
-    0.01 (the shipped rule's) where the run did not judge ECE there."""
-    for case in cases:
-        if (case["pair"], case["task"], case["extractor"], case["metric"]) == (pair, task, extractor, "ece"):
-            if case.get("margin") is not None:
-                return float(case["margin"])
-    return 0.01
-
-
 def _option(items: dict | None, item_id: str, index: int) -> str:
     options = (items or {}).get(item_id, {}).get("options") or ()  # sides from score files know no texts
     if index < len(options):
@@ -496,22 +440,6 @@ def _wrong_items(
             )
         )
     return rows
-
-
-REPAIR_CLASS = {"repairable by one temperature": "repairable", "not repairable by one temperature": "deeper",
-                "cannot tell": "unknown"}
-
-
-def repair_view(model: ModelScores, reference: ModelScores, extractor: str, n_bins: int, margin: float) -> dict:
-    """`recalibration.repair` of `model` against `reference`, formatted (or the reason it cannot be fitted)."""
-    try:
-        r = repair(model.scores[extractor], reference.scores[extractor], model.labels, model.ids, margin=margin,
-                   n_bins=n_bins)
-    except RecalibrationError as exc:
-        return {"error": str(exc)}
-    return {"error": None, "verdict": r.verdict, "css": REPAIR_CLASS[r.verdict], "gap": fmt_signed(r.gap),
-            "interval": f"[{r.interval[0]:+.4f}, {r.interval[1]:+.4f}]", "margin": fmt(r.margin),
-            "temperature": fmt(r.temperature, 3), "before": fmt(r.ece_before), "after": fmt(r.ece_after)}
 
 
 def _temperature_view(
@@ -606,7 +534,7 @@ def _pair_task_view(
         )
     if not ids:
         return PairTaskView(task, 0, "the two models' records share no item: diagrams unavailable")
-    base, aligned = _model_scores(base_records, ids), _model_scores(aligned_records, ids)
+    base, aligned = ModelScores.from_records(base_records, ids), ModelScores.from_records(aligned_records, ids)
     items = load_items(run_dir, task)
     labels = {"base": pair["base"], "aligned": pair["aligned"]}
     view = PairTaskView(task, len(ids), note)
@@ -616,7 +544,7 @@ def _pair_task_view(
         view.extractors.append(
             _extractor_view(
                 extractor, base, aligned, labels, _n_bins(cases, task, extractor),
-                _ece_margin(cases, pair["name"], task, extractor), items,
+                ece_margin(cases, pair["name"], task, extractor), items,
             )
         )
     return view
@@ -776,7 +704,7 @@ def build_context(run_dir: Path, results: dict) -> dict:
     ]
     def scores_of(label: str, task: str) -> ModelScores | None:
         records = _load_model_records(run_dir, label, task)
-        return None if not records else _model_scores(records, list(records))
+        return None if not records else ModelScores.from_records(records, list(records))
 
     chains = [chain_view(chain, results["pairs"], cases, tasks, extractors, scores_of,
                          lambda task, extractor: _n_bins(cases, task, extractor))

@@ -13,6 +13,7 @@ It is presentation, like report.py: it reads the run directory and never writes 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,20 @@ _MD_ESCAPED = str.maketrans({c: "\\" + c for c in "\\`*_[]~|"} | {"&": "&amp;", 
                                                                  "@": "@\u2060", "\n": " ", "\r": " "})
 
 
+# GitHub-flavoured markdown also turns bare text into links (the GFM spec's "autolinks (extension)"): "http://" or
+# "https://" and a domain, "www." and a domain, an e-mail address. Each is recognised by those exact characters,
+# so a word joiner (U+2060: invisible, and not whitespace, so no autolink can start after it) inside them leaves
+# plain text: after the colon of "://" (whatever the scheme and its case) and before the dot of "www." (any case).
+# The joiner after every @ (`_MD_ESCAPED`) already breaks an e-mail address's domain. Code spans (`_code`) need
+# none of this: nothing inside one is ever a link.
+_SCHEME = re.compile(r":(?=//)")
+_WWW = re.compile(r"(?i)(?<=www)\.")
+
+
 def _md(text: Any) -> str:
-    """`text` safe as plain text inside a markdown table cell or line (`_MD_ESCAPED`)."""
-    return str(text).translate(_MD_ESCAPED)
+    """`text` safe as plain text inside a markdown table cell or line (`_MD_ESCAPED`), with no autolink in it."""
+    escaped = str(text).translate(_MD_ESCAPED)
+    return _WWW.sub("\u2060.", _SCHEME.sub(":\u2060", escaped))
 
 
 def _code(text: Any) -> str:

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
 
 __all__ = ["POWER", "RUN_VERDICTS", "VERDICTS", "CaseResult", "Decision", "VerdictError", "apply_family",
            "case_from_decision", "detectable_worsening", "error_case", "holm", "judge_arrays", "judge_case",
-           "run_verdict"]
+           "run_verdict", "upper_end_quantile"]
 
 #: A case's verdicts (docs/GATE.md, "Cases and outcomes").
 VERDICTS = ("pass", "fail", "inconclusive", "not-gated", "error")
@@ -256,6 +256,20 @@ SIDES = (("over", 1.0), ("under", -1.0))
 CONTRASTS = (("change", -1.0), ("sum", 1.0))  # base weight relative to the aligned model's
 
 
+def _contrast_level(confidence: float) -> float:
+    """The two-sided confidence of each contrast's interval in `_sign_aware_test`: the two contrasts share the
+    rule's upper tail (Bonferroni), so each interval leaves half of it."""
+    return 1.0 - (1.0 - confidence) / 2.0
+
+
+def upper_end_quantile(confidence: float, signed: bool) -> float:
+    """The normal quantile of the upper end a case passes on (`compared`): the upper end of a two-sided interval
+    at the rule's confidence, ``(1 + confidence) / 2``; for a signed metric, of each contrast's interval at
+    `_contrast_level`, ``1 - (1 - confidence) / 4``. `planning` sizes a pass with it."""
+    level = _contrast_level(confidence) if signed else confidence
+    return 1.0 - (1.0 - level) / 2.0
+
+
 def _sign_aware_test(boot: BootstrapResult, margin: float, rule: Rule) -> _Test:
     """Intersection-union test of H0 "|a| - |b| <= margin" for a signed metric (a = aligned, b = base values).
 
@@ -279,7 +293,7 @@ def _sign_aware_test(boot: BootstrapResult, margin: float, rule: Rule) -> _Test:
     Under a calibrated base the sum binds: it has about twice one model's se, the price of never failing a
     model that moved toward calibration (no valid test of this H0 does much better; docs/GATE.md).
     """
-    level = 1.0 - (1.0 - rule.confidence) / 2.0
+    level = _contrast_level(rule.confidence)
     sides = []  # per side: (p, -estimate, name, binding contrast, its se, estimate, upper end)
     for side, s in SIDES:
         parts = {name: boot.contrast(s, s * base_weight, level) for name, base_weight in CONTRASTS}

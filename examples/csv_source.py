@@ -12,7 +12,7 @@ Registering it is one line in the package that ships it::
     [project.entry-points."calib_checks.sources"]
     csv = "csv_source:CsvSource"
 
-(an in-tree source would instead add one line to `calib_checks.sources.BUILTIN`).
+(an in-tree source would instead add one line to `calib_checks.sources.registry.BUILTIN`).
 """
 
 from __future__ import annotations

@@ -173,6 +173,29 @@ def test_results_md_neutralises_markdown_in_names() -> None:
     assert "a\\|b" in text and "`p'x`" in text
 
 
+def test_results_md_renders_bare_urls_and_www_names_as_plain_text() -> None:
+    """GitHub autolinks a bare "https://..." or "www...." (any case) in a label or message: results.md breaks each
+    with an invisible word joiner, so the page shows the text and links nowhere."""
+    import re
+
+    from calib_checks.summary import render_summary
+    from calib_checks.thresholds import load_thresholds
+    from calib_checks.verdicts import error_case
+
+    label = "https://evil.example/a HTTP://EVIL.example/b ftp://evil.example www.evil.example WWW.Evil.example"
+    rule = load_thresholds(REPO / "thresholds.toml").rule_for("piqa", "choice", "ece")
+    case = error_case(pair="p", base=label, aligned="b", task="piqa", extractor="choice", metric="ece", rule=rule,
+                      message=f"item from http://items.example/{label} could not be judged").to_json()
+    text = render_summary({"verdict": "error", "verdict_reason": f"see {label}", "run_id": "r",
+                           "pairs": [{"name": "p", "base": label, "aligned": "b"}], "chains": [], "cases": [case],
+                           "run": {"selection": {"tasks": ["piqa"]}}})
+    assert not re.search(r"(?i)://|www\.", text), text
+    # Still readable: the same characters with the joiner in them, in the table, the reason and the case line.
+    shown = ("https:\u2060//evil.example/a HTTP:\u2060//EVIL.example/b ftp:\u2060//evil.example "
+             "www\u2060.evil.example WWW\u2060.Evil.example")
+    assert text.count(shown) >= 3 and "http:\u2060//items.example/" in text
+
+
 def test_a_chain_that_returns_to_its_first_checkpoint_is_refused(chain, tmp_path) -> None:
     """base -> sft -> a copy of base: the whole chain compares a checkpoint with itself (it would pass whatever)."""
     import shutil

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,29 +115,66 @@ def _case(pair, task, extractor, metric, verdict, n_items):
             "message": "", "n_items": n_items}
 
 
-def _results(tasks, same="pass", simulated="fail", complete=True, simulated_items=30):
-    """A run as the demo's looks of 30 and 60 items make it: the simulated release decided at the first."""
+def _results(tasks, same="pass", simulated="fail", complete=True, verdict="regression", stopped_at=1):
+    """A results.json as the demo's looks of 30 and 60 items make it: the simulated release decided at look
+    `stopped_at` of 2 (the first, as expected), the precision pair at the last."""
     cases = []
+    items = 30 if stopped_at == 1 else 60
     for task in tasks:
         for extractor in ("continuation-sum", "choice"):
             for metric in ("ece", "overconfidence", "accuracy"):
                 gated = metric != "accuracy"
                 cases.append(_case(demo.SAME_PAIR, task, extractor, metric, same if gated else "not-gated", 60))
                 cases.append(_case(demo.SIMULATED_PAIR, task, extractor, metric, simulated if gated else "not-gated",
-                                   simulated_items))
+                                   items))
     looks = {demo.SAME_PAIR: {"looks": [30, None], "stopped_at": 2, "reason": "every item judged", "items": None},
-             demo.SIMULATED_PAIR: {"looks": [30, None], "stopped_at": 1, "reason": "a case failed", "items": 30}}
-    return {"complete": complete, "cases": cases, "run": {"sequential": {"comparisons": looks}}}
+             demo.SIMULATED_PAIR: {"looks": [30, None], "stopped_at": stopped_at, "reason": "a case failed",
+                                   "items": [30, None][stopped_at - 1]}}
+    return {"complete": complete, "verdict": verdict, "verdict_reason": "why", "cases": cases,
+            "run": {"sequential": {"comparisons": looks}}}
 
 
 def test_check_results_accepts_the_expected_behaviour():
-    problems, summary = demo.check_results(_results(["arc_easy", "piqa"]), ["arc_easy", "piqa"])
-    assert problems == []
-    assert summary["same_gated"] == summary["same_passed"] == 8
-    assert len(summary["expected_caught"]) == 2 * len(demo.EXPECTED_FAILURES) and summary["tasks_caught"] == 2
-    # A precision release whose items cannot tell (inconclusive) is not a failure of the demo.
-    problems, summary = demo.check_results(_results(["piqa"], same="inconclusive"), ["piqa"])
-    assert problems == [] and summary["same_inconclusive"] == 4
+    check = demo.check_results(_results(["arc_easy", "piqa"]), ["arc_easy", "piqa"], pytest_status=1)
+    assert check.problems == []
+    assert check.same_gated == check.same_passed == 8
+    assert len(check.expected_caught) == 2 * len(demo.EXPECTED_FAILURES) and check.tasks_caught == 2
+    # Some precision cases inconclusive (these items cannot tell), some passing: not a failure of the demo.
+    results = _results(["piqa"])
+    for case in results["cases"][:4]:
+        if case["pair"] == demo.SAME_PAIR and case["verdict"] == "pass":
+            case["verdict"] = "inconclusive"
+    check = demo.check_results(results, ["piqa"], 1)
+    assert check.problems == [] and check.same_inconclusive == 2 and check.same_passed == 2
+
+
+def test_a_precision_pair_with_every_gated_case_inconclusive_showed_nothing():
+    check = demo.check_results(_results(["piqa"], same="inconclusive"), ["piqa"], 1)
+    assert check.problems == [demo.SHOWED_NOTHING] and check.same_inconclusive == check.same_gated == 4
+    assert demo.SHOWED_NOTHING == "the precision pair showed nothing: every gated case inconclusive"
+
+
+@pytest.mark.parametrize("status", [0, 2, 3, 4, 5])
+def test_check_results_needs_pytest_to_exit_1(status):
+    check = demo.check_results(_results(["piqa"]), ["piqa"], status)
+    assert check.problems == [f"pytest exited {status}, expected 1 (the simulated release's cases fail)"]
+
+
+@pytest.mark.parametrize("verdict", ["ship", "error", "incomplete", None])
+def test_check_results_needs_the_run_verdict_regression(verdict):
+    results = _results(["piqa"], verdict=verdict)
+    check = demo.check_results(results, ["piqa"], 1)
+    assert check.problems == [f"the run verdict is {verdict!r} (why), expected 'regression'"]
+
+
+def test_check_results_needs_the_simulated_release_decided_before_its_last_look():
+    check = demo.check_results(_results(["piqa"], stopped_at=2), ["piqa"], 1)
+    assert len(check.problems) == 1
+    assert "ended at look 2 of 2" in check.problems[0] and "decided before its last look" in check.problems[0]
+    results = _results(["piqa"])
+    del results["run"]["sequential"]["comparisons"][demo.SIMULATED_PAIR]
+    check = demo.check_results(results, ["piqa"], 1)
+    assert check.problems == [f"pair {demo.SIMULATED_PAIR}: results.json has no record of its sequential looks"]
 
 
 def test_check_results_flags_a_failing_precision_pair_and_a_missed_regression():
@@ -146,37 +182,45 @@ def test_check_results_flags_a_failing_precision_pair_and_a_missed_regression():
     for case in results["cases"]:
         if case["pair"] == demo.SAME_PAIR and case["task"] == "piqa" and case["metric"] == "ece":
             case["verdict"] = "fail"
+        if case["pair"] == demo.SAME_PAIR and (case["task"], case["extractor"], case["metric"]) == (
+                "arc_easy", "choice", "ece"):
+            case["verdict"] = "error"
         if case["pair"] == demo.SIMULATED_PAIR and (case["task"], case["extractor"], case["metric"]) == (
                 "arc_easy", "choice", "overconfidence"):
             case["verdict"] = "inconclusive"
-    problems, summary = demo.check_results(results, ["arc_easy", "piqa"])
-    assert summary["tasks_caught"] == 1 and summary["same_failed"] > 0  # the demo's line says so, too
-    assert any("arc_easy:choice:overconfidence is inconclusive, expected fail" in p for p in problems)
-    assert any(f"{demo.SAME_PAIR}: piqa:continuation-sum:ece is fail" in p for p in problems)
+    check = demo.check_results(results, ["arc_easy", "piqa"], 1)
+    assert check.tasks_caught == 1 and check.same_failed == 3  # the demo's line says so, too
+    assert len(check.problems) == 4, check.problems
+    assert any("arc_easy:choice:overconfidence is inconclusive, expected fail" in p for p in check.problems)
+    assert any(f"{demo.SAME_PAIR}: piqa:continuation-sum:ece is fail" in p for p in check.problems)
+    assert any(f"{demo.SAME_PAIR}: arc_easy:choice:ece is error" in p for p in check.problems)
 
 
 def test_check_results_refuses_a_run_that_gated_nothing_or_did_not_finish():
-    problems, _ = demo.check_results(_results(["piqa"], same="not-gated", simulated="not-gated"), ["piqa"])
-    assert any("no case was gated" in p for p in problems)
-    assert any("piqa:choice:overconfidence is not-gated, expected fail" in p for p in problems)
-    problems, _ = demo.check_results(_results(["piqa"], complete=False), ["piqa"])
-    assert any("not complete" in p for p in problems)
-    problems, _ = demo.check_results(_results(["piqa"]), ["piqa", "hellaswag"])
-    assert any("hellaswag:choice:overconfidence is missing" in p for p in problems)
-    problems, _ = demo.check_results(_results(["piqa"], simulated_items=60), ["piqa"])
-    assert any("the whole budget: a release this far off must be decided at an earlier look" in p for p in problems)
+    check = demo.check_results(_results(["piqa"], same="not-gated", simulated="not-gated"), ["piqa"], 1)
+    assert any("no case was gated" in p for p in check.problems)
+    assert any("piqa:choice:overconfidence is not-gated, expected fail" in p for p in check.problems)
+    check = demo.check_results(_results(["piqa"], complete=False), ["piqa"], 1)
+    assert check.problems == ["results.json is not complete: the gate session did not end normally"]
+    check = demo.check_results(_results(["piqa"]), ["piqa", "hellaswag"], 1)
+    assert check.problems == [f"pair {demo.SIMULATED_PAIR}: case hellaswag:choice:overconfidence is missing from "
+                              "the run"]
+
+
+def test_demo_refuses_a_limit_that_leaves_one_look(capsys):
+    from calib_checks.__main__ import main
+
+    assert main(["demo", "--limit", str(demo.DEMO_FIRST_LOOK)]) == 2
+    assert f"--limit {demo.DEMO_FIRST_LOOK} leaves the gate one sequential look" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_demo_end_to_end_on_one_task(tmp_path):
-    """The real demo command on one task at 30 items (rules gating from 30): exit 0, the report's path last,
-    and results.json shows the precision pair not failing and the simulated release failing its cases."""
-    limit = 30
-    rules = re.sub(r"(?m)^min_items = \d+", f"min_items = {limit}", demo.DEMO_THRESHOLDS.read_text())
-    (tmp_path / "rules.toml").write_text(rules)
+    """The real demo command on one task at its own limit and rules (looks of 30 and 60 items): exit 0, the
+    report's path last, and results.json shows the precision pair not failing and the simulated release failing
+    its cases at its first look."""
     proc = subprocess.run(
-        [sys.executable, "-m", "calib_checks", "demo", "--tasks", "arc_easy", "--limit", str(limit),
-         "--thresholds", str(tmp_path / "rules.toml"), "--report-dir", str(tmp_path / "reports"),
+        [sys.executable, "-m", "calib_checks", "demo", "--tasks", "arc_easy", "--report-dir", str(tmp_path / "reports"),
          "--device", "cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=900, check=False,
     )
@@ -187,8 +231,10 @@ def test_demo_end_to_end_on_one_task(tmp_path):
     report = Path(last.removeprefix("report: "))
     assert report.is_file()
     results = json.loads((report.parent / "results.json").read_text())
+    assert results["verdict"] == "regression"
     verdicts = {(c["pair"], c["extractor"], c["metric"]): c["verdict"] for c in results["cases"]}
     for extractor, metric in demo.EXPECTED_FAILURES:
         assert verdicts[(demo.SIMULATED_PAIR, extractor, metric)] == "fail"
+    assert results["run"]["sequential"]["comparisons"][demo.SIMULATED_PAIR]["stopped_at"] == 1
     assert {v for (pair, *_), v in verdicts.items() if pair == demo.SAME_PAIR} <= {"pass", "inconclusive", "not-gated"}
-    assert any(v in ("pass", "inconclusive") for (pair, *_), v in verdicts.items() if pair == demo.SAME_PAIR)
+    assert any(v == "pass" for (pair, *_), v in verdicts.items() if pair == demo.SAME_PAIR)

@@ -1,5 +1,5 @@
 """The engine behind a checkpoint source: scores through the cache (a hit loads nothing and runs no forward pass,
-more items compute only the new ones) and the `score` CLI."""
+more items compute only the new ones) and the `score` CLI (calib_checks/scorecli.py)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ import pytest
 from calib_checks.__main__ import main
 from calib_checks.cache import ScoreCache
 from calib_checks.data import load_task
-from calib_checks.engine import Scorer, ScorerPool, write_records_jsonl
+from calib_checks.engine import Scorer, ScorerPool
+from calib_checks.scorecli import write_records_jsonl
 from calib_checks.errors import CalibChecksError
 from calib_checks.records import EXTRACTORS, ItemRecord
-from calib_checks.sources import Source, SourceContext, open_source
+from calib_checks.sources import Source, SourceContext
+from calib_checks.sources.registry import open_source
 from calib_checks.sources.cached import CachedSource
 
 REPO = Path(__file__).resolve().parents[1]

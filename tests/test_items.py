@@ -20,17 +20,19 @@ from calib_checks.recompute import recompute_run
 from calib_checks.records import ItemRecord, TaskScores
 from calib_checks.results import ResultsError, RunWriter, load_records
 from calib_checks.sampling import look_sizes, sample_ids
-from calib_checks.sources import SourceContext, open_source
+from calib_checks.sources import SourceContext
+from calib_checks.sources.registry import open_source
 from calib_checks.tasks import get_task
 from tests.test_lmeval import sample_line, write_run
 
 REPO = Path(__file__).resolve().parent.parent
 N_DOCS = 300
-#: Margins no pair of these models comes near, so a comparison runs to its last look.
+#: Margins no pair of these models comes near; `min_items` at the budget keeps a comparison from passing before
+#: its last look (a case under min_items cannot pass), so it runs every look.
 WIDE = """
 [default]
 max_increase = 0.9
-min_items = 60
+min_items = 130
 [metric.accuracy]
 gate = false
 max_increase = 0.9
@@ -97,14 +99,14 @@ def test_two_lmeval_sides_judge_at_each_look_the_items_they_say(tmp_path: Path) 
 
 def test_a_scores_folder_against_a_checkpoint_runs_every_look_without_an_error(tmp_path: Path, wide: Path,
                                                                               tiny_model_dir: Path) -> None:
-    """A `scores:` folder of 150 items (written by `calib_checks score`) against a checkpoint, default looks of
-    100 and 150: no case errors at the interim look, the checkpoint is scored only on each look's items, and
+    """A `scores:` folder of 140 items (written by `calib_checks score`) against a checkpoint, default looks of
+    100 and 140: no case errors at the interim look, the checkpoint is scored only on each look's items, and
     the run's records hold every item used."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
     (data_dir / "piqa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in piqa_rows(0, 400)))
     folder = tmp_path / "tiny-scores"
-    assert main(["score", "--model", str(tiny_model_dir), "--task", "piqa", "--limit", "150", "--data-source",
+    assert main(["score", "--model", str(tiny_model_dir), "--task", "piqa", "--limit", "140", "--data-source",
                  str(data_dir), "--device", "cpu", "--dtype", "float32", "--no-cache",
                  "--out", str(folder / "piqa.jsonl")]) == 0
     outcome = run_gate(options(tmp_path, f"scores:{folder},{tiny_model_dir}:temperature=0.5", data_source=str(data_dir),
@@ -112,14 +114,14 @@ def test_a_scores_folder_against_a_checkpoint_runs_every_look_without_an_error(t
     assert not any(c.verdict == "error" for c in outcome.cases), [c.message for c in outcome.cases]
     run = json.loads(outcome.results_path.read_text())
     (ending,) = run["run"]["sequential"]["comparisons"].values()
-    assert ending["looks"] == [100, 150] and ending["stopped_at"] == 2  # nothing fails under these margins
+    assert ending["looks"] == [100, 140] and ending["stopped_at"] == 2  # nothing fails under these margins
     held = [json.loads(line)["id"] for line in (folder / "piqa.jsonl").read_text().splitlines()]
     checkpoint = next(label for label in run["models"] if label != "tiny-scores")
     run_dir = outcome.results_path.parent
     assert judged_ids(run_dir, "tiny-scores") == judged_ids(run_dir, checkpoint) == set(held)
-    # No rescoring across looks without the user's cache: 150 items forwarded, not 100 + 150.
+    # No rescoring across looks without the user's cache: 140 items forwarded, not 100 + 140.
     computed = [e["computed"] for e in run["run"]["scoring"] if e["model"] == checkpoint]
-    assert sum(computed) == 150 and computed == [100, 50], run["run"]["scoring"]
+    assert sum(computed) == 140 and computed == [100, 40], run["run"]["scoring"]
     assert not (run_dir / ".scores").exists()  # the run's private cache is scratch
     assert recompute_run(run_dir) == (len(outcome.cases), [])
 

@@ -27,7 +27,8 @@ from calib_checks.__main__ import main
 from calib_checks.data import TaskData
 from calib_checks.errors import CalibChecksError
 from calib_checks.recalibration import RecalibrationError, cross_fit, fit_temperature, repair, split_halves
-from calib_checks.report import confidence_histogram, fmt, fmt_signed, reliability_plot, render_report
+from calib_checks.modelview import fmt, fmt_signed
+from calib_checks.report import confidence_histogram, reliability_plot, render_report
 from calib_checks.results import ResultsError, RunWriter, load_results
 from calib_checks.records import EXTRACTORS, ItemRecord, ScoreStats, TaskScores
 from calib_checks.tasks import Item

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from calib_checks.gate import Gate, run_gate
-from calib_checks.sources import BUILTIN, SourceContext, SourceError, distinct_labels, open_source, registry
+from calib_checks.sources import SourceContext, SourceError, distinct_labels
+from calib_checks.sources.registry import BUILTIN, open_source, registry
 from calib_checks.sources.scorefolder import ScoreFolderSource
 from tests.test_gate import EXTRACTORS, REPO, options, score_dirs, write_scores  # noqa: F401 (a fixture)
 

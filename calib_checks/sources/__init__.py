@@ -1,30 +1,19 @@
 """Score sources: where one side of a comparison gets its scores, behind one interface.
 
 A side of a gate pair is a text such as ``meta-llama/Meta-Llama-3-8B``, ``scores:runs/llama/base`` or
-``lm-eval:out/base``. `open_source` finds the source class by the text's prefix in the registry and opens it; the
-gate then asks every source the same questions (`Source`) and never branches on what kind it is.
+``lm-eval:out/base``. `sources.registry.open_source` finds the source class by the text's prefix and opens it;
+the gate then asks every source the same questions (`Source`) and never branches on what kind it is.
 
-The registry (`registry()`): the built-in sources, `BUILTIN` (prefix -> "module:Class"), plus every entry point
-of the group ``calib_checks.sources`` that installed packages declare, the way pytest finds plugins; the entry
-point's name is the prefix without its colon::
-
-    # a third party's pyproject.toml: sides written vllm:...
-    [project.entry-points."calib_checks.sources"]
-    vllm = "my_package.vllm_source:VllmSource"
-
-A text with no registered prefix is a checkpoint (`sources.checkpoint`). Adding a source is one file (a `Source`
-subclass) plus one registry line: docs/ARCHITECTURE.md, "Adding a score source", walks through
-examples/csv_source.py, which tests/test_sources.py runs through the whole gate.
-
-Sources that compute their scores from a deterministic model (`Source.cacheable`) are wrapped in
-`sources.cached.CachedSource` by `open_source`, which gives them the score cache: records are stored per item and
-reused by any later run that asks for the same items of the same source.
+This package's ``__init__`` is the interface only (`Source`, `SourceContext`, `SourceError`, labels) and imports
+none of its submodules: every source module imports it (a submodule runs its package's ``__init__`` first), so
+an import the other way would be a cycle. The registry of prefixes and `open_source`, which load the sources,
+are in `sources.registry`. Adding a source is one file (a `Source` subclass) plus one registry line:
+docs/ARCHITECTURE.md, "Adding a score source", walks through examples/csv_source.py, which tests/test_sources.py
+runs through the whole gate.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,19 +30,7 @@ if TYPE_CHECKING:
     from calib_checks.records import TaskScores
     from calib_checks.tasks import TaskSpec
 
-__all__ = ["BUILTIN", "ENTRY_POINT_GROUP", "Source", "SourceContext", "SourceError", "distinct_labels",
-           "open_source", "registry", "safe_label"]
-
-#: Built-in sources by prefix: "module:Class". A new in-tree source is one line here.
-BUILTIN: dict[str, str] = {
-    "scores:": "calib_checks.sources.scorefolder:ScoreFolderSource",
-    "lm-eval:": "calib_checks.sources.lmeval:LmEvalSource",
-}
-#: The entry-point group through which installed packages register sources (name = the prefix without ':').
-ENTRY_POINT_GROUP = "calib_checks.sources"
-_CHECKPOINT = "calib_checks.sources.checkpoint:CheckpointSource"
-_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
-
+__all__ = ["Source", "SourceContext", "SourceError", "distinct_labels", "safe_label"]
 
 class SourceError(CalibChecksError):
     """A side that cannot be opened or scored as written (one line: what is wrong and what to do)."""
@@ -169,48 +146,6 @@ class Source(ABC):
 def safe_label(text: str) -> str:
     """`text` as a filesystem-safe label: letters, digits and ``._@+-``, at most 100 characters."""
     return re.sub(r"[^A-Za-z0-9._@+-]", "_", text).lstrip("._")[:100] or "model"
-
-
-def _load(target: str, where: str) -> type[Source]:
-    module, _, name = target.partition(":")
-    try:
-        cls = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise SourceError(f"score source {target!r} ({where}) cannot be imported: {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, Source)):
-        raise SourceError(f"score source {target!r} ({where}) is not a calib_checks.sources.Source subclass")
-    return cls
-
-
-def registry() -> dict[str, str]:
-    """Prefix -> "module:Class" of every registered source: `BUILTIN`, then the ``calib_checks.sources`` entry
-    points of installed packages (which cannot replace a built-in prefix)."""
-    found = dict(BUILTIN)
-    for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        if not _NAME.match(entry.name):
-            raise SourceError(f"entry point {entry.name!r} of group {ENTRY_POINT_GROUP} ({entry.value}) is not a "
-                              "prefix name like 'vllm' (lower-case letters, digits and '-'; sides are then vllm:...)")
-        prefix = f"{entry.name}:"
-        if prefix in BUILTIN:
-            raise SourceError(f"entry point {entry.value!r} claims the built-in prefix {prefix!r}; rename it")
-        found[prefix] = entry.value
-    return found
-
-
-def open_source(text: str, context: SourceContext) -> Source:
-    """The source a side's text names: the registered prefix it starts with (the longest), else a checkpoint.
-
-    Raises `SourceError` (or the source's own `CalibChecksError`) when the text cannot be opened.
-    """
-    prefixes = registry()
-    prefix = max((p for p in prefixes if text.startswith(p)), key=len, default=None)
-    cls = _load(prefixes[prefix], f"prefix {prefix}") if prefix else _load(_CHECKPOINT, "checkpoints")
-    source = cls(text, context)
-    if context.cache is not None and source.cacheable:
-        from calib_checks.sources.cached import CachedSource
-
-        return CachedSource(source, context.cache)
-    return source
 
 
 def distinct_labels(sources: Iterable[Source]) -> dict[str, str]:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from calib_checks.errors import CalibChecksError
-from calib_checks.sources import Source, SourceContext, distinct_labels, open_source, safe_label
+from calib_checks.sources import Source, SourceContext, distinct_labels, safe_label
+from calib_checks.sources.registry import open_source
 
 
 @dataclass
