@@ -9,7 +9,12 @@ Specs that differ only in temperature (``X`` and ``X:temperature=0.5``: same wei
 only in the output head (`scoring.score_temperatures`), so the Scorers a `ScorerPool` hands out for them share one
 loaded model and one forward-pass counter: the first of them asked for some items scores them at every
 temperature of the pool in one forward pass and keeps the others' records, item by item, until those siblings
-ask (and are then served without a pass). The gate uses one pool per run. Processes do not share these kept
+ask (and are then served without a pass). The gate uses one pool per run.
+
+Every model load is checked before it scores (`selfcheck.run_self_check`, unless ``self_check=False``): a few
+items of its first task scored by the run's path and by a plain reference; a path that disagrees is replaced by
+the next that agrees (another attention implementation, then unpacked rows) and the outcome goes into every
+`EngineStats` the load computes (``self_checks``), so the score cache, results.json and the report keep it. Processes do not share these kept
 records: under pytest-xdist two workers may each run a pass for two temperatures of one model.
 
 The `score` subcommand: `python -m calib_checks score --model SPEC --task TASK[,TASK...] --out FILE` writes,
@@ -31,11 +36,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from calib_checks.errors import CalibChecksError
 from calib_checks.fileio import atomic_write_bytes
 from calib_checks.progress import Progress
+from calib_checks.records import SelfCheck
 from calib_checks.models import (
     ATTENTION_CHOICES,
     LoadedModel,
     ModelLoadError,
     ModelSpec,
+    attention_order,
     load_model,
     model_identity,
     parse_model_spec,
@@ -56,6 +63,9 @@ class _Shared:
     temperatures: list[float] = field(default_factory=list)
     model: LoadedModel | None = None
     forward_calls: int = 0
+    # The loaded model's self-check and the row budget it settled on (None: the device's; 1: unpacked rows).
+    check: SelfCheck | None = None
+    row_tokens: int | None = None
     kept: dict[tuple[float, str], dict[str, tuple[str, ItemRecord]]] = field(default_factory=dict)
     kept_stats: dict[tuple[float, str], EngineStats] = field(default_factory=dict)
 
@@ -64,8 +74,10 @@ class Scorer:
     """Scores items with one checkpoint, loading it on first use.
 
     `forward_calls` counts forward passes through the model's decoder (every scoring batch and the output-head
-    probe); `loaded` says whether the weights are in memory. Both stay at 0 / False until `score` runs. Scorers
-    from one `ScorerPool` that differ only in temperature share both (one model in memory, one count).
+    probe, the self-check's included); `loaded` says whether the weights are in memory. Both stay at 0 / False
+    until `score` runs. Scorers from one `ScorerPool` that differ only in temperature share both (one model in
+    memory, one count). ``self_check=False`` scores without checking the path (for benchmarking): the stats then
+    record the check as ``"off"``.
     """
 
     def __init__(
@@ -77,6 +89,7 @@ class Scorer:
         trust_remote_code: bool = False,
         progress: bool | Progress = True,
         attention: str = "auto",
+        self_check: bool = True,
     ) -> None:
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.device = device
@@ -85,6 +98,7 @@ class Scorer:
         self.trust_remote_code = trust_remote_code
         self.progress = progress
         self.attention = attention
+        self.self_check = self_check
         self._identity: dict | None = None
         self._stack: dict | None = None
         self._shared = _Shared([self.spec.temperature])
@@ -147,7 +161,7 @@ class Scorer:
         for key in [k for k in shared.kept if k[0] == own]:
             del shared.kept[key], shared.kept_stats[key]
         if not shared.temperatures:
-            shared.model = None
+            shared.model, shared.check, shared.row_tokens = None, None, None  # a new load is checked anew
 
     def score(self, task_data: TaskData) -> tuple[list[ItemRecord], EngineStats]:
         """Score every item of `task_data` at this spec's temperature: from records a sibling temperature's pass
@@ -175,18 +189,48 @@ class Scorer:
         return results[own]
 
     def _pass(self, task_data: TaskData, temperatures: list[float]) -> dict[float, tuple[list[ItemRecord], EngineStats]]:
+        """One forward pass over `task_data` at every temperature, through a checked path (the load's first pass
+        checks it); every temperature's stats carry the check."""
         from calib_checks.scoring import score_temperatures
 
-        if not isinstance(self.progress, Progress):
-            return score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
-                                      progress=self.progress)
-        others = ", ".join(f"{t:g}" for t in temperatures[1:])
-        also = f" (+ temperature{'s' if len(temperatures) > 2 else ''} {others})" if others else ""
-        self.progress.start(f"{self.label}{also} on {task_data.task}", len(task_data.items))
-        results = score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
-                                     progress=lambda done, total: self.progress.update(done))
-        self.progress.finish("scored")
-        return results
+        report = isinstance(self.progress, Progress)
+        if report:
+            others = ", ".join(f"{t:g}" for t in temperatures[1:])
+            also = f" (+ temperature{'s' if len(temperatures) > 2 else ''} {others})" if others else ""
+            self.progress.start(f"{self.label}{also} on {task_data.task}", len(task_data.items))
+        progress = (lambda done, total: self.progress.update(done)) if report else self.progress
+
+        def scored() -> dict[float, tuple[list[ItemRecord], EngineStats]]:
+            return score_temperatures(self.model, task_data.items, temperatures, self.batch_size, progress=progress,
+                                      row_tokens=self._shared.row_tokens)
+
+        check = self._checked(task_data)
+        results = scored()
+        ran, packed = next(iter(results.values()))[1].attention, self._shared.row_tokens != 1
+        if not self.self_check:
+            check = SelfCheck(status="off", kernel=ran, packed=packed)
+        elif check is not None and ran != check.kernel:
+            # Flex attention raised mid-pass and scoring went on through sdpa (scoring.py): check that path now,
+            # and score again where it fails its check.
+            self._shared.check = None
+            check = self._checked(task_data)
+            if (check.kernel, check.packed) != (ran, packed):
+                results = scored()
+        if report:
+            self.progress.finish("scored")
+        checks = () if check is None else (check,)
+        return {t: (records, replace(stats, self_checks=checks)) for t, (records, stats) in results.items()}
+
+    def _checked(self, task_data: TaskData) -> SelfCheck | None:
+        """The loaded model's self-check, run on `task_data`'s first items when this load has none yet (None when
+        checks are off, or no item was ever asked for)."""
+        from calib_checks.selfcheck import run_self_check
+
+        shared = self._shared
+        if self.self_check and shared.check is None and task_data.items:
+            shared.check, shared.row_tokens = run_self_check(
+                self.model, task_data.items, attention_order(self.device, self.attention), self.batch_size)
+        return shared.check
 
 
 class ScorerPool:
@@ -252,6 +296,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
                         help="auto (flex_attention block masks on CUDA where the model has them, else a dense "
                         "mask through sdpa), flex or dense")
+    parser.add_argument("--no-self-check", action="store_true",
+                        help="score without first checking the scoring path against a plain reference (benchmarking)")
     parser.add_argument("--batch-size", type=_batch_size, default="auto", metavar="B", help="auto or rows per batch")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (trust it)")
@@ -292,6 +338,7 @@ def _score_line(label: str, task_data: TaskData, scores: TaskScores, calls: int,
         return head
     when = "when computed: " if stats.cache == "hit" else ""
     attention = engine.attention + (f" (flex failed: {engine.attention_fallback})" if engine.attention_fallback else "")
+    attention += "".join(f"; {check.describe()}" for check in engine.self_checks)
     other = engine.seconds - sum(getattr(engine, f"seconds_{p}") for p in _PHASES)
     return (
         f"{head}; {when}tokens {engine.tokens_forwarded} forwarded, {engine.tokens_padded} padded, lower bound "
@@ -324,6 +371,7 @@ def run_cli(args: argparse.Namespace) -> int:
     # Every task's items first, so that a bad task fails before the model loads.
     datas = [load_task(tasks[name], source=args.data_source, limit=args.limit, seed=args.seed) for name in names]
     context = SourceContext(device=args.device, dtype=args.dtype, attention=args.attention,
+                            self_check=not args.no_self_check,
                             batch_size=args.batch_size, trust_remote_code=args.trust_remote_code, progress=True,
                             tasks=tasks)
     checkpoint = CheckpointSource(args.model, context, revision=args.revision)

@@ -93,8 +93,9 @@ if TYPE_CHECKING:
     from calib_checks.tasks import Item
 
 # Bump when a change alters any number written into a record: the result cache's key includes it.
-SCORING_VERSION = "4"  # 2: records carry letter_mass; 3: packed rows, shared prompt prefixes, timing stats;
-# 4: the output head in float32 for bf16 / fp16 models
+SCORING_VERSION = "5"  # 2: records carry letter_mass; 3: packed rows, shared prompt prefixes, timing stats;
+# 4: the output head in float32 for bf16 / fp16 models; 5: the stats carry the self-check (selfcheck.py): the numbers
+# are the same, but a cached score from before cannot say which path made it, so it is scored again
 
 # Rows * longest row per batch when batch_size="auto"; halved on out-of-memory. Tokens per packed row (a longer
 # sequence gets a row of its own): the dense mask makes attention cost grow with the square of the row length,

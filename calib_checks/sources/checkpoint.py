@@ -43,7 +43,8 @@ class CheckpointSource(Source):
 
             c = self.context
             self._scorer = Scorer(self.spec, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
-                                  trust_remote_code=c.trust_remote_code, progress=c.progress, attention=c.attention)
+                                  trust_remote_code=c.trust_remote_code, progress=c.progress, attention=c.attention,
+                                  self_check=c.self_check)
         return self._scorer
 
     @property
