@@ -58,7 +58,9 @@ Attention: the mask rule is one function (`_visibility`). With sdpa / eager it i
 ``[batch, 1, seq, seq]`` mask; with ``flex_attention`` (`models.attention_order`: the default on CUDA where a
 model class has it) it becomes a `BlockMask`, so the kernel skips the blocks no query of a packed row sees and
 no dense mask is built. Where the flex kernel fails (it compiles on first use), the run warns, records
-``attention_fallback`` and goes on through sdpa. Flex runs on CUDA only (`models.attention_order` says why).
+``attention_fallback`` and goes on through sdpa. Flex runs on CUDA only (`models.attention_order` says why). A
+kernel or mask that is wrong without raising is caught by the engine's self-check (calib_checks/selfcheck.py),
+which compares a few items per model load with a plain reference before `engine.Scorer` scores with this path.
 The KV-cache alternative (forward the context, then the options against its cache) needs a second forward per
 batch and a cache expanded per option; the packed row gets the same sharing in one call and batches freely.
 """

@@ -9,8 +9,9 @@ An exception was the only fallback before.
 
 The reference (`reference_records`) is the run's own token trees (`scoring._Plan`: the same tokenisation, BOS,
 truncation and chat template) un-treed: every option's sequence (its context, then the option's tokens but the
-last) and every lettered prompt forwarded alone, one sequence per forward, nothing padded, no mask of the
-engine's: the model's own causal mask (sliding windows included) and position ids, through eager attention
+last) and every lettered prompt a sequence of its own (several a forward, right-padded: under a causal mask no
+token sees the padding after it), no mask of the engine's: the model's own causal mask (sliding windows
+included) and position ids, through eager attention
 (plain matmuls and a softmax in torch), with float32 weights where memory allows (`_float32`). Its output head is
 the engine's float32 head (`scoring._head_logits`), which `scoring._check_output_head` compares with the model's
 own logits at every scoring call. So the reference shares the tokenisation and the head with the path, never its
@@ -72,6 +73,8 @@ if TYPE_CHECKING:
 
 # Items per check: the reference forwards each of their contexts once per option (module docstring).
 CHECK_ITEMS = 4
+# Padded tokens (rows * longest) per forward of the reference.
+_REFERENCE_BATCH_TOKENS = 512
 # Free memory the float32 weights may take, as a share of what the device has free (the rest is for activations).
 _UPCAST_SHARE = 0.5
 
@@ -226,27 +229,41 @@ def reference_records(model: LoadedModel, items: Sequence[Item]
     from calib_checks.scoring import _head_logits, _Plan
 
     plan = _Plan(model, items)
-    decoder = model.model.get_decoder()
+    # Per option of every branch of every segment: its plain sequence (the branch's prefix, then the option's
+    # tokens but the last) and where the prefix ends. The letters of a prompt share one sequence.
+    options = [[[(tuple(segment.trunk + branch.body + target[:-1]), len(segment.trunk + branch.body), target)
+                 for target in branch.targets] for branch in segment.branches] for segment in plan.segments]
+    sequences = sorted({ids for per_segment in options for per_branch in per_segment for ids, _, _ in per_branch},
+                       key=len, reverse=True)
+    hidden: dict[tuple[int, ...], torch.Tensor] = {}
     z = 0.0
     with _float32(model) as upcast, _eager(model), torch.inference_mode():
-        for segment in plan.segments:
-            per_branch = []
-            for branch in segment.branches:
-                prefix = segment.trunk + branch.body
-                hidden: dict[tuple[int, ...], torch.Tensor] = {}  # the letters of a prompt share one sequence
+        decoder = model.model.get_decoder()
+        start = 0
+        while start < len(sequences):
+            # Several sequences a forward, right-padded and without an attention mask: under the model's causal
+            # mask no real token sees the padding after it, so nothing of the engine's masks is needed (packing
+            # would need them). One sequence a forward took 2-5x longer on SmolLM2 on CPU.
+            width = len(sequences[start])
+            batch = sequences[start : start + max(1, _REFERENCE_BATCH_TOKENS // width)]
+            ids = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, sequence in enumerate(batch):
+                ids[row, : len(sequence)] = torch.tensor(sequence)
+            out = decoder(input_ids=ids.to(model.input_device), use_cache=False).last_hidden_state
+            hidden.update({sequence: out[row, : len(sequence)] for row, sequence in enumerate(batch)})
+            start += len(batch)
+        for segment, per_segment in zip(plan.segments, options):
+            values = []
+            for per_branch in per_segment:
                 per_option = []
-                for target in branch.targets:
-                    ids = tuple(prefix + target[:-1])
-                    if ids not in hidden:
-                        out = decoder(input_ids=torch.tensor([ids], device=model.input_device), use_cache=False)
-                        hidden[ids] = out.last_hidden_state[0]
-                    # Position len(prefix) - 1 predicts the option's first token, each of its tokens the next.
-                    logits = _head_logits(model, hidden[ids][len(prefix) - 1 : len(prefix) - 1 + len(target)])
+                for ids, prefix, target in per_branch:
+                    # Position prefix - 1 predicts the option's first token, each of its tokens the next.
+                    logits = _head_logits(model, hidden[ids][prefix - 1 : prefix - 1 + len(target)])
                     z = max(z, float(logits.abs().max()))
                     picked = logits[torch.arange(len(target)), torch.tensor(target, device=logits.device)]
                     per_option.append((picked - torch.logsumexp(logits, dim=-1)).tolist())
-                per_branch.append(per_option)
-            plan.store(segment, [per_branch])
+                values.append(per_option)
+            plan.store(segment, [values])
     weights = "float32" if upcast is not False else f"{_dtype_text(model.dtype)} (no memory for float32 weights)"
     described = f"eager attention with the model's causal mask, one sequence per option, {weights}"
     return plan.records(model.label), z, described, upcast
