@@ -4,9 +4,10 @@ entry) is replaced by the next that agrees, with a warning, and the records are 
 nothing is scored. Real forward passes of the tiny models built in the tests; tests/test_cuda.py runs the same
 check on a GPU (flex attention, bf16).
 
-Measured on the tiny Llama in float32 on CPU (2026-12-05, Xeon): the largest difference between the packed sdpa
-path and the reference is 1.9e-6, 0.13 of the float32 tolerance (7.7e-6 per token); in bf16 0.14 of the bf16
-floor. On SmolLM2 in float32, 0.013-0.028 of the tolerance on the first four items of each of the five tasks.
+Measured on the tiny Llama in float32 on CPU (2026-12-08, a 2-core AMD EPYC, AVX2): the largest difference
+between the packed sdpa path and the reference is 1.9e-6, 0.13 of the float32 tolerance (7.7e-6 per token); in
+bf16 0.14 of the bf16 floor. On SmolLM2 in float32, 0.009-0.027 of the tolerance on the first four items of each
+of the five tasks (bench/RESULTS.md, "The self-check's cost").
 """
 
 from __future__ import annotations
