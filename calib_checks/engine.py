@@ -9,13 +9,13 @@ Specs that differ only in temperature (``X`` and ``X:temperature=0.5``: same wei
 only in the output head (`scoring.score_temperatures`), so the Scorers a `ScorerPool` hands out for them share one
 loaded model and one forward-pass counter: the first of them asked for some items scores them at every
 temperature of the pool in one forward pass and keeps the others' records, item by item, until those siblings
-ask (and are then served without a pass). The gate uses one pool per run.
+ask (and are then served without a pass). The gate uses one pool per run. Processes do not share these kept
+records: under pytest-xdist two workers may each run a pass for two temperatures of one model.
 
 Every model load is checked before it scores (`selfcheck.run_self_check`, unless ``self_check=False``): a few
 items of its first task scored by the run's path and by a plain reference; a path that disagrees is replaced by
 the next that agrees (another attention implementation, then unpacked rows) and the outcome goes into every
-`EngineStats` the load computes (``self_checks``), so the score cache, results.json and the report keep it. Processes do not share these kept
-records: under pytest-xdist two workers may each run a pass for two temperatures of one model.
+`EngineStats` the load computes (``self_checks``), so the score cache, results.json and the report keep it.
 
 The `score` subcommand: `python -m calib_checks score --model SPEC --task TASK[,TASK...] --out FILE` writes,
 per task, one JSON object per item (data set order): `id`, `gold`, `n_options`, `scores` and `probs` (each
