@@ -228,10 +228,11 @@ def sequential_graphical_test(p_by_look: np.ndarray | Sequence[Sequence[float]],
 PASSING = ("holm", "matched")
 
 
-def pooled_design(cases: Sequence[tuple[str, str, str]], pooled_weight: float, passing: str = "matched", *,
+def pooled_design(cases: Sequence[tuple[Hashable, ...]], pooled_weight: float, passing: str = "matched", *,
                   pooled_task: str = "pooled") -> Graph:
     """The graph of a family of pooled and per-task cases, each case a (task, extractor, metric) key, pooled
-    cases having ``task == pooled_task``.
+    cases having ``task == pooled_task``. A key may carry a prefix, (..., task, extractor, metric), e.g. the
+    comparison of a chain: partners (below) then also share the prefix.
 
     Initial weights: the pooled cases share `pooled_weight` equally, the per-task cases ``1 - pooled_weight``
     (all of it goes to the group that exists when the other is empty). Passing-on rules:
@@ -250,8 +251,10 @@ def pooled_design(cases: Sequence[tuple[str, str, str]], pooled_weight: float, p
     keys = [tuple(c) for c in cases]
     if len(set(keys)) != len(keys):
         raise ValueError("a case appears twice in the family")
+    if any(len(k) < 3 for k in keys):
+        raise ValueError("a case key is (..., task, extractor, metric)")
     m = len(keys)
-    pooled = np.array([k[0] == pooled_task for k in keys])
+    pooled = np.array([k[-3] == pooled_task for k in keys])
     n_pooled, n_task = int(pooled.sum()), int((~pooled).sum())
     share_pooled = pooled_weight if n_task else 1.0
     share_task = (1.0 - pooled_weight) if n_pooled else 1.0
@@ -262,8 +265,8 @@ def pooled_design(cases: Sequence[tuple[str, str, str]], pooled_weight: float, p
         if w[others].sum() > 0:
             g[i, others] = w[others] / w[others].sum()
         if passing == "matched":
-            _, e, metric = keys[i]
-            partners = [j for j, k in enumerate(keys) if j != i and k[1] == e and k[2] == metric
+            prefix, block = keys[i][:-3], keys[i][-2:]
+            partners = [j for j, k in enumerate(keys) if j != i and k[:-3] == prefix and k[-2:] == block
                         and pooled[j] != pooled[i]]
             if partners:
                 g[i, :] = 0.0

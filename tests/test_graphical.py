@@ -119,6 +119,15 @@ def test_pooled_design_weights_and_passing() -> None:
         pooled_design(CASES, 0.3, "other")
 
 
+def test_pooled_design_of_a_chain_keeps_partners_within_a_comparison() -> None:
+    keys = [(c, *k) for c in ("1-2", "2-3", "1-3") for k in CASES]
+    g = pooled_design(keys, 0.3)
+    assert g.weights.sum() == pytest.approx(1.0)
+    assert g.weights[0] == pytest.approx(0.3 / 12)
+    row = g.transitions[keys.index(("2-3", "pooled", "sum", "ece"))]
+    assert {keys[j] for j in np.flatnonzero(row)} == {("2-3", t, "sum", "ece") for t in ("a", "b", "c")}
+
+
 def test_sequential_levels_and_stop_at_first() -> None:
     sizes = [100, 200, 400, 500]
     graph = holm_graph(3)

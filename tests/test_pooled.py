@@ -177,3 +177,16 @@ def test_cluster_index_is_shared_with_the_per_task_bootstrap() -> None:
     assert metrics._cluster_index(None, 3) == (None, None)
     with pytest.raises(MetricInputError, match="one label per item"):
         metrics._cluster_index(np.array([1, 2]), 3)
+
+
+def test_pooled_p_values_are_sane_under_null_and_damage() -> None:
+    """A coarse Monte Carlo check of the whole pooled test (stratified bootstrap, margin, decision): on equally
+    calibrated pairs the pooled ECE and over-confidence p-values rarely fall under 0.05 (nominal: at most 5 %;
+    the bound here only catches a broken test), and a T = 0.7 sharpening makes them small nearly always."""
+    tasks = ("hellaswag", "piqa", "arc_easy")
+    for scenario, n, check in (("equal-rho0.9", 200, lambda share: share <= 0.15),
+                               ("T0.7", 400, lambda share: share >= 0.6)):
+        for metric in ("ece", "overconfidence"):
+            p = [judge_pooled(groups_of(scenario, n, seed=100 + r, tasks=tasks), metric, RULE, seed=r).p_value
+                 for r in range(30)]
+            assert check(np.mean(np.array(p) <= 0.05)), (scenario, metric, sorted(p)[:5])
