@@ -823,6 +823,24 @@ def _resolve_metric(metric: str | Callable[..., float]) -> tuple[str, _Prepare |
     return getattr(metric, "__name__", repr(metric)), None, metric, False
 
 
+def _cluster_index(clusters: ArrayLike | None, n_items: int) -> tuple[np.ndarray | None, int | None]:
+    """(index of each item's cluster among the sorted distinct labels, number of clusters), or (None, None)
+    without clusters; MetricInputError for a wrong shape, incomparable labels or a single cluster."""
+    if clusters is None:
+        return None, None
+    c = np.asarray(clusters)
+    if c.shape != (n_items,):
+        raise MetricInputError(f"clusters must have one label per item, shape ({n_items},), got {c.shape}")
+    try:
+        _, cluster_of = np.unique(c, return_inverse=True)
+    except TypeError as exc:
+        raise MetricInputError(f"cluster labels must be mutually comparable (one type): {exc}") from None
+    n_clusters = int(cluster_of.max()) + 1
+    if n_clusters < 2:
+        raise MetricInputError("clusters hold a single cluster; a cluster bootstrap needs at least 2")
+    return cluster_of.reshape(-1), n_clusters
+
+
 def paired_bootstrap(
     metric: str | Callable[..., float],
     base_probs: ArrayLike,
@@ -869,19 +887,7 @@ def paired_bootstrap(
     inflation = METRICS[name].se_inflation if preparer is not None else 1.0
 
     n_items, n_classes = base.shape
-    cluster_of: np.ndarray | None = None
-    n_clusters: int | None = None
-    if clusters is not None:
-        c = np.asarray(clusters)
-        if c.shape != (n_items,):
-            raise MetricInputError(f"clusters must have one label per item, shape ({n_items},), got {c.shape}")
-        try:
-            _, cluster_of = np.unique(c, return_inverse=True)
-        except TypeError as exc:
-            raise MetricInputError(f"cluster labels must be mutually comparable (one type): {exc}") from None
-        n_clusters = int(cluster_of.max()) + 1
-        if n_clusters < 2:
-            raise MetricInputError("clusters hold a single cluster; a cluster bootstrap needs at least 2")
+    cluster_of, n_clusters = _cluster_index(clusters, n_items)
 
     def prepare(probs: np.ndarray) -> _Evaluate:
         if preparer is not None:

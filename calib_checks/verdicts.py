@@ -52,8 +52,8 @@ if TYPE_CHECKING:
     from calib_checks.records import TaskScores
 
 __all__ = ["POWER", "RUN_VERDICTS", "VERDICTS", "CaseResult", "Decision", "VerdictError", "apply_family",
-           "case_from_decision", "detectable_worsening", "error_case", "holm", "judge_arrays", "judge_case",
-           "run_verdict", "upper_end_quantile"]
+           "case_from_decision", "decide", "detectable_worsening", "error_case", "holm", "judge_arrays",
+           "judge_case", "run_verdict", "upper_end_quantile"]
 
 #: A case's verdicts (docs/GATE.md, "Cases and outcomes").
 VERDICTS = ("pass", "fail", "inconclusive", "not-gated", "error")
@@ -319,17 +319,25 @@ def judge_arrays(base_probs: np.ndarray, aligned_probs: np.ndarray, labels: np.n
     over-confidence) the change of its absolute value, judged by ``_sign_aware_test``.
     Raises `metrics.MetricInputError` (a ValueError) for invalid inputs (NaN, rows far from summing to 1, ...).
     """
-    higher_is_worse = _metric(metric)
+    _metric(metric)
     boot = paired_bootstrap(metric, base_probs, aligned_probs, labels, n_resamples=rule.n_resamples,
                             confidence=rule.confidence, seed=seed, n_bins=rule.n_bins)
     n_options = int(np.shape(base_probs)[1])
+    return decide(boot, metric, rule, rule.margin(n_options, boot.base_value), n_options,
+                  max_change(metric, n_options), alpha=alpha)
+
+
+def decide(boot: BootstrapResult, metric: str, rule: Rule, margin: float, n_options: int, limit: float, *,
+           alpha: float = BUILTIN_POLICY.alpha) -> Decision:
+    """The `Decision` of one case, alone in its family, from its paired bootstrap (`judge_arrays`; also a pooled
+    case's, calib_checks/pooled.py): `margin` is the case's effective margin, `limit` the largest worsening the
+    metric can show on its items (a gated margin at or above it is an error), `n_options` the K reported."""
+    higher_is_worse = _metric(metric)
     lo, hi = boot.interval(rule.interval)
-    margin = rule.margin(n_options, boot.base_value)
     test = (_sign_aware_test(boot, margin, rule) if METRICS[metric].signed
             else _directed_test(boot, margin, rule, higher_is_worse))
     too_few = boot.n_items < rule.min_items
     problem = None
-    limit = max_change(metric, n_options)
     if rule.gate and margin >= limit:
         verdict = "error"
         problem = (f"margin {margin:g} can never be exceeded: the {METRICS[metric].display_name} worsening is at most "
