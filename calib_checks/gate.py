@@ -41,6 +41,7 @@ from calib_checks.selection import (
     DEFAULT_EXTRACTORS,
     DEFAULT_METRICS,
     DEFAULT_TASKS,
+    POOLED_TASK,
     Case,
     Comparison,
     GateOptions,
@@ -206,7 +207,8 @@ class Gate:
             jobs: list[Job] = []
             for case, n in open_cases:
                 c = self.selection.comparison(case.pair)
-                jobs += [Job(c.base, case.task, c.family, n), Job(c.aligned, case.task, c.family, n)]
+                jobs += [Job(side, task, c.family, n) for task in self.selection.tasks_of(case)
+                         for side in (c.base, c.aligned)]
             self.collection.collect_all(jobs)
             pieces = [(f"{n}\0{case.id}", lambda case=case, n=n: self._judge_one(case, n).to_json())
                       for case, n in open_cases]
@@ -227,15 +229,23 @@ class Gate:
                 self.sides.close(side.text)
 
     def _judge_one(self, case: Case, look: int | None = None) -> CaseResult:
-        """`case` judged alone on the first `look` items of its family's sample (None: all)."""
+        """`case` judged alone on the first `look` items of its family's sample (None: all); a pooled case on those
+        of every task together (calib_checks/pooled.py)."""
+        from calib_checks.pooled import judge_pooled_scores
         from calib_checks.verdicts import judge_case
 
+        comparison = self.selection.comparison(case.pair)
+        tasks = self.selection.tasks_of(case)
         try:
-            base, aligned = self.collection.pair_scores(self.selection.comparison(case.pair), case.task, look)
+            scores = [self.collection.pair_scores(comparison, task, look) for task in tasks]
         except GateError as exc:
             return self.error_result(case, str(exc))
-        rule = self.selection.rules[(case.task, case.extractor, case.metric)]
-        result = judge_case(base, aligned, case.extractor, case.metric, rule, self.options.seed, pair=case.pair)
+        rules = [self.selection.rules[(task, case.extractor, case.metric)] for task in tasks]
+        seed = self.options.seed
+        if case.task == POOLED_TASK:
+            result = judge_pooled_scores(scores, case.extractor, case.metric, rules, seed, pair=case.pair)
+        else:
+            result = judge_case(*scores[0], case.extractor, case.metric, rules[0], seed, pair=case.pair)
         return replace(result, chain=self.selection.chain_of(case.pair))
 
     def error_result(self, case: Case, message: str) -> CaseResult:

@@ -28,7 +28,7 @@ graph of pooled cases (calib_checks/pooled.py) next to per-task cases.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -168,11 +168,13 @@ def graphical_adjusted(p_values: Sequence[float], graph: Graph) -> list[float]:
 @dataclass(frozen=True)
 class SequentialResult:
     """`rejected` (m,) bools; `look` (m,) the 0-based look at which each was rejected (-1: never); `stopped_at` the
-    last look judged (0-based)."""
+    last look judged (0-based); `weights` (m,) each hypothesis's weight when it was rejected, else at the end (its
+    local rate is weight x alpha: what its adjusted p-value is measured against)."""
 
     rejected: np.ndarray
     look: np.ndarray
     stopped_at: int
+    weights: np.ndarray
 
 
 def sequential_graphical_test(p_by_look: np.ndarray | Sequence[Sequence[float]], graph: Graph, alpha: float,
@@ -193,6 +195,7 @@ def sequential_graphical_test(p_by_look: np.ndarray | Sequence[Sequence[float]],
     w, g = graph.weights.copy(), graph.transitions.copy()
     active = np.ones(graph.size, dtype=bool)
     look_of = np.full(graph.size, -1)
+    at_rejection = np.zeros(graph.size)
     cache: dict[float, tuple[float, ...]] = {}
 
     def levels(local: float) -> tuple[float, ...]:
@@ -217,11 +220,12 @@ def sequential_graphical_test(p_by_look: np.ndarray | Sequence[Sequence[float]],
                 break
             active[best] = False
             look_of[best] = j
+            at_rejection[best] = w[best]
             w, g = _reject(w, g, active, best)
         if stop_at_first and (~active).any():
             stopped = j
             break
-    return SequentialResult(~active, look_of, stopped)
+    return SequentialResult(~active, look_of, stopped, np.where(active, w, at_rejection))
 
 
 #: Passing-on rules of `pooled_design`.
@@ -229,13 +233,14 @@ PASSING = ("holm", "matched")
 
 
 def pooled_design(cases: Sequence[tuple[Hashable, ...]], pooled_weight: float, passing: str = "matched", *,
-                  pooled_task: str = "pooled") -> Graph:
+                  pooled_task: str = "pooled", metric_weights: Mapping[str, float] | None = None) -> Graph:
     """The graph of a family of pooled and per-task cases, each case a (task, extractor, metric) key, pooled
     cases having ``task == pooled_task``. A key may carry a prefix, (..., task, extractor, metric), e.g. the
     comparison of a chain: partners (below) then also share the prefix.
 
     Initial weights: the pooled cases share `pooled_weight` equally, the per-task cases ``1 - pooled_weight``
-    (all of it goes to the group that exists when the other is empty). Passing-on rules:
+    (all of it goes to the group that exists when the other is empty); within each group a case's share is in
+    proportion to ``metric_weights[metric]`` (default 1: equal shares). Passing-on rules:
 
     * ``"holm"``: a rejected case passes its weight to all others in proportion to their initial weights
       (``g_ij = w_j / (1 - w_i)``: weighted Holm);
@@ -258,7 +263,12 @@ def pooled_design(cases: Sequence[tuple[Hashable, ...]], pooled_weight: float, p
     n_pooled, n_task = int(pooled.sum()), int((~pooled).sum())
     share_pooled = pooled_weight if n_task else 1.0
     share_task = (1.0 - pooled_weight) if n_pooled else 1.0
-    w = np.where(pooled, share_pooled / max(n_pooled, 1), share_task / max(n_task, 1))
+    rel = np.array([float((metric_weights or {}).get(k[-1], 1.0)) for k in keys])
+    if (rel < 0).any() or not np.isfinite(rel).all():
+        raise ValueError("metric weights must be finite and >= 0")
+    group_sum = np.where(pooled, rel[pooled].sum(), rel[~pooled].sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        w = np.where(group_sum > 0, np.where(pooled, share_pooled, share_task) * rel / group_sum, 0.0)
     g = np.zeros((m, m))
     for i in range(m):
         others = np.arange(m) != i

@@ -11,11 +11,13 @@ weights) it prints, per task, extractor and gated metric:
   at the rule's confidence c, and 1 - (1 - c) / 4 for over-confidence, whose sign-aware test bounds each of its
   two contrasts at half that tail).
 
-The level is the gate's (`Gate.judge`): m the gated cases of the family, which is a pair's cases, or all the
-comparisons of a chain of ``--chain N`` checkpoints together (its N - 1 steps and, from 3, the whole chain;
-``family = "case"`` in thresholds.toml: 1), and a the rate `sequential.look_alpha` spends at the last of the looks
-`sampling.look_sizes(--first-look, budget)`, the budget being the family's largest task (one look with
-``--full``). The items a worsening needs set the looks too: below the first look there is one, at the whole rate.
+The level is the gate's (calib_checks/family.py): each case's initial weight in its family's graph (the pooled
+cases, one per extractor x metric over all tasks, share ``[gate] pooled_weight`` of alpha and are planned first;
+the per-task cases the rest, by ``metric_weights``), the family being a pair's cases, or all the comparisons of a
+chain of ``--chain N`` checkpoints together (``family = "case"``: each case alone, weight 1), that rate spent
+over the looks `sampling.look_sizes(--first-look, budget)` by the O'Brien-Fleming-type function, the budget being
+the family's largest task (one look with ``--full``): the plan uses the last look's nominal level. The items a
+worsening needs set the looks too. A pooled row's items are per task (its se scales the same way).
 
 The standard errors are the gate's: the bootstrap of the model's own value (the gate's resampling, bins and se
 inflation), turned into the se of a pair's change by the aligned model's correlation with the base, `rho`:
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING
 from calib_checks.errors import CalibChecksError
 from calib_checks.metrics import METRICS, normal_quantile, paired_bootstrap
 from calib_checks.sampling import look_sizes
-from calib_checks.sequential import look_alpha
+from calib_checks.spending import look_levels
 from calib_checks.verdicts import POWER, detectable_worsening, upper_end_quantile
 
 if TYPE_CHECKING:
@@ -53,24 +55,27 @@ class PlanError(CalibChecksError):
 
 @dataclass(frozen=True)
 class Level:
-    """The level at which the gate tests a case (`Gate.judge`): the family-wise `alpha`, spent over the looks
-    `sampling.look_sizes(first_look, budget)` by `sequential.look_alpha` (`first_look` None: one look), and Holm
-    over the family's `family_size` gated cases (its strictest step, alpha / family_size, as `detectable`)."""
+    """The level at which the gate tests a case (`Gate.judge`, calib_checks/family.py): the case's `weight` of the
+    family-wise `alpha` (its initial share in the family's graph: the strictest it is tested at, as `detectable`),
+    spent over the looks `sampling.look_sizes(first_look, budget)` by the O'Brien-Fleming-type function
+    (`first_look` None: one look); `family_size` is the family's number of gated cases."""
 
     alpha: float
+    weight: float
     family_size: int
     first_look: int | None = None
 
     def at(self, budget: int) -> float:
-        """The rate the gate spends at the last look of a family whose largest task has `budget` items."""
-        looks = 1 if self.first_look is None else len(look_sizes(self.first_look, budget))
-        return look_alpha(self.alpha, looks - 1, looks)
+        """The nominal level of the case at the last look of a family whose largest task has `budget` items."""
+        looks = [max(budget, 1)] if self.first_look is None else look_sizes(self.first_look, max(budget, 1))
+        return look_levels(looks, self.weight * self.alpha)[-1]
 
 
 @dataclass(frozen=True)
 class PlanRow:
     """One case's plan: `se` is the se of a pair's change at `n_items` items per task; `alpha` the rate the gate
-    spends at the run's last look, over a Holm family of `family_size` gated cases."""
+    spends on it at the run's last look (its weight's share, calib_checks/family.py), in a family of `family_size`
+    gated cases."""
 
     task: str
     extractor: str
@@ -93,7 +98,7 @@ def plan_row(task: str, extractor: str, metric: str, n_items: int, se: float, ma
     alpha = level.at(budget)
 
     def z_fail(items: int) -> float:  # the gate's detectable worsening with margin 0 and se 1: its two z's
-        return detectable_worsening(0.0, 1.0, level.at(items), level.family_size)
+        return detectable_worsening(0.0, 1.0, level.at(items), 1)
 
     def for_worsening(items: int) -> float:
         return n_items * (z_fail(items) * se / (worsening - margin)) ** 2
@@ -103,7 +108,7 @@ def plan_row(task: str, extractor: str, metric: str, n_items: int, se: float, ma
     needed = math.inf if worsening <= margin else for_worsening(math.ceil(for_worsening(1)))
     z_pass = normal_quantile(upper_end_quantile(confidence, METRICS[metric].signed)) + normal_quantile(POWER)
     return PlanRow(task, extractor, metric, n_items, margin, se, alpha, level.family_size,
-                   detectable_worsening(margin, se, alpha, level.family_size), needed,
+                   detectable_worsening(margin, se, alpha, 1), needed,
                    n_items * (z_pass * se / margin) ** 2 if margin > 0 else math.inf)
 
 
@@ -143,8 +148,8 @@ def plan_from_run(run_dir: str | Path, worsening: float) -> list[PlanRow]:
     for case in load_results(run_dir)["cases"]:
         if case["verdict"] in ("pass", "fail", "inconclusive") and case.get("se") is not None:
             rows.append(plan_row(case["task"], case["extractor"], case["metric"], case["n_items"], case["se"],
-                                 case["margin"], case["confidence"], Level(case["alpha"], case["family_size"]),
-                                 worsening))
+                                 case["margin"], case["confidence"],
+                                 Level(case.get("level") or case["alpha"], 1.0, case["family_size"]), worsening))
     if not rows:
         raise PlanError(f"{run_dir}: no judged gated case holds a standard error to plan from")
     return rows
@@ -187,12 +192,19 @@ def plan_from_scores(side: str, options: argparse.Namespace) -> list[PlanRow]:
 def _plan_rows(source: Source, side: str, selection: Selection, options: argparse.Namespace) -> list[PlanRow]:
     from calib_checks.collect import decide_items
     from calib_checks.data import load_task
+    from calib_checks.graphical import pooled_design
+    from calib_checks.pooled import Group, pooled_bootstrap, pooled_margin
+    from calib_checks.selection import POOLED_TASK
 
     o = selection.options
-    gated = [(t, e, m) for (t, e, m), rule in selection.rules.items() if rule.gate]
-    family_size = 1 if selection.policy.family == "case" else sum(
-        selection.rules[(c.task, c.extractor, c.metric)].gate for c in selection.cases())
-    level = Level(selection.policy.alpha, family_size, o.first_look if o.sequential else None)
+    policy = selection.policy
+    cases = [c for c in selection.cases() if selection.rules[(c.task, c.extractor, c.metric)].gate]
+    # Each case's initial weight in its family, as the gate's family correction sets it (calib_checks/family.py).
+    graph = pooled_design([(c.pair, c.task, c.extractor, c.metric) for c in cases], policy.pooled_weight,
+                          pooled_task=POOLED_TASK, metric_weights=policy.metric_weights)
+    weights = {(c.task, c.extractor, c.metric): (1.0 if policy.family == "case" else float(w))
+               for c, w in zip(cases, graph.weights) if c.pair == cases[0].pair}
+    family_size = 1 if policy.family == "case" else len(cases)
     scored = {}
     for task in o.tasks:
         # The items the gate would judge this side on, chosen by the gate's own rule.
@@ -201,15 +213,26 @@ def _plan_rows(source: Source, side: str, selection: Selection, options: argpars
         scored[task] = source.scores(task, items.data, items.ids)
     budget = max(len(scores.records) for scores in scored.values())  # the family's looks follow its largest task
     rows = []
-    for task, extractor, metric in gated:
-        scores = scored[task]
+    for (task, extractor, metric), weight in weights.items():
+        level = Level(policy.alpha, weight, family_size, o.first_look if o.sequential else None)
         rule = selection.rules[(task, extractor, metric)]
-        if scores.lacking(extractor):
-            raise PlanError(f"{side} gives no {extractor} scores on {task}; drop it from --extractors")
-        probs = scores.probs(extractor)
-        value, se = model_se(metric, probs, scores.labels(), rule.n_bins, rule.n_resamples, o.seed)
-        rows.append(plan_row(task, extractor, metric, len(scores.records),
-                             change_se(metric, value, se, options.correlation), rule.margin(probs.shape[1], value),
+        tasks = list(o.tasks) if task == POOLED_TASK else [task]
+        for t in tasks:
+            if scored[t].lacking(extractor):
+                raise PlanError(f"{side} gives no {extractor} scores on {t}; drop it from --extractors")
+        if task == POOLED_TASK:  # its se from the same stratified bootstrap the gate runs, the model alone
+            groups = [Group(t, scored[t].probs(extractor), scored[t].probs(extractor), scored[t].labels())
+                      for t in tasks]
+            alone = pooled_bootstrap(metric, groups, rule.n_resamples, rule.confidence, o.seed,
+                                     n_bins=rule.n_bins).contrast(1.0, 0.0)
+            value, se = alone.change, alone.se
+            task_rules = [selection.rules[(t, extractor, metric)] for t in tasks]
+            margin, n = pooled_margin(metric, groups, task_rules)[0], budget
+        else:
+            probs = scored[task].probs(extractor)
+            value, se = model_se(metric, probs, scored[task].labels(), rule.n_bins, rule.n_resamples, o.seed)
+            margin, n = rule.margin(probs.shape[1], value), len(scored[task].records)
+        rows.append(plan_row(task, extractor, metric, n, change_se(metric, value, se, options.correlation), margin,
                              rule.confidence, level, options.worsening, budget))
     return rows
 
@@ -257,7 +280,7 @@ def run_cli(args: argparse.Namespace) -> int:
         rows = plan_from_scores(args.side, args)
         family = "a pair" if args.chain == 2 else f"a chain of {args.chain} checkpoints"
         how = (f"{args.side}'s own bootstrap, the aligned model's correlation with it taken as {args.correlation:g}; "
-               f"the level of a case of {family} at the gate's last look: alpha {rows[0].alpha:g} over a Holm "
-               f"family of {rows[0].family_size}")
+               f"each case at its level at the gate's last look: its weight of the family's alpha in a "
+               f"family of {rows[0].family_size} gated cases of {family}, pooled cases first, spent over the looks")
     print(format_plan(rows, args.worsening, how))
     return 0

@@ -35,20 +35,24 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from calib_checks.metrics import (_CHUNK_ENTRIES, METRICS, BootstrapResult, MetricInputError, _check_n_bins,
                                   _cluster_index, _resample_weights, _summary, _validate)
-from calib_checks.thresholds import BUILTIN_POLICY, Rule, max_change
-from calib_checks.verdicts import Decision, VerdictError, decide
+from calib_checks.selection import POOLED_TASK
+from calib_checks.thresholds import BUILTIN_POLICY, Rule, ThresholdsError, max_change, pooled_rule
+from calib_checks.verdicts import (CaseResult, Decision, VerdictError, case_from_decision, decide, error_case,
+                                   paired_arrays)
 
-__all__ = ["POOLED_TASK", "Group", "judge_pooled", "pooled_bootstrap", "pooled_margin", "pooling"]
+if TYPE_CHECKING:
+    from calib_checks.records import TaskScores
 
-#: The `task` of a pooled case (CaseResult.task): it stands for all tasks of the pair.
-POOLED_TASK = "pooled"
+__all__ = ["POOLED_TASK", "Group", "judge_pooled", "judge_pooled_scores", "pooled_bootstrap", "pooled_margin",
+           "pooling"]
+
 
 #: Metrics whose value depends on the set of classes (classwise): pooled as the item-weighted mean of per-task values.
 _CLASSWISE = frozenset({"sce", "debiased_sce", "debiased_sce_sq"})
@@ -184,10 +188,6 @@ def _rules_for(groups: Sequence[Group | tuple], rules: Rule | Sequence[Rule] | M
     return out
 
 
-#: Rule fields that must agree across the pooled tasks (the pooled case has one bootstrap and one interval).
-SHARED_FIELDS = ("interval", "confidence", "n_resamples", "n_bins", "gate")
-
-
 def pooled_margin(metric: str, groups: Sequence[Group | tuple], rules: Rule | Sequence[Rule] | Mapping[str, Rule]
                   ) -> tuple[float, float]:
     """(margin, limit) of a pooled case: ``sum_t (n_t / N) rule_t.margin(K_t, base value_t)`` and the same mean of
@@ -209,6 +209,30 @@ def pooled_margin(metric: str, groups: Sequence[Group | tuple], rules: Rule | Se
     return margin, limit
 
 
+def judge_pooled_scores(scores: Sequence[tuple[TaskScores, TaskScores]], extractor: str, metric: str,
+                        rules: Sequence[Rule], seed: int = 0, *, pair: str) -> CaseResult:
+    """The pooled case of one comparison, extractor and metric from each task's (base, aligned) scores, checked
+    item for item as a per-task case is (`verdicts.paired_arrays`): a problem on any task errors the pooled case
+    (never a pass), naming the task."""
+    base_label, aligned_label = scores[0][0].model_label, scores[0][1].model_label
+    groups = []
+    for base, aligned in scores:
+        checked = paired_arrays(base, aligned, extractor)
+        if isinstance(checked, str):
+            return error_case(pair=pair, base=base_label, aligned=aligned_label, task=POOLED_TASK,
+                              extractor=extractor, metric=metric, rule=rules[0], seed=seed,
+                              message=f"ERROR pooled {metric} ({extractor}): {checked}")
+        groups.append(Group(base.task, *checked))
+    try:
+        rule = pooled_rule(rules)
+        d = judge_pooled(groups, metric, rules, seed)
+    except (VerdictError, ThresholdsError, MetricInputError) as exc:
+        return error_case(pair=pair, base=base_label, aligned=aligned_label, task=POOLED_TASK, extractor=extractor,
+                          metric=metric, rule=rules[0], seed=seed, message=f"ERROR pooled {metric} ({extractor}): {exc}")
+    return case_from_decision(d, pair=pair, base=base_label, aligned=aligned_label, task=POOLED_TASK,
+                              extractor=extractor, metric=metric, rule=rule, seed=seed)
+
+
 def judge_pooled(groups: Sequence[Group | tuple], metric: str, rules: Rule | Sequence[Rule] | Mapping[str, Rule],
                  seed: int = 0, *, alpha: float = BUILTIN_POLICY.alpha) -> Decision:
     """Decide one pooled case (one extractor, one metric, all tasks' items), alone in its family, as
@@ -218,17 +242,13 @@ def judge_pooled(groups: Sequence[Group | tuple], metric: str, rules: Rule | Seq
     `groups`: (task, base_probs, aligned_probs, labels, clusters-or-None) per task; `rules`: one Rule for all
     tasks, one per group, or a mapping task -> Rule. The rules' ``interval``, ``confidence``, ``n_resamples``,
     ``n_bins`` and ``gate`` must agree (VerdictError otherwise); the margin is `pooled_margin`'s; the case is
-    "too few items" when N is below the largest ``min_items``. ``n_options`` is the largest K. Build the
+    "too few items" when N is below the largest ``min_items`` (`thresholds.pooled_rule`). ``n_options`` is the largest K. Build the
     CaseResult with ``verdicts.case_from_decision(d, task=POOLED_TASK, ...)``.
     """
     if metric not in METRICS:
         raise VerdictError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
     rule_list = _rules_for(groups, rules)
-    for name in SHARED_FIELDS:
-        values = {getattr(r, name) for r in rule_list}
-        if len(values) > 1:
-            raise VerdictError(f"the pooled {metric} case needs one {name} for all its tasks, got {sorted(map(str, values))}")
-    rule = replace(rule_list[0], min_items=max(r.min_items for r in rule_list))
+    rule = pooled_rule(rule_list)
     boot = pooled_bootstrap(metric, groups, rule.n_resamples, rule.confidence, seed, n_bins=rule.n_bins)
     margin, limit = pooled_margin(metric, groups, rule_list)
     k_max = max(int(np.shape(Group(*g).base_probs)[1]) for g in groups)

@@ -62,12 +62,15 @@ def recompute_run(run_dir: str | Path) -> tuple[int, list[Difference]]:
     from calib_checks.selection import Case
     from calib_checks.sequential import judge_in_looks
     from calib_checks.thresholds import GatePolicy, Rule
+    from calib_checks.pooled import judge_pooled_scores
+    from calib_checks.selection import POOLED_TASK
     from calib_checks.verdicts import error_case, judge_case
 
     run_dir = resolve_run_dir(run_dir)
     results = load_results(run_dir)
     run = results["run"]
     seed = int(run["seed"])
+    selected_tasks = list(run["selection"]["tasks"])
     policy = GatePolicy(**run["policy"])
     comparisons = {p["name"]: p for p in results["pairs"]}
     endings = (run.get("sequential") or {}).get("comparisons") or {}
@@ -92,26 +95,37 @@ def recompute_run(run_dir: str | Path) -> tuple[int, list[Difference]]:
             records[(label, task)] = None if rows is None else {r["id"]: ItemRecord.from_json(r) for r in rows}
         return records[(label, task)]
 
+    def scores(case: Case, task: str, n: int) -> tuple[TaskScores, TaskScores] | str:
+        """Both sides' records of the look's items of `task`, or what the run directory lacks for them."""
+        pair = comparisons[case.pair]
+        chosen = ids(pair["family"], task)
+        if chosen is None:
+            return f"the item ids of family {pair['family']} on {task}"
+        look = sample_ids(chosen, n, seed)
+        found = []
+        for role in ("base", "aligned"):
+            held = side(pair[role], task)
+            lacking = len(look) if held is None else sum(i not in held for i in look)
+            if lacking:
+                return f"{lacking} records of {pair[role]} on {task}"
+            found.append(TaskScores(model_label=pair[role], model_identity={}, task=task, data_fingerprint="",
+                                    records=[held[i] for i in look]))  # type: ignore[index]
+        return found[0], found[1]
+
     def judge(case: Case, n: int) -> CaseResult:
         pair = comparisons[case.pair]
-        rule = Rule(**saved[case]["rule"])
-        chosen = ids(pair["family"], case.task)
-        sides = [side(pair[role], case.task) for role in ("base", "aligned")]
-        missing = "the family's item ids" if chosen is None else next(
-            (f"the records of {pair[role]}" for role, s in zip(("base", "aligned"), sides) if s is None), None)
-        if missing is None:
-            look = sample_ids(chosen, n, seed)
-            lacking = [i for s in sides for i in look if i not in s]  # type: ignore[union-attr]
-            missing = f"{len(lacking)} records of the look's items" if lacking else None
+        tasks = selected_tasks if case.task == POOLED_TASK else [case.task]
+        rules = [Rule(**saved[replace(case, task=t)]["rule"]) for t in tasks]
+        pairs = [scores(case, t, n) for t in tasks]
+        missing = next((p for p in pairs if isinstance(p, str)), None)
         if missing is not None:
             result = error_case(pair=case.pair, base=pair["base"], aligned=pair["aligned"], task=case.task,
-                                extractor=case.extractor, metric=case.metric, rule=rule, seed=seed,
+                                extractor=case.extractor, metric=case.metric, rule=rules[0], seed=seed,
                                 message=f"the run directory lacks {missing}")
+        elif case.task == POOLED_TASK:
+            result = judge_pooled_scores(pairs, case.extractor, case.metric, rules, seed, pair=case.pair)
         else:
-            base, aligned = (TaskScores(model_label=pair[role], model_identity={}, task=case.task,
-                                        data_fingerprint="", records=[s[i] for i in look])
-                             for role, s in zip(("base", "aligned"), sides))  # type: ignore[index]
-            result = judge_case(base, aligned, case.extractor, case.metric, rule, seed, pair=case.pair)
+            result = judge_case(*pairs[0], case.extractor, case.metric, rules[0], seed, pair=case.pair)
         return replace(result, chain=saved[case].get("chain"))
 
     final, _ = judge_in_looks(list(saved), family_of, looks, judge, policy)

@@ -26,6 +26,9 @@ from typing import TYPE_CHECKING, Literal
 from calib_checks.errors import CalibChecksError
 from calib_checks.sampling import FIRST_LOOK
 
+#: The task of the cases pooled over all of a comparison's tasks (calib_checks/pooled.py): a name no task may take.
+POOLED_TASK = "pooled"
+
 if TYPE_CHECKING:
     from calib_checks.tasks import TaskSpec
     from calib_checks.thresholds import GatePolicy, Rule
@@ -163,10 +166,15 @@ class Selection:
         return family if any(f.name == family and f.kind == "chain" for f in self.families) else None
 
     def cases(self) -> list[Case]:
-        """The expected cases, in report order: comparison x task x extractor x metric."""
+        """The expected cases, in report order: per comparison its pooled cases first (task `pooled`: one per
+        extractor x metric over all its tasks, the release's headline), then task x extractor x metric."""
         o = self.options
-        return [Case(c.name, t, e, m) for c in self.comparisons for t in o.tasks for e in o.extractors
-                for m in o.metrics]
+        return [Case(c.name, t, e, m) for c in self.comparisons for t in (POOLED_TASK, *o.tasks)
+                for e in o.extractors for m in o.metrics if (t, e, m) in self.rules]
+
+    def tasks_of(self, case: Case) -> tuple[str, ...]:
+        """The tasks whose items a case is judged on: all selected tasks for a pooled case, else its own."""
+        return tuple(self.options.tasks) if case.task == POOLED_TASK else (case.task,)
 
 
 def _comparisons(name: str, family: Family) -> list[Comparison]:
@@ -217,6 +225,26 @@ def parse_family(text: str, kind: str = "pair") -> Family:
     return Family(name, sides, kind)
 
 
+def _pooled_rules(options: GateOptions, rules: Mapping[tuple[str, str, str], Rule], policy: GatePolicy
+                  ) -> dict[tuple[str, str, str], Rule]:
+    """The rule of each pooled case (`pooled.pooled_rule` of its tasks' rules): one per extractor x metric gated
+    on every selected task, when there are two tasks or more and the policy gives pooled cases a weight."""
+    from calib_checks.thresholds import ThresholdsError, pooled_rule
+
+    if len(options.tasks) < 2 or policy.pooled_weight <= 0:
+        return {}
+    out = {}
+    for e in options.extractors:
+        for m in options.metrics:
+            per_task = [rules[(t, e, m)] for t in options.tasks]
+            if all(r.gate for r in per_task):
+                try:
+                    out[(POOLED_TASK, e, m)] = pooled_rule(per_task)
+                except ThresholdsError as exc:
+                    raise GateUsageError(f"{options.thresholds}: {e} {m}: {exc}") from None
+    return out
+
+
 def select(options: GateOptions) -> Selection:
     """Check `options` (everything that needs no model, hub or data set); GateUsageError naming the problem."""
     from calib_checks.metrics import METRICS
@@ -228,6 +256,9 @@ def select(options: GateOptions) -> Selection:
         tasks = task_registry(list(options.task_files))
     except CalibChecksError as exc:
         raise GateUsageError(str(exc)) from None
+    if POOLED_TASK in tasks:
+        raise GateUsageError(f"a task is named {POOLED_TASK!r}, the name of the cases pooled over all tasks; rename "
+                             "it in its task file")
     options = replace(options, **{  # blanks and repeats dropped
         f"{what}s": split_names(",".join(names), known, what, f"--calib-{what}s")
         for what, names, known in (("task", options.tasks, tuple(tasks)), ("extractor", options.extractors,
@@ -253,6 +284,7 @@ def select(options: GateOptions) -> Selection:
                  for t in options.tasks for e in options.extractors for m in options.metrics}
     except ThresholdsError as exc:
         raise GateUsageError(str(exc)) from None
+    rules.update(_pooled_rules(options, rules, thresholds.policy))
     if not options.pairs and not options.chains:
         raise GateUsageError(
             "no --model-pair given: the gate compares a base model with its aligned sibling. Run e.g. "

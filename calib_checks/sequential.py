@@ -2,11 +2,13 @@
 and the recompute command (`recompute.recompute_run`) all run `judge_in_looks`.
 
 A family (a pair, or all comparisons of a chain together) is judged at each of its looks on the items seen so far
-(`sampling.look_sizes`: the first look's items, doubling, the last look every item), spending `look_alpha` of its
-false-alarm rate there (the family correction, Holm by default, over its cases). A comparison with a failing case
-at a look ends there: its regression is certain, and scoring more items would not change that. The others go on
-to the next look; at the last one every item is judged. Whatever the looks, a family false-alarms with probability
-at most alpha (the union bound over the looks). A comparison whose gated cases all pass at a look stops there
+(`sampling.look_sizes`: the first look's items, doubling, the last look every item); the family correction
+(calib_checks/family.py: weighted graphical Holm, each case's share of alpha spent over the looks by an
+O'Brien-Fleming-type function, so the last look keeps nearly all of it) decides which cases fail, from their
+p-values at every look so far. A comparison with a failing case at a look ends there: its regression is certain,
+and scoring more items would not change that. The others go on to the next look; at the last one every item is
+judged. Whatever the looks, a family false-alarms with probability at most alpha. A comparison whose gated cases
+all pass at a look stops there
 too: each upper end is already within its margin (`_stop_reason`); this spends no false-alarm rate, as it never
 fails anything, and its cost in power is measured by the simulation. The family keeps its size at every look:
 the cases of comparisons that ended earlier take part with p = 1, so a chain's later looks are not corrected over
@@ -19,29 +21,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from calib_checks.verdicts import apply_family, stopped_early
+from calib_checks.family import correct_look
+from calib_checks.spending import obf_spent
+from calib_checks.verdicts import stopped_early
 
 if TYPE_CHECKING:
     from calib_checks.thresholds import GatePolicy
     from calib_checks.verdicts import CaseResult
 
-__all__ = ["INTERIM_ALPHA_SHARE", "Ending", "LookCase", "judge_in_looks", "look_alpha"]
+__all__ = ["Ending", "LookCase", "judge_in_looks", "spent"]
 
-#: The share of a family's false-alarm rate spent at its interim looks, together; its last look spends the rest.
-#: Bonferroni across looks: whatever the dependence between looks, a family false-alarms at some look with
-#: probability at most alpha (docs/GATE.md, "Sequential looks", measures it and the power this costs).
-INTERIM_ALPHA_SHARE = 0.2
-
-
-def look_alpha(alpha: float, look: int, n_looks: int) -> float:
-    """The family-wise false-alarm rate spent at look `look` (0-based) of `n_looks`: ``alpha`` with one look;
-    else ``alpha x INTERIM_ALPHA_SHARE / (n_looks - 1)`` at each interim look and ``alpha x (1 -
-    INTERIM_ALPHA_SHARE)`` at the last. The rates sum to alpha."""
-    if n_looks <= 1:
+def spent(alpha: float, plan: Sequence[int], look: int) -> float:
+    """The share of a family's false-alarm rate spent by the end of look `look` (0-based) of `plan` (items per
+    task at each look): the O'Brien-Fleming-type function at the look's information fraction, alpha at the last
+    (calib_checks/spending.py; each case spends its own share the same way: calib_checks/family.py)."""
+    if look >= len(plan) - 1 or plan[-1] <= 0:
         return alpha
-    if look >= n_looks - 1:
-        return alpha * (1.0 - INTERIM_ALPHA_SHARE)
-    return alpha * INTERIM_ALPHA_SHARE / (n_looks - 1)
+    return obf_spent(plan[look] / plan[-1], alpha)
 
 
 class LookCase(Protocol):
@@ -85,6 +81,7 @@ def judge_in_looks(cases: Sequence[LookCase], family_of: Mapping[str, str], look
         by_family.setdefault(family_of[case.pair], []).append(case)
     endings: dict[str, Ending] = {}
     final: dict[Any, CaseResult] = {}
+    rows: dict[str, list[list[CaseResult]]] = {family: [] for family in by_family}  # every look's raw results
     for j in range(max((len(looks[f]) for f in by_family), default=0)):
         open_cases = {f: [c for c in members if c.pair not in endings]
                       for f, members in by_family.items() if j < len(looks[f])}
@@ -92,20 +89,18 @@ def judge_in_looks(cases: Sequence[LookCase], family_of: Mapping[str, str], look
             prepare([(c, looks[f][j]) for f, members in open_cases.items() for c in members])
         for family, members in open_cases.items():
             plan = tuple(looks[family])
-            last = j == len(plan) - 1
-            alpha = look_alpha(policy.alpha, j, len(plan))
-            done = [replace(final[c], p_value=1.0) for c in by_family[family]
-                    if c.pair in endings and final[c].p_value is not None]
-            judged = apply_family([judge(c, plan[j]) for c in members] + done,
-                                  replace(policy, alpha=alpha))[: len(members)]
+            now = {c: judge(c, plan[j]) for c in members}
+            # Comparisons that ended earlier keep their place in the family with p = 1 from then on.
+            rows[family].append([now[c] if c in now else replace(final[c], p_value=1.0) for c in by_family[family]])
+            corrected = dict(zip(by_family[family], correct_look(rows[family], policy, plan)))
             for comparison in dict.fromkeys(c.pair for c in members):
-                mine = [(c, r) for c, r in zip(members, judged) if c.pair == comparison]
+                mine = [(c, corrected[c]) for c in members if c.pair == comparison]
                 reason = _stop_reason([r for _, r in mine], j, len(plan))
                 if reason is None:
                     continue
-                endings[comparison] = Ending(family, plan, j + 1, reason, alpha, plan[j])
+                endings[comparison] = Ending(family, plan, j + 1, reason, spent(policy.alpha, plan, j), plan[j])
                 for case, result in mine:
-                    final[case] = result if last else stopped_early(result, reason)
+                    final[case] = result if j == len(plan) - 1 else stopped_early(result, reason)
         if ended is not None:
             ended(set(endings))
     return final, endings

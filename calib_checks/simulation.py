@@ -45,10 +45,11 @@ import numpy as np
 
 from calib_checks.metrics import METRICS, normal_quantile, normal_sf
 from calib_checks.sampling import FIRST_LOOK, look_sizes
-from calib_checks.selection import DEFAULT_EXTRACTORS, DEFAULT_METRICS, Case
-from calib_checks.sequential import INTERIM_ALPHA_SHARE, judge_in_looks
-from calib_checks.thresholds import GatePolicy, Thresholds, load_thresholds
-from calib_checks.verdicts import CaseResult, apply_family, case_from_decision, judge_arrays
+from calib_checks.selection import DEFAULT_EXTRACTORS, DEFAULT_METRICS, POOLED_TASK, Case
+from calib_checks.pooled import Group, judge_pooled
+from calib_checks.sequential import Ending, judge_in_looks
+from calib_checks.thresholds import GatePolicy, Thresholds, load_thresholds, pooled_rule
+from calib_checks.verdicts import CaseResult, case_from_decision, judge_arrays
 
 __all__ = ["ALTERNATIVES", "IMPROVEMENTS", "KINDS", "NULLS", "SCENARIOS", "SIZES", "TASK_OPTIONS", "CaseRecord", "Cell",
            "Scenario", "Study", "clopper_pearson", "format_study", "generate_group", "judge_pair",
@@ -167,21 +168,51 @@ def gated_metrics(thresholds: Thresholds, selected: Sequence[str] = DEFAULT_METR
                  if all(thresholds.rule_for(t, e, m).gate for t in TASK_OPTIONS for e in EXTRACTORS))
 
 
+class SimulatedPair:
+    """One simulated pair's items (drawn once at `budget` per group, in random order, so the first n items are a
+    random sample as the gate's seeded order is), its expected cases (the gate's: pooled cases first when the
+    policy gives them weight, then task x extractor x gated metric) and `judge(case, n)`, the case judged alone
+    on the first n items by the gate's own code (`verdicts.judge_arrays`, `pooled.judge_pooled`)."""
+
+    def __init__(self, scenario: Scenario, budget: int, thresholds: Thresholds, seed: int,
+                 policy: GatePolicy | None = None) -> None:
+        rng = np.random.default_rng(seed)
+        self.thresholds, self.seed = thresholds, seed
+        self.policy = policy or thresholds.policy
+        self.groups = {(task, extractor): generate_group(rng, budget, task, scenario)
+                       for task in TASK_OPTIONS for extractor in EXTRACTORS}
+        metrics = gated_metrics(thresholds)
+        pooled = [Case("sim", POOLED_TASK, e, m) for e in EXTRACTORS for m in metrics] \
+            if self.policy.pooled_weight > 0 else []
+        self.cases = pooled + [Case("sim", task, extractor, metric) for task, extractor in self.groups
+                               for metric in metrics]
+
+    def judge(self, case: Case, n: int) -> CaseResult:
+        tasks = tuple(TASK_OPTIONS) if case.task == POOLED_TASK else (case.task,)
+        rules = [self.thresholds.rule_for(t, case.extractor, case.metric) for t in tasks]
+        seed = self.seed % 2**31
+        if case.task == POOLED_TASK:
+            groups = [Group(t, *(a[:n] for a in self.groups[(t, case.extractor)])) for t in tasks]
+            d, rule = judge_pooled(groups, case.metric, rules, seed), pooled_rule(rules)
+        else:
+            base, aligned, labels = self.groups[(case.task, case.extractor)]
+            d, rule = judge_arrays(base[:n], aligned[:n], labels[:n], case.metric, rules[0], seed), rules[0]
+        return case_from_decision(d, pair="sim", base="base", aligned="aligned", task=case.task,
+                                  extractor=case.extractor, metric=case.metric, rule=rule, seed=self.seed)
+
+    def run(self, looks: list[int]) -> tuple[dict[Case, CaseResult], Ending]:
+        """Every case judged by the gate's loop (`sequential.judge_in_looks`) at these looks."""
+        final, endings = judge_in_looks(self.cases, {"sim": "sim"}, {"sim": looks}, self.judge, self.policy)
+        return final, endings["sim"]
+
+
 def judge_pair(scenario: Scenario, n_items: int, thresholds: Thresholds, seed: int,
                policy: GatePolicy | None = None) -> list[CaseResult]:
-    """All gated cases of one simulated pair, judged and family-corrected exactly as the gate does."""
-    rng = np.random.default_rng(seed)
-    cases = []
-    for task in TASK_OPTIONS:
-        for extractor in EXTRACTORS:
-            base, aligned, labels = generate_group(rng, n_items, task, scenario)
-            for metric in gated_metrics(thresholds):
-                rule = thresholds.rule_for(task, extractor, metric)
-                policy_alpha = (policy or thresholds.policy).alpha
-                d = judge_arrays(base, aligned, labels, metric, rule, seed=seed % 2**31, alpha=policy_alpha)
-                cases.append(case_from_decision(d, pair="sim", base="base", aligned="aligned", task=task,
-                                                extractor=extractor, metric=metric, rule=rule, seed=seed))
-    return apply_family(cases, policy or thresholds.policy)
+    """All gated cases of one simulated pair judged at once on `n_items` per group, family-corrected exactly as
+    the gate does."""
+    pair = SimulatedPair(scenario, n_items, thresholds, seed, policy)
+    final, _ = pair.run([n_items])
+    return [final[c] for c in pair.cases]
 
 
 @dataclass(frozen=True)
@@ -197,33 +228,15 @@ class SequentialPair:
 
 
 def judge_pair_sequential(scenario: Scenario, budget: int, thresholds: Thresholds, seed: int,
-                          first_look: int = FIRST_LOOK) -> SequentialPair:
-    """A pair's items are drawn once at the full `budget` per task, in a random order (so the first n items are a
-    random sample, as the gate's seeded order is); the pair is judged by the gate's own loop
-    (`sequential.judge_in_looks`) in looks of `sampling.look_sizes` items, and by the fixed-size rule (one look
-    of every item) on the same items."""
-    rng = np.random.default_rng(seed)
-    policy = thresholds.policy
-    groups = {(task, extractor): generate_group(rng, budget, task, scenario)
-              for task in TASK_OPTIONS for extractor in EXTRACTORS}
-    cases = [Case("sim", task, extractor, metric) for task, extractor in groups
-             for metric in gated_metrics(thresholds)]
-
-    def judge(case: Case, n: int) -> CaseResult:
-        base, aligned, labels = groups[(case.task, case.extractor)]
-        rule = thresholds.rule_for(case.task, case.extractor, case.metric)
-        d = judge_arrays(base[:n], aligned[:n], labels[:n], case.metric, rule, seed=seed % 2**31,
-                         alpha=policy.alpha)
-        return case_from_decision(d, pair="sim", base="base", aligned="aligned", task=case.task,
-                                  extractor=case.extractor, metric=case.metric, rule=rule, seed=seed)
-
-    def failed(looks: list[int]) -> tuple[bool, int, int]:
-        final, endings = judge_in_looks(cases, {"sim": "sim"}, {"sim": looks}, judge, policy)
-        ending = endings["sim"]
-        return any(r.verdict == "fail" for r in final.values()), ending.stopped_at, ending.items
-
-    sequential, stopped_at, items = failed(look_sizes(first_look, budget))
-    return SequentialPair(sequential, failed([budget])[0], stopped_at, len(look_sizes(first_look, budget)), items)
+                          first_look: int = FIRST_LOOK, policy: GatePolicy | None = None) -> SequentialPair:
+    """A pair judged by the gate's own loop in looks of `sampling.look_sizes` items, and by the fixed-size rule
+    (one look of every item) on the same items (`SimulatedPair`)."""
+    pair = SimulatedPair(scenario, budget, thresholds, seed, policy)
+    looks = look_sizes(first_look, budget)
+    final, ending = pair.run(looks)
+    fixed, _ = pair.run([budget])
+    return SequentialPair(any(r.verdict == "fail" for r in final.values()),
+                          any(r.verdict == "fail" for r in fixed.values()), ending.stopped_at, len(looks), ending.items)
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -413,8 +426,8 @@ def run_sequential_study(plan: dict[str, dict[int, int]], thresholds_path: str |
 def format_sequential(cells: dict[tuple[str, int], tuple[list[SequentialPair], float]]) -> str:
     """The sequential looks' table docs/GATE.md quotes: per scenario and budget, the share of pairs failing when
     judged in looks and by the fixed-size rule on the same pairs, and the share of the budget the looks used."""
-    lines = ["sequential looks (first look 100 items per task, doubling, Bonferroni spending across looks: "
-             f"{INTERIM_ALPHA_SHARE:.0%} of alpha over the interim looks) vs the fixed-size rule, same simulated pairs",
+    lines = ["sequential looks (first look 100 items per task, doubling, O'Brien-Fleming-type spending of each "
+             "case's share of alpha across looks) vs the fixed-size rule, same simulated pairs",
              "| scenario | items per task (budget) | pairs failing, in looks | pairs failing, fixed rule | "
              "mean share of the budget used | pairs ended by look 1 / 2 / 3 |",
              "|---|---|---|---|---|---|"]

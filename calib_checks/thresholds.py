@@ -50,9 +50,10 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from calib_checks.errors import CalibChecksError
@@ -71,7 +72,7 @@ INTERVALS = INTERVAL_METHODS  # one list: the bootstrap's interval methods
 SCALES = ("none", "2/K")
 FAMILIES = ("pair", "case")
 ON_INCONCLUSIVE = ("pass", "fail")
-POLICY_FIELDS = ("family", "alpha", "on_inconclusive")
+POLICY_FIELDS = ("family", "alpha", "on_inconclusive", "pooled_weight", "metric_weights")
 MAX_RELATIVE_INCREASE = 10.0  # 1000 % of the base value: beyond it the relative tolerance swamps everything
 MAX_MIN_ITEMS = 10**7  # the largest task has ~10^4 items; 10^7 catches typos like 1e9
 # Fields that existed once and were replaced: a clear message instead of "unknown key".
@@ -102,24 +103,56 @@ class GatePolicy:
     """The [gate] table: how the cases of a run are combined (verdicts.apply_family).
 
     `family`: "pair" (default) corrects the one-sided p-values of all gated cases of a pair (or of a chain:
-    its steps and the whole chain) together (Holm's
-    step-down), so an equally calibrated pair fails ANY case with probability <= alpha; "case": no correction
-    (each case at level alpha). `alpha`: the family-wise false-alarm rate, in (0, 0.5]. `on_inconclusive`:
-    "pass" (default): an inconclusive case does not block the release; "fail": it does. `source` names the
-    table it came from ("[gate]" or "built-in").
+    its steps and the whole chain) together, by the weighted graphical procedure of calib_checks/graphical.py
+    (Holm's step-down when every case weighs the same), with O'Brien-Fleming spending over the sequential looks,
+    so an equally calibrated pair fails ANY case with probability <= alpha; "case": no correction (each case at
+    level alpha, spent over its looks). `alpha`: the family-wise false-alarm rate, in (0, 0.5].
+    `pooled_weight`: the share of alpha the pooled cases (one per extractor x metric over all tasks) start with,
+    in [0, 1); 0 turns them off. `metric_weights`: relative weights of the gated metrics within the pooled and
+    within the per-task cases (a metric not named weighs 1). `on_inconclusive`: "pass" (default): an
+    inconclusive case does not block the release; "fail": it does. `source` names the table it came from
+    ("[gate]" or "built-in"). The defaults are chosen by measurement: docs/GATE.md.
     """
 
     family: str = "pair"
     alpha: float = 0.05
     on_inconclusive: str = "pass"
+    pooled_weight: float = 0.3
+    metric_weights: Mapping[str, float] = field(default_factory=dict)
     source: str = field(default="built-in", compare=False)
 
+    def __post_init__(self) -> None:
+        # A mapping that cannot change (the policy is hashable and shared); JSON gives a plain dict.
+        object.__setattr__(self, "metric_weights", MappingProxyType(dict(sorted(dict(self.metric_weights).items()))))
+
+    def __hash__(self) -> int:
+        return hash((self.family, self.alpha, self.on_inconclusive, self.pooled_weight,
+                     tuple(self.metric_weights.items())))
+
     def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in POLICY_FIELDS}
+        return {name: (dict(getattr(self, name)) if name == "metric_weights" else getattr(self, name))
+                for name in POLICY_FIELDS}
 
     def blocks(self, verdict: str) -> bool:
         """True when a case with this verdict blocks the release (fail and error always; inconclusive per policy)."""
         return verdict in ("fail", "error") or (verdict == "inconclusive" and self.on_inconclusive == "fail")
+
+
+#: Rule fields that must agree across the tasks of a pooled case (it has one bootstrap and one interval).
+POOLED_SHARED_FIELDS = ("interval", "confidence", "n_resamples", "n_bins", "gate")
+
+
+def pooled_rule(rules: Sequence[Rule]) -> Rule:
+    """The rule a pooled case (calib_checks/pooled.py) reports: its tasks' shared fields (`POOLED_SHARED_FIELDS`;
+    ThresholdsError when they differ), the largest ``min_items`` (held against ALL its items); its margin is
+    `pooled.pooled_margin`'s, the item-weighted mean of its tasks' margins, not this rule's."""
+    for name in POOLED_SHARED_FIELDS:
+        values = {getattr(r, name) for r in rules}
+        if len(values) > 1:
+            raise ThresholdsError(f"a pooled case needs one {name} for all its tasks, got "
+                                  f"{sorted(map(str, values))}; set it in [default] or [metric.M] rather than per "
+                                  "task, or set pooled_weight = 0 in [gate]")
+    return replace(rules[0], min_items=max(r.min_items for r in rules), source="pooled over its tasks' rules")
 
 
 #: The policy when the file has no [gate] table.
@@ -417,6 +450,18 @@ def _parse_policy(data: Mapping[str, Any], path: str) -> GatePolicy:
             values[key] = _check_number(path, "gate", key, value, 0.0, True, 0.5, False)
         elif key == "on_inconclusive":
             values[key] = _check_choice(path, "gate", key, value, ON_INCONCLUSIVE)
+        elif key == "pooled_weight":
+            values[key] = _check_number(path, "gate", key, value, 0.0, False, 1.0, True)
+        elif key == "metric_weights":
+            if not isinstance(value, Mapping):
+                raise ThresholdsError(f"{_where(path, 'gate', key)}: expected a table of metric = weight, e.g. "
+                                      f"metric_weights = {{ overconfidence = 2.0 }}, got {value!r}")
+            for metric, weight in value.items():
+                if metric not in METRICS:
+                    raise ThresholdsError(f"{_where(path, 'gate', key)}: unknown metric {metric!r}"
+                                          f"{_suggest(metric, tuple(METRICS))}")
+                _check_number(path, "gate", f"{key}.{metric}", weight, 0.0, True)
+            values[key] = dict(value)
         else:
             hint = ("; rule fields such as max_increase go in [default] or a [task/extractor/metric] table"
                     if key in RULE_FIELDS else "")

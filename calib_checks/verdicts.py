@@ -2,9 +2,9 @@
 and the family correction that turns a run's per-case p-values into its verdicts.
 
 `judge_case` judges one case as if it were its own family; `judge_arrays` is the same decision on plain arrays
-(calib_checks/simulation.py measures the shipped rules through it); `apply_family` adjusts the p-values of all
-gated cases of each family (by default: a pair) with Holm's step-down and recomputes verdicts and messages.
-The gate calls `judge_case` for every case, then `apply_family` once.
+(calib_checks/simulation.py measures the shipped rules through it). The family correction (calib_checks/family.py)
+then adjusts the p-values of all gated cases of each family (by default: a pair, or a chain) at each sequential
+look and recomputes verdicts and messages (`verdict_of`, `message`).
 
 Conventions (thresholds.py has the rule's fields):
 
@@ -20,8 +20,8 @@ Conventions (thresholds.py has the rule's fields):
   the signed ones and ``sign_test`` says which side and contrast decided.
 * ``margin = rule.margin(K, base value)``: ``max_increase`` (x 2/K with ``scale = "2/K"``, K = the number of
   probability columns, ARC's padded maximum included), raised by ``max_relative_increase x |base|`` if set.
-* ``p_value``: one-sided, H0 "worsening <= margin" (``BootstrapResult.p_value``); ``p_adjusted``: Holm's
-  step-down over the case's family (the case alone until `apply_family`).
+* ``p_value``: one-sided, H0 "worsening <= margin" (``BootstrapResult.p_value``); ``p_adjusted``: over the case's
+  family and looks (calib_checks/family.py: fail iff it is <= alpha; the case alone before that).
 * verdict:
   - ``error`` when the case cannot be judged (different items or labels in the two scores, no items, an
     extractor a side lacks, invalid probabilities, a margin the metric can never exceed on this K): it never
@@ -31,8 +31,8 @@ Conventions (thresholds.py has the rule's fields):
   - ``error`` when there are fewer items than ``min_items`` and it does not already fail ("too few items to tell");
   - ``pass`` when ``compared <= margin`` (the worsening is shown to be within the margin);
   - ``inconclusive`` otherwise; ``detectable`` then says the smallest worsening these items detect with 80 %
-    power: ``margin + (z_{1 - alpha/m} + z_{0.8}) se``, m the family's size, i.e. a one-sided z-test at the
-    Bonferroni level alpha/m (Holm's first and strictest step, so the figure is conservative).
+    power: ``margin + (z_{1 - level} + z_{0.8}) se``, `level` the case's own nominal level at its look (its
+    weight's share of alpha, spent over the looks: calib_checks/family.py), a one-sided z-test at that level.
 """
 
 from __future__ import annotations
@@ -51,9 +51,9 @@ from calib_checks.thresholds import BUILTIN_POLICY, GatePolicy, Rule, max_change
 if TYPE_CHECKING:
     from calib_checks.records import TaskScores
 
-__all__ = ["POWER", "RUN_VERDICTS", "VERDICTS", "CaseResult", "Decision", "VerdictError", "apply_family",
-           "case_from_decision", "decide", "detectable_worsening", "error_case", "holm", "judge_arrays",
-           "judge_case", "run_verdict", "upper_end_quantile"]
+__all__ = ["POWER", "RUN_VERDICTS", "VERDICTS", "CaseResult", "Decision", "VerdictError", "message",
+           "case_from_decision", "decide", "detectable_worsening", "error_case", "judge_arrays",
+           "judge_case", "paired_arrays", "run_verdict", "upper_end_quantile"]
 
 #: A case's verdicts (docs/GATE.md, "Cases and outcomes").
 VERDICTS = ("pass", "fail", "inconclusive", "not-gated", "error")
@@ -76,8 +76,9 @@ class CaseResult:
     the worsening's interval, held against the margin for a pass), `seed` (of the bootstrap), `worsening` (its
     bias-corrected estimate), `se` (the bootstrap sd of the change), `p_value` (raw, one-sided, H0 worsening
     <= margin), `p_adjusted` (over the family), `margin` (effective, after scaling), `detectable` (smallest
-    worsening detected with 80 % power at the Bonferroni level alpha/family_size), `mc_error` (Monte Carlo
-    error of the interval ends), `alpha`, `family` ("case" until `apply_family`, then the policy's family),
+    worsening detected with 80 % power at `level`), `level` (the nominal one-sided level of this case at this
+    look: its share of the family's rate, spent over the looks; calib_checks/family.py), `mc_error` (Monte Carlo
+    error of the interval ends), `alpha`, `family` ("case" until `family.correct_look`, then the policy's family),
     `family_size` (gated cases in the family), `n_options` (K), `sign_test` (signed metrics only, else None:
     which side's intersection-union test gave the p-value and which contrast bound it, e.g. `over:sum`; then
     `worsening`, `compared` and `p_value` are those of ``|aligned| - |base|``, while `change` and
@@ -118,7 +119,8 @@ class CaseResult:
     family_size: int = 1
     n_options: int | None = None
     sign_test: str | None = None
-    chain: str | None = None  # the chain this case's comparison is a step of (its Holm family); None for a pair
+    chain: str | None = None  # the chain this case's comparison is a step of (its family); None for a pair
+    level: float | None = None  # the nominal one-sided level its p-value met at this look (family.correct_look)
 
     @property
     def key(self) -> tuple[str, str, str, str]:
@@ -199,24 +201,11 @@ def _metric(metric: str) -> bool:
 
 def detectable_worsening(margin: float, se: float, alpha: float, family_size: int = 1, power: float = POWER) -> float:
     """Smallest worsening a one-sided z-test at level alpha / family_size detects with probability `power`."""
-    return margin + (normal_quantile(1.0 - alpha / max(family_size, 1)) + normal_quantile(power)) * se
+    # z_{1-a} as -z_a: exact for the tiny levels an early look of O'Brien-Fleming spending gives (1 - a rounds to 1)
+    return margin + (-normal_quantile(alpha / max(family_size, 1)) + normal_quantile(power)) * se
 
 
-def holm(p_values: Sequence[float]) -> list[float]:
-    """Holm's step-down adjusted p-values: sorted ascending, adj_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)).
-
-    A NaN p-value is treated as 0 (it fails, and so it is the first rejected).
-    """
-    p = np.array([0.0 if (x is None or math.isnan(x)) else x for x in p_values], dtype=np.float64)
-    m = p.size
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
-    out = np.empty(m)
-    out[order] = adjusted
-    return [float(x) for x in out]
-
-
-def _verdict(p_adjusted: float, alpha: float, compared: float, margin: float, gate: bool, too_few: bool) -> str:
+def verdict_of(p_adjusted: float, alpha: float, compared: float, margin: float, gate: bool, too_few: bool) -> str:
     if not gate:
         return "not-gated"
     if any(math.isnan(x) for x in (p_adjusted, compared, margin)) or p_adjusted <= alpha:
@@ -345,7 +334,7 @@ def decide(boot: BootstrapResult, metric: str, rule: Rule, margin: float, n_opti
                    + (" or max_relative_increase" if rule.max_relative_increase is not None else "")
                    + " or set gate = false")
     else:
-        verdict = _verdict(test.p_value, alpha, test.compared, margin, rule.gate, too_few)
+        verdict = verdict_of(test.p_value, alpha, test.compared, margin, rule.gate, too_few)
     return Decision(
         base_value=boot.base_value,
         aligned_value=boot.aligned_value,
@@ -382,14 +371,20 @@ def _family_text(case: CaseResult) -> str:
     group = f"chain {case.chain}" if case.chain else f"pair {case.pair}"
     if case.family_size <= 1:
         return "this case alone" if case.family == "case" else f"the only gated case of {group}"
-    return f"Holm over the {case.family_size} gated cases of {group}"
+    return f"weighted Holm over the {case.family_size} gated cases of {group}"
 
 
 _CONTRAST_TEXT = {"change": "signed change", "sum": "sum of both values"}
 
 
-def _message(case: CaseResult) -> str:
-    """The case's one-line message, from its fields (so `apply_family` can rewrite it)."""
+def _detectable(case: CaseResult) -> str:
+    if case.detectable is None:
+        return "none at this look (it spends no false-alarm rate on this case: judge more items)"
+    return f"{case.detectable:+.4f} or more"
+
+
+def message(case: CaseResult) -> str:
+    """The case's one-line message, from its fields (so the family correction can rewrite it)."""
     name = METRICS[case.metric].display_name if case.metric in METRICS else case.metric
     where = f"{case.task} {case.extractor}"
     rel = "" if case.relative_change is None else f" ({case.relative_change:+.1%})"
@@ -408,15 +403,15 @@ def _message(case: CaseResult) -> str:
     if case.verdict == "error":  # too few items (other errors keep their own message)
         return (f"ERROR {case.metric} on {case.task} ({case.extractor}): n={case.n_items} < min_items="
                 f"{case.rule['min_items']}: too few items to tell; lower min_items in thresholds.toml or score more "
-                f"items; {numbers}; {test}; detectable worsening {case.detectable:+.4f}; {rule_text}")
+                f"items; {numbers}; {test}; detectable worsening {_detectable(case)}; {rule_text}")
     if case.verdict == "fail":
         return f"FAIL {where}: {numbers}; {test} <= alpha: worse than the margin; {rule_text}"
     if case.verdict == "pass":
         return f"pass {where}: {numbers}; {test}; upper end within the margin; {rule_text}"
-    bonferroni = f"{case.alpha:g}/{case.family_size}" if case.family_size > 1 else f"{case.alpha:g}"
+    level = f"{case.level:.2g}" if case.level is not None else f"{case.alpha:g}"
     return (f"INCONCLUSIVE {where}: {numbers}; {test}: neither shown worse than the margin nor within it; these "
-            f"items detect a worsening of {case.detectable:+.4f} or more ({POWER:.0%} power, one-sided z-test at the "
-            f"Bonferroni level {bonferroni}); {rule_text}")
+            f"items detect a worsening of {_detectable(case)} ({POWER:.0%} power, one-sided z-test at this case's "
+            f"level {level}); {rule_text}")
 
 
 def case_from_decision(d: Decision, *, pair: str, base: str, aligned: str, task: str, extractor: str, metric: str,
@@ -435,7 +430,7 @@ def case_from_decision(d: Decision, *, pair: str, base: str, aligned: str, task:
     if d.problem:
         case.message = f"ERROR {metric} on {task} ({extractor}): {d.problem}"
     else:
-        case.message = _message(case)
+        case.message = message(case)
     return case
 
 
@@ -467,6 +462,33 @@ def _same_items(base: TaskScores, aligned: TaskScores) -> tuple[TaskScores, str 
     return aligned.select(base_ids), None
 
 
+def paired_arrays(base: TaskScores, aligned: TaskScores, extractor: str
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    """(base probabilities, aligned probabilities in the base's item order, gold labels) of one task, or why the
+    two sides cannot be judged against each other item for item (a one-line problem): another task, other items,
+    no items, an extractor a side lacks, gold labels that differ. Per-task and pooled cases both start here."""
+    if base.task != aligned.task:
+        return f"base scored task {base.task!r} but aligned scored {aligned.task!r}"
+    aligned, problem = _same_items(base, aligned)
+    if problem is not None:
+        return problem
+    n = len(base.records)
+    if n == 0:
+        return "no items were scored (empty data set or --limit 0); an empty case cannot pass"
+    for role, scores in (("base", base), ("aligned", aligned)):
+        lacking = scores.lacking(extractor)
+        if lacking:  # e.g. continuation-min from lm-eval, which logs only sums: never judged as a pass
+            return (f"{extractor} is not available from the {role} side ({scores.stats.source}) on {base.task}: "
+                    f"{lacking} of {n} items lack it; drop it from --calib-extractors or score that side with "
+                    "calib-checks")
+    labels = base.labels()
+    if not np.array_equal(labels, aligned.labels()):
+        i = int(np.flatnonzero(labels != aligned.labels())[0])
+        return (f"base and aligned disagree on the gold label of item {base.ids[i]!r} of {base.task} "
+                f"({labels[i]} vs {aligned.labels()[i]}); they must be scored on the same items")
+    return base.probs(extractor), aligned.probs(extractor), labels
+
+
 def judge_case(base: TaskScores, aligned: TaskScores, extractor: str, metric: str, rule: Rule, seed: int = 0,
                *, pair: str | None = None, alpha: float = BUILTIN_POLICY.alpha) -> CaseResult:
     """Judge one case as its own family (raw p = adjusted p, level `alpha`); `apply_family` corrects a run.
@@ -485,65 +507,18 @@ def judge_case(base: TaskScores, aligned: TaskScores, extractor: str, metric: st
                           task=base.task, extractor=extractor, metric=metric, rule=rule, message=problem, seed=seed,
                           n_items=n_items, alpha=alpha)
 
-    if base.task != aligned.task:
-        return error(f"base scored task {base.task!r} but aligned scored {aligned.task!r}")
-    aligned, problem = _same_items(base, aligned)
-    if problem is not None:
-        return error(problem)
-    n = len(base.records)
-    if n == 0:
-        return error("no items were scored (empty data set or --limit 0); an empty case cannot pass")
-    for role, scores in (("base", base), ("aligned", aligned)):
-        lacking = scores.lacking(extractor)
-        if lacking:  # e.g. continuation-min from lm-eval, which logs only sums: never judged as a pass
-            return error(f"{extractor} is not available from the {role} side ({scores.stats.source}): {lacking} of "
-                         f"{n} items lack it; drop it from --calib-extractors or score that side with calib-checks", n)
-    labels = base.labels()
-    if not np.array_equal(labels, aligned.labels()):
-        i = int(np.flatnonzero(labels != aligned.labels())[0])
-        return error(f"base and aligned disagree on the gold label of item {base.ids[i]!r} "
-                     f"({labels[i]} vs {aligned.labels()[i]}); they must be scored on the same items", n)
+    checked = paired_arrays(base, aligned, extractor)
+    if isinstance(checked, str):
+        return error(checked, len(base.records))
+    labels = checked[2]
+    n = len(labels)
     try:  # the probabilities are finite: records refuse non-finite scores when they are made
-        d = judge_arrays(base.probs(extractor), aligned.probs(extractor), labels, metric, rule, seed, alpha=alpha)
+        d = judge_arrays(checked[0], checked[1], labels, metric, rule, seed, alpha=alpha)
     except MetricInputError as exc:
         return error(str(exc), n)
     return case_from_decision(d, pair=pair or aligned.model_label, base=base.model_label,
                               aligned=aligned.model_label, task=base.task, extractor=extractor, metric=metric,
                               rule=rule, seed=seed)
-
-
-def _in_family(case: CaseResult) -> bool:
-    """Gated and judged: has a p-value (data errors and report-only cases do not take part)."""
-    return bool(case.rule.get("gate")) and case.p_value is not None and case.verdict != "not-gated"
-
-
-def apply_family(cases: Sequence[CaseResult], policy: GatePolicy = BUILTIN_POLICY) -> list[CaseResult]:
-    """Adjust the p-values of each family's gated cases (Holm) and recompute their verdicts and messages.
-
-    Families: all gated cases of one pair, or of one chain: its steps and the whole chain together
-    (`policy.family == "pair"`; `CaseResult.chain`), or each case alone ("case"). Members are
-    the gated cases with a p-value: not `not-gated`, not data errors; a case under min_items takes part (it
-    fails if its adjusted p-value says so, else stays an error). Returns new CaseResults, in the input order;
-    non-members are returned unchanged.
-    """
-    groups: dict[Any, list[int]] = {}
-    for i, case in enumerate(cases):
-        if _in_family(case):
-            groups.setdefault((case.chain or case.pair) if policy.family == "pair" else case.key, []).append(i)
-    out = list(cases)
-    for members in groups.values():
-        adjusted = holm([cases[i].p_value for i in members])  # type: ignore[misc]
-        m = len(members)
-        for i, p_adj in zip(members, adjusted):
-            c = cases[i]
-            too_few = c.n_items < int(c.rule["min_items"])
-            assert c.compared is not None and c.margin is not None and c.se is not None
-            new = replace(c, p_adjusted=p_adj, alpha=policy.alpha, family=policy.family, family_size=m,
-                          detectable=detectable_worsening(c.margin, c.se, policy.alpha, m),
-                          verdict=_verdict(p_adj, policy.alpha, c.compared, c.margin, True, too_few))
-            new.message = _message(new)
-            out[i] = new
-    return out
 
 
 def run_verdict(verdicts: Sequence[str], complete: bool, policy: GatePolicy = BUILTIN_POLICY, *,
@@ -592,5 +567,5 @@ def stopped_early(case: CaseResult, reason: str) -> CaseResult:
     fails already); the message says where and why the family stopped."""
     if case.verdict == "error" and case.p_value is not None:
         case = replace(case, verdict="inconclusive")
-        case.message = _message(case)
+        case.message = message(case)
     return replace(case, message=f"{case.message} [stopped early: {reason}; n={case.n_items}]")

@@ -39,7 +39,7 @@ def test_the_plan_predicts_the_gates_own_standard_errors(independent, tmp_path, 
                  "--thresholds", str(REPO / "thresholds.toml")]) == 0
     table = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     rows = {(r[0].strip("| "), r[1], r[2]): float(r[5]) for r in table if not r[0].startswith("|---")}
-    assert set(rows) == set(measured) and len(rows) == len(TASKS) * len(EXTRACTORS) * 3
+    assert set(rows) == set(measured) and len(rows) == (len(TASKS) + 1) * len(EXTRACTORS) * 3  # and pooled
     ratios = [rows[key] / measured[key] for key in measured]
     print(f"plan se / gate se: {min(ratios):.2f} .. {max(ratios):.2f} over {len(ratios)} cases")
     assert 0.75 < min(ratios) and max(ratios) < 1.33, ratios
@@ -55,7 +55,7 @@ def test_from_a_run_the_detectable_worsening_is_the_cases_own(independent, tmp_p
         case = cases[(row.task, row.extractor, row.metric)]
         assert row.detectable == pytest.approx(case.detectable, rel=1e-9)  # the gate's own formula and se
         # 4x the items halve the se: the worsening detectable there is the margin plus half the distance.
-        level = Level(case.alpha, case.family_size)
+        level = Level(case.level, 1.0, case.family_size)
         quarter = plan_row(row.task, row.extractor, row.metric, 4 * N, row.se / 2, row.margin, 0.95, level, 0.05)
         assert quarter.detectable - row.margin == pytest.approx((row.detectable - row.margin) / 2)
         assert math.isinf(plan_row(row.task, row.extractor, row.metric, N, row.se, row.margin, 0.95, level,
@@ -93,7 +93,7 @@ def test_a_pass_is_sized_at_the_upper_end_the_gate_passes_on() -> None:
         assert decision.compared == pytest.approx(upper, rel=1e-9), metric
     assert upper_end_quantile(0.95, False) == pytest.approx(0.975)
     assert upper_end_quantile(0.95, True) == pytest.approx(0.9875)
-    level = Level(0.05, 12)
+    level = Level(0.05, 1 / 12, 12)
     ece, oc = (plan_row("piqa", "choice", m, 500, 0.004, 0.01, 0.95, level, 0.05) for m in ("ece", "overconfidence"))
     assert oc.items_to_pass / ece.items_to_pass == pytest.approx(1.211, abs=1e-3)
     assert ece.items_to_pass == pytest.approx(500 * ((1.959964 + 0.841621) * 0.004 / 0.01) ** 2, rel=1e-5)
@@ -144,7 +144,9 @@ def test_the_plan_tests_each_case_at_the_gates_own_level(scenario, independent, 
     judged = [c for c in outcome.cases if c.verdict != "not-gated"]
     assert judged and all("stopped early" not in c.message for c in judged)  # every case judged at the last look
     rows = _plan(f"scores:{d['base']}", *plan)
-    assert {(r.alpha, r.family_size) for r in rows} == {(c.alpha, c.family_size) for c in judged}
+    # Each case's level at the last look: its weight of alpha (pooled cases first), spent over the looks.
+    levels = {(c.task, c.extractor, c.metric): (c.level, c.family_size) for c in judged}
+    assert {(r.task, r.extractor, r.metric): (pytest.approx(r.alpha, rel=1e-9), r.family_size) for r in rows} == levels
     assert {(r.task, r.extractor, r.metric) for r in rows} == {(c.task, c.extractor, c.metric) for c in judged}
 
 
@@ -160,7 +162,7 @@ def test_plan_on_a_checkpoint_and_its_mistakes(tiny_model_dir: Path, tmp_path, c
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "| piqa | choice | overconfidence | 40 |" in out and "correlation with it taken as 0" in out
-    assert "a case of a pair at the gate's last look: alpha 0.05 over a Holm family of 9" in out  # 40 items: 1 look
+    assert "its weight of the family's alpha in a family of 9 gated cases of a pair" in out  # one task: no pooled
     assert main([*args, "--chain", "1"]) == 2 and "--chain must be 2 (a pair) or more" in capsys.readouterr().err
     assert main(["plan"]) == 2 and "give one model's scores" in capsys.readouterr().err
     assert main([*args, "--correlation", "1.5"]) == 2 and "--correlation must be in [0, 1)" in capsys.readouterr().err
