@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 from calib_checks.graphical import pooled_design, sequential_graphical_test
 from calib_checks.pooled import POOLED_TASK
 from calib_checks.spending import look_levels
+from calib_checks.thresholds import BUILTIN_POLICY
 from calib_checks.verdicts import detectable_worsening, message, verdict_of
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def correct_look(rows: Sequence[Sequence[CaseResult]], policy: GatePolicy, plan:
     return current
 
 
-def apply_family(cases: Sequence[CaseResult], policy: GatePolicy) -> list[CaseResult]:
+def apply_family(cases: Sequence[CaseResult], policy: GatePolicy = BUILTIN_POLICY) -> list[CaseResult]:
     """The cases of one or more families judged at one look (all their items at once): each family (a pair, or a
     chain: `CaseResult.chain`) corrected by `correct_look`. Returns new results in the input order."""
     by_family: dict[str, list[int]] = {}

@@ -195,7 +195,7 @@ class Gate:
         family_of = {c.name: c.family for c in self.comparisons}
         tasks: dict[str, list[str]] = {}
         for case in cases:
-            tasks.setdefault(family_of[case.pair], []).append(case.task)
+            tasks.setdefault(family_of[case.pair], []).extend(self.selection.tasks_of(case))
         plans = {family: self.looks(family, list(dict.fromkeys(names))) for family, names in tasks.items()}
 
         judged_now: dict[tuple[Case, int], CaseResult] = {}

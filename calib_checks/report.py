@@ -39,6 +39,7 @@ from calib_checks.results import (
     load_results,
     resolve_run_dir,
 )
+from calib_checks.selection import POOLED_TASK
 from calib_checks.tasks import LETTERS
 from calib_checks.thresholds import Rule
 from calib_checks.verdicts import VERDICTS
@@ -682,7 +683,8 @@ def _run_extra(run: dict) -> list[dict]:
 def build_context(run_dir: Path, results: dict) -> dict:
     """Everything the template shows, as plain values (strings already formatted)."""
     cases = results["cases"]
-    tasks = _order(list(results["tasks"]) + [c["task"] for c in cases])
+    # The pooled cases (over all tasks) are the release's headline: first.
+    tasks = _order(list(results["tasks"]) + [c["task"] for c in cases], [POOLED_TASK])
     extractors = _order([c["extractor"] for c in cases])
     metric_names = _order([c["metric"] for c in cases], _METRIC_ORDER)
     sort_key = {

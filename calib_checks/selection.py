@@ -227,15 +227,16 @@ def parse_family(text: str, kind: str = "pair") -> Family:
 
 def _pooled_rules(options: GateOptions, rules: Mapping[tuple[str, str, str], Rule], policy: GatePolicy
                   ) -> dict[tuple[str, str, str], Rule]:
-    """The rule of each pooled case (`pooled.pooled_rule` of its tasks' rules): one per extractor x metric gated
-    on every selected task, when there are two tasks or more and the policy gives pooled cases a weight."""
+    """The rule of each pooled case (`thresholds.pooled_rule` of its tasks' rules): one per extractor x metric of
+    `policy.pooled_metrics` gated on every selected task, when there are two tasks or more and the policy gives
+    pooled cases a weight."""
     from calib_checks.thresholds import ThresholdsError, pooled_rule
 
     if len(options.tasks) < 2 or policy.pooled_weight <= 0:
         return {}
     out = {}
     for e in options.extractors:
-        for m in options.metrics:
+        for m in (m for m in options.metrics if m in policy.pooled_metrics):
             per_task = [rules[(t, e, m)] for t in options.tasks]
             if all(r.gate for r in per_task):
                 try:

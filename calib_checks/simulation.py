@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from calib_checks.errors import CalibChecksError
 from calib_checks.metrics import METRICS, normal_quantile, normal_sf
 from calib_checks.sampling import FIRST_LOOK, look_sizes
 from calib_checks.selection import DEFAULT_EXTRACTORS, DEFAULT_METRICS, POOLED_TASK, Case
@@ -117,6 +118,7 @@ IMPROVEMENTS = (
 ALTERNATIVES = (
     Scenario("T0.5", "sharpened T=0.5, rho 0.9", "damage", 1.0, 0.5),
     Scenario("T0.7", "sharpened T=0.7, rho 0.9", "damage", 1.0, 0.7),
+    Scenario("T0.8", "sharpened T=0.8, rho 0.9", "damage", 1.0, 0.8),
     Scenario("T0.85", "sharpened T=0.85, rho 0.9", "damage", 1.0, 0.85),
     Scenario("T1.4", "calibrated base -> under-confident aligned (T=1.4)", "damage", 1.0, 1.4),
     Scenario("one-task", "sharpened T=0.7 on mmlu_stem only", "damage", 1.0, 0.7, tasks=("mmlu_stem",)),
@@ -182,8 +184,8 @@ class SimulatedPair:
         self.groups = {(task, extractor): generate_group(rng, budget, task, scenario)
                        for task in TASK_OPTIONS for extractor in EXTRACTORS}
         metrics = gated_metrics(thresholds)
-        pooled = [Case("sim", POOLED_TASK, e, m) for e in EXTRACTORS for m in metrics] \
-            if self.policy.pooled_weight > 0 else []
+        pooled = [Case("sim", POOLED_TASK, e, m) for e in EXTRACTORS for m in metrics
+                  if m in self.policy.pooled_metrics] if self.policy.pooled_weight > 0 else []
         self.cases = pooled + [Case("sim", task, extractor, metric) for task, extractor in self.groups
                                for metric in metrics]
 
@@ -417,8 +419,9 @@ def _run_sequential_cell(args: tuple[Scenario, int, int, int, str]) -> tuple[str
 def run_sequential_study(plan: dict[str, dict[int, int]], thresholds_path: str | Path = SHIPPED, seed: int = 0,
                          jobs: int = 1) -> dict[tuple[str, int], tuple[list[SequentialPair], float]]:
     """Simulate `plan` = {scenario: {budget per task: repetitions}} judged in looks and by the fixed-size rule."""
-    tasks = [(SCENARIOS[name], n, reps, seed + 101 + i, str(thresholds_path))
-             for i, (name, sizes) in enumerate(plan.items()) for n, reps in sizes.items()]
+    # a scenario's seed depends on its name only, so a part of the plan (--scenarios) draws the same pairs
+    tasks = [(SCENARIOS[name], n, reps, seed + 101 + sorted(SCENARIOS).index(name), str(thresholds_path))
+             for name, sizes in plan.items() for n, reps in sizes.items()]
     cells = _map_in_workers(_run_sequential_cell, tasks, jobs)
     return {(name, budget): (pairs, seconds) for name, budget, pairs, seconds in cells}
 
@@ -428,15 +431,16 @@ def format_sequential(cells: dict[tuple[str, int], tuple[list[SequentialPair], f
     judged in looks and by the fixed-size rule on the same pairs, and the share of the budget the looks used."""
     lines = ["sequential looks (first look 100 items per task, doubling, O'Brien-Fleming-type spending of each "
              "case's share of alpha across looks) vs the fixed-size rule, same simulated pairs",
-             "| scenario | items per task (budget) | pairs failing, in looks | pairs failing, fixed rule | "
-             "mean share of the budget used | pairs ended by look 1 / 2 / 3 |",
-             "|---|---|---|---|---|---|"]
+             "| scenario | real releases of that size (notes, section 10) | items per task (budget) | pairs failing, "
+             "in looks | pairs failing, fixed rule | mean share of the budget used | pairs ended by look 1 / 2 / 3 |",
+             "|---|---|---|---|---|---|---|"]
     seconds = 0.0
     for (name, budget), (pairs, cpu) in cells.items():
         seconds += cpu
         n = len(pairs)
         looks = [sum(p.stopped_at <= k for p in pairs) / n for k in (1, 2, 3)]
-        lines.append(f"| {SCENARIOS[name].label} | {budget} | {_ci(sum(p.failed for p in pairs), n)} | "
+        lines.append(f"| {SCENARIOS[name].label} | {RELEASES.get(name, '')} | {budget} | "
+                     f"{_ci(sum(p.failed for p in pairs), n)} | "
                      f"{_ci(sum(p.fixed_failed for p in pairs), n)} | "
                      f"{100 * sum(p.items / budget for p in pairs) / n:.0f} % | "
                      + " / ".join(f"{100 * x:.0f} %" for x in looks) + f" | ({n} pairs)")
@@ -591,11 +595,27 @@ FULL_PLAN: dict[str, dict[int, int]] = {
 #: The sequential looks' study: nulls and damage at the budgets the issue's targets name.
 SEQUENTIAL_QUICK_PLAN: dict[str, dict[int, int]] = {"equal-rho0.9": {500: 4}, "T0.5": {2000: 2}, "T0.7": {500: 3}}
 SEQUENTIAL_FULL_PLAN: dict[str, dict[int, int]] = {
-    "equal-rho0.9": {500: 100, 2000: 40},
-    "over-base": {500: 40},
-    "T0.5": {2000: 30},
-    "T0.7": {500: 60, 2000: 20},
-    "T0.85": {2000: 20},
+    "equal-rho0.9": {200: 40, 500: 60, 2000: 20},
+    "over-base": {500: 30},
+    "acc-loss": {500: 30},
+    "under-to-cal": {500: 30, 2000: 10},
+    "over-to-cal": {500: 30, 2000: 10},
+    "T0.5": {2000: 10},
+    "T0.7": {500: 30},
+    "T0.8": {500: 30},
+    "T0.85": {500: 40, 2000: 15},
+    "T1.4": {500: 30},
+    "one-task": {500: 40, 2000: 10},
+}
+
+#: Which real releases a scenario's effect covers (reference notes, section 10: on a calibrated base, logits / T
+#: moves ECE and over-confidence by about +0.04 at T = 0.85, +0.07-0.09 at 0.7, +0.13-0.16 at 0.5).
+RELEASES = {
+    "T0.5": "7-8B class (Llama-2-7B chat +0.33, Llama-3-8B Instruct +0.15 ECE)",
+    "T0.7": "between: Llama-3-70B Instruct +0.08 ECE on MMLU-STEM",
+    "T0.8": "GPT-4 after RLHF (+0.07 ECE on MMLU)",
+    "T0.85": "70B class: Qwen2-72B Instruct +0.04 ECE",
+    "one-task": "a regression on one task only",
 }
 
 
@@ -605,14 +625,22 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--thresholds", default=str(SHIPPED), help="rules file (default: the shipped thresholds.toml)")
     parser.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole study (default 0)")
-    parser.add_argument("--sequential", action="store_true", help="the sequential looks' study instead (with "
-                        "--full: the one docs/GATE.md quotes)")
+    parser.add_argument("--sequential", action="store_true", help="the sequential study instead: pooled cases, "
+                        "the spending across looks, early stops (with --full: the one docs/GATE.md quotes)")
+    parser.add_argument("--scenarios", default=None, help="with --sequential: only these scenarios of its plan "
+                        "(comma-separated names, e.g. T0.85,one-task): a part of the study, same seeds")
 
 
 def run_cli(args: argparse.Namespace) -> int:
     if args.sequential:
-        cells = run_sequential_study(SEQUENTIAL_FULL_PLAN if args.full else SEQUENTIAL_QUICK_PLAN, args.thresholds,
-                                     args.seed, args.jobs)
+        plan = SEQUENTIAL_FULL_PLAN if args.full else SEQUENTIAL_QUICK_PLAN
+        if args.scenarios:
+            chosen = args.scenarios.split(",")
+            unknown = [n for n in chosen if n not in plan]
+            if unknown:
+                raise CalibChecksError(f"--scenarios: {unknown[0]!r} is not in the plan; choose from {', '.join(plan)}")
+            plan = {n: sizes for n, sizes in plan.items() if n in chosen}
+        cells = run_sequential_study(plan, args.thresholds, args.seed, args.jobs)
         print(format_sequential(cells))
         return 0
     study = run_study(FULL_PLAN if args.full else QUICK_PLAN, args.thresholds, args.seed, args.jobs,

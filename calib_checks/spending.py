@@ -202,6 +202,8 @@ def look_levels(sizes: Sequence[int | float], alpha: float, *, planned: float | 
     """
     if alpha <= 0.0:
         return tuple(0.0 for _ in sizes)
+    if len(sizes) == 1 and final:  # one look spends alpha itself (exactly: no boundary to solve)
+        return (float(alpha),)
     end = float(sizes[-1] if planned is None else planned)
     if end <= 0.0:
         raise ValueError(f"planned must be positive, got {planned!r}")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from calib_checks.fileio import atomic_write_text
+from calib_checks.selection import POOLED_TASK
 
 SUMMARY_FILE = "results.md"
 MAX_LISTED = 15
@@ -121,6 +122,8 @@ def render_summary(results: Mapping[str, Any]) -> str:
     chains = list(results.get("chains", []))
     tasks = list((results.get("run", {}).get("selection") or {}).get("tasks") or
                  dict.fromkeys(c["task"] for c in cases))
+    if any(c["task"] == POOLED_TASK for c in cases):  # the pooled cases, over every task: the headline, first
+        tasks = [POOLED_TASK, *(t for t in tasks if t != POOLED_TASK)]
     lines = [f"## calib-checks gate: {results['verdict'].upper()}", "", _md(results.get("verdict_reason", "")), ""]
     families: dict[str, list[Mapping[str, Any]]] = {}
     for pair in pairs:

@@ -72,7 +72,7 @@ INTERVALS = INTERVAL_METHODS  # one list: the bootstrap's interval methods
 SCALES = ("none", "2/K")
 FAMILIES = ("pair", "case")
 ON_INCONCLUSIVE = ("pass", "fail")
-POLICY_FIELDS = ("family", "alpha", "on_inconclusive", "pooled_weight", "metric_weights")
+POLICY_FIELDS = ("family", "alpha", "on_inconclusive", "pooled_weight", "pooled_metrics", "metric_weights")
 MAX_RELATIVE_INCREASE = 10.0  # 1000 % of the base value: beyond it the relative tolerance swamps everything
 MAX_MIN_ITEMS = 10**7  # the largest task has ~10^4 items; 10^7 catches typos like 1e9
 # Fields that existed once and were replaced: a clear message instead of "unknown key".
@@ -107,8 +107,8 @@ class GatePolicy:
     (Holm's step-down when every case weighs the same), with O'Brien-Fleming spending over the sequential looks,
     so an equally calibrated pair fails ANY case with probability <= alpha; "case": no correction (each case at
     level alpha, spent over its looks). `alpha`: the family-wise false-alarm rate, in (0, 0.5].
-    `pooled_weight`: the share of alpha the pooled cases (one per extractor x metric over all tasks) start with,
-    in [0, 1); 0 turns them off. `metric_weights`: relative weights of the gated metrics within the pooled and
+    `pooled_weight`: the share of alpha the pooled cases (one per extractor x metric of `pooled_metrics`, over all
+    tasks) start with, in [0, 1); 0 turns them off. `metric_weights`: relative weights of the gated metrics within the pooled and
     within the per-task cases (a metric not named weighs 1). `on_inconclusive`: "pass" (default): an
     inconclusive case does not block the release; "fail": it does. `source` names the table it came from
     ("[gate]" or "built-in"). The defaults are chosen by measurement: docs/GATE.md.
@@ -118,20 +118,22 @@ class GatePolicy:
     alpha: float = 0.05
     on_inconclusive: str = "pass"
     pooled_weight: float = 0.3
+    pooled_metrics: tuple[str, ...] = ("ece", "overconfidence")
     metric_weights: Mapping[str, float] = field(default_factory=dict)
     source: str = field(default="built-in", compare=False)
 
     def __post_init__(self) -> None:
         # A mapping that cannot change (the policy is hashable and shared); JSON gives a plain dict.
         object.__setattr__(self, "metric_weights", MappingProxyType(dict(sorted(dict(self.metric_weights).items()))))
+        object.__setattr__(self, "pooled_metrics", tuple(self.pooled_metrics))
 
     def __hash__(self) -> int:
-        return hash((self.family, self.alpha, self.on_inconclusive, self.pooled_weight,
+        return hash((self.family, self.alpha, self.on_inconclusive, self.pooled_weight, self.pooled_metrics,
                      tuple(self.metric_weights.items())))
 
     def to_json(self) -> dict[str, Any]:
-        return {name: (dict(getattr(self, name)) if name == "metric_weights" else getattr(self, name))
-                for name in POLICY_FIELDS}
+        value = {"metric_weights": dict(self.metric_weights), "pooled_metrics": list(self.pooled_metrics)}
+        return {name: value.get(name, getattr(self, name)) for name in POLICY_FIELDS}
 
     def blocks(self, verdict: str) -> bool:
         """True when a case with this verdict blocks the release (fail and error always; inconclusive per policy)."""
@@ -452,6 +454,15 @@ def _parse_policy(data: Mapping[str, Any], path: str) -> GatePolicy:
             values[key] = _check_choice(path, "gate", key, value, ON_INCONCLUSIVE)
         elif key == "pooled_weight":
             values[key] = _check_number(path, "gate", key, value, 0.0, False, 1.0, True)
+        elif key == "pooled_metrics":
+            if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+                raise ThresholdsError(f"{_where(path, 'gate', key)}: expected a list of metric names, e.g. "
+                                      f'pooled_metrics = ["ece", "overconfidence"], got {value!r}')
+            for metric in value:
+                if metric not in METRICS:
+                    raise ThresholdsError(f"{_where(path, 'gate', key)}: unknown metric {metric!r}"
+                                          f"{_suggest(metric, tuple(METRICS))}")
+            values[key] = tuple(value)
         elif key == "metric_weights":
             if not isinstance(value, Mapping):
                 raise ThresholdsError(f"{_where(path, 'gate', key)}: expected a table of metric = weight, e.g. "

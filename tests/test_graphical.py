@@ -11,7 +11,23 @@ from calib_checks.graphical import (Graph, graphical_adjusted, graphical_test, h
                                     sequential_graphical_test)
 from calib_checks.metrics import normal_sf
 from calib_checks.spending import look_levels
-from calib_checks.verdicts import holm
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (the oracle): sorted ascending, adj_(i) = max_{j <= i} min(1,
+    (m - j + 1) p_(j)); a NaN counts as 0."""
+    p = np.array([0.0 if math.isnan(x) else x for x in p_values], dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.minimum(1.0, np.maximum.accumulate((p.size - np.arange(p.size)) * p[order]))
+    out = np.empty(p.size)
+    out[order] = adjusted
+    return [float(x) for x in out]
+
+
+def test_holm_step_down_by_hand() -> None:
+    # sorted 0.001, 0.01, 0.02, 0.04 (m = 4): 0.004, 0.03, max(0.03, 0.04) = 0.04, max(0.04, 0.04) = 0.04
+    assert holm([0.04, 0.001, 0.02, 0.01]) == pytest.approx([0.04, 0.004, 0.04, 0.03])
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
 
 
 @pytest.mark.parametrize("seed", range(6))

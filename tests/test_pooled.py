@@ -9,7 +9,7 @@ from calib_checks import metrics
 from calib_checks.metrics import MetricInputError, brier, ece, overconfidence, paired_bootstrap, sce
 from calib_checks.pooled import POOLED_TASK, Group, judge_pooled, pooled_bootstrap, pooled_margin, pooling
 from calib_checks.simulation import SCENARIOS, TASK_OPTIONS, generate_group
-from calib_checks.thresholds import Rule
+from calib_checks.thresholds import Rule, ThresholdsError
 from calib_checks.verdicts import VerdictError, case_from_decision, judge_arrays
 
 RULE = Rule(max_increase=0.01, n_resamples=400, min_items=50, source="[default]")
@@ -160,7 +160,7 @@ def test_pooled_se_shrinks_like_the_number_of_tasks() -> None:
 
 def test_rules_must_agree_on_the_bootstrap() -> None:
     groups = groups_of("T0.7", 100, tasks=("piqa", "hellaswag"))
-    with pytest.raises(VerdictError, match="n_resamples"):
+    with pytest.raises(ThresholdsError, match="n_resamples"):
         judge_pooled(groups, "ece", {"piqa": RULE, "hellaswag": Rule(max_increase=0.01, n_resamples=1000, source="x")})
     with pytest.raises(VerdictError, match="no rule"):
         judge_pooled(groups, "ece", {"piqa": RULE})

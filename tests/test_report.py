@@ -33,7 +33,8 @@ from calib_checks.results import ResultsError, RunWriter, load_results
 from calib_checks.records import EXTRACTORS, ItemRecord, ScoreStats, TaskScores
 from calib_checks.tasks import Item
 from calib_checks.thresholds import load_thresholds
-from calib_checks.verdicts import apply_family, judge_case
+from calib_checks.family import apply_family
+from calib_checks.verdicts import judge_case
 
 HOSTILE_SCRIPT = "<script>document.title='PWNED'</script>"
 HOSTILE_SVG = "</svg><b>bold</b>"

@@ -47,8 +47,8 @@ def test_clopper_pearson_matches_known_values() -> None:
 def test_identical_pair_never_fails() -> None:
     twin = Scenario("twin", "identical models", "null", rho=1.0)  # aligned noise = base noise, same temperature
     for seed in range(2):
-        cases = judge_pair(twin, 200, THRESHOLDS, seed=seed)
-        assert len(cases) == len(GATED) * len(TASK_OPTIONS) * len(EXTRACTORS)
+        cases = judge_pair(twin, 200, THRESHOLDS, seed=seed)  # per task, and pooled over the tasks
+        assert len(cases) == len(GATED) * (len(TASK_OPTIONS) + 1) * len(EXTRACTORS)
         assert {c.verdict for c in cases} == {"pass"} and {c.change for c in cases} == {0.0}
 
 
@@ -60,7 +60,7 @@ def test_a_move_to_calibration_never_fails_the_over_confidence_case(scenario: st
     # that sum is 4 or more se above its mean (probability < 1e-4 per case).
     for seed in range(2):
         oc = [c for c in judge_pair(SCENARIOS[scenario], 500, THRESHOLDS, seed=seed) if c.metric == "overconfidence"]
-        assert len(oc) == len(TASK_OPTIONS) * len(EXTRACTORS)
+        assert len(oc) == (len(TASK_OPTIONS) + 1) * len(EXTRACTORS)  # the pooled cases too
         assert all(c.verdict != "fail" and c.p_value > 0.01 for c in oc), [(c.task, c.p_value) for c in oc]
         # the signed change (+-0.085, se about 0.015) is reported as it is; the |over-confidence| change decides
         assert all((c.change > 0) == (scenario == "under-to-cal") for c in oc)
@@ -72,7 +72,7 @@ def test_over_confidence_detects_damage_in_both_directions(scenario: str, side: 
     # against T = 0.7 or T = 1.4, PIQA's about 20 %: 12 of 18 expected, fewer than 6 has probability < 1e-4.
     # The previous rule failed none of them against T = 1.4 (a fall of the signed value).
     cases = judge_pair(SCENARIOS[scenario], 2000, THRESHOLDS, seed=5)
-    failing = [c for c in cases if c.metric == "overconfidence" and c.verdict == "fail"]
+    failing = [c for c in cases if c.metric == "overconfidence" and c.verdict == "fail" and c.task != "pooled"]
     assert len(failing) >= 6, len(failing)
     assert {c.sign_test.split(":")[0] for c in failing} == {side}
 

@@ -197,7 +197,17 @@ def test_policy_defaults_and_gate_table(tmp_path: Path) -> None:
     assert plain.policy == BUILTIN_POLICY == GatePolicy("pair", 0.05, "pass") and plain.policy.source == "built-in"
     custom = load(tmp_path, "[gate]\nfamily = 'case'\nalpha = 0.1\non_inconclusive = 'fail'\n"
                             "[default]\nmax_increase = 0.01\n")
-    assert custom.policy.to_json() == {"family": "case", "alpha": 0.1, "on_inconclusive": "fail"}
+    assert custom.policy.to_json() == {"family": "case", "alpha": 0.1, "on_inconclusive": "fail",
+                                       "pooled_weight": 0.3, "pooled_metrics": ["ece", "overconfidence"],
+                                       "metric_weights": {}}
+    weighted = load(tmp_path, "[gate]\npooled_weight = 0.5\nmetric_weights = { ece = 1.5 }\n"
+                              "[default]\nmax_increase = 0.01\n")
+    assert (weighted.policy.pooled_weight, dict(weighted.policy.metric_weights)) == (0.5, {"ece": 1.5})
+    assert GatePolicy(**weighted.policy.to_json()) == weighted.policy  # results.json round trip (recompute)
+    for bad, message in (("pooled_weight = 1.0", "pooled_weight"), ("pooled_metrics = ['eec']", "did you mean"), ("metric_weights = { eec = 2.0 }", "did you mean"),
+                         ("metric_weights = { ece = 0 }", "metric_weights.ece"), ("metric_weights = 2", "table")):
+        with pytest.raises(ThresholdsError, match=message):
+            load(tmp_path, f"[gate]\n{bad}\n[default]\nmax_increase = 0.01\n")
     assert custom.policy.blocks("inconclusive") and not plain.policy.blocks("inconclusive")
     for policy in (plain.policy, custom.policy):
         assert policy.blocks("fail") and policy.blocks("error")

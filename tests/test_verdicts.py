@@ -13,12 +13,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from calib_checks.family import apply_family
 from calib_checks.metrics import paired_bootstrap
 from calib_checks.records import EXTRACTORS, ItemRecord, RecordError, TaskScores
-from calib_checks.thresholds import Rule
-from calib_checks.thresholds import GatePolicy
-from calib_checks.verdicts import (VERDICTS, CaseResult, VerdictError, apply_family, case_from_decision, holm,
-                                 judge_arrays, judge_case)
+from calib_checks.thresholds import GatePolicy, Rule
+from calib_checks.verdicts import VERDICTS, CaseResult, VerdictError, case_from_decision, judge_arrays, judge_case
 
 K = 4
 RULE = Rule(max_increase=0.01, min_items=50, n_resamples=1000, source="[default]")
@@ -142,7 +141,7 @@ def test_below_min_items_fails_when_it_already_fails_else_is_an_error(data) -> N
 
 
 def test_nan_fails_never_passes() -> None:
-    from calib_checks.verdicts import _verdict
+    from calib_checks.verdicts import verdict_of as _verdict
 
     nan = float("nan")
     assert _verdict(nan, 0.05, 0.0, 0.01, True, False) == "fail"
@@ -153,7 +152,6 @@ def test_nan_fails_never_passes() -> None:
     assert _verdict(0.01, 0.05, 0.02, 0.01, True, True) == "fail"
     assert _verdict(0.5, 0.05, 0.0, 0.01, True, True) == "error"
     assert _verdict(0.0, 0.05, 0.5, 0.01, False, False) == "not-gated"
-    assert holm([0.01, nan, 0.5]) == [0.02, 0.0, 0.5]
 
 
 def test_sce_margin_scales_with_the_option_count_and_a_margin_that_cannot_be_exceeded_is_an_error(data) -> None:
@@ -291,12 +289,6 @@ def _case(pair: str, metric: str, p: float, *, compared: float = 0.05, n: int = 
                       se=0.01, p_value=p, p_adjusted=p, margin=0.01, detectable=0.035, mc_error=0.0003, n_options=2)
 
 
-def test_holm_step_down_by_hand() -> None:
-    # sorted 0.001, 0.01, 0.02, 0.04 (m = 4): 0.004, 0.03, max(0.03, 0.04) = 0.04, max(0.04, 0.04) = 0.04
-    assert holm([0.04, 0.001, 0.02, 0.01]) == pytest.approx([0.04, 0.004, 0.04, 0.03])
-    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []
-
-
 def test_apply_family_corrects_within_each_pair_and_recomputes_verdicts_and_messages() -> None:
     cases = [_case("p1", "ece", 0.001, verdict="fail"), _case("p1", "sce", 0.012, verdict="fail"),
              _case("p1", "overconfidence", 0.3), _case("p2", "ece", 0.02, verdict="fail"),
@@ -307,13 +299,15 @@ def test_apply_family_corrects_within_each_pair_and_recomputes_verdicts_and_mess
     assert [c.verdict for c in out] == ["fail", "fail", "inconclusive", "fail", "pass", "not-gated"]
     assert [c.family_size for c in out[:5]] == [3, 3, 3, 2, 2] and out[0].family == "pair"
     assert out[5] is cases[5], "report-only cases take no part"
-    assert "Holm over the 3 gated cases of pair p1" in out[0].message
-    assert "Bonferroni level 0.05/3" in out[2].message
-    z3 = 2.1280452051 + 0.8416212335729143  # z_(1 - 0.05/3) + z_0.8
-    assert out[2].detectable == pytest.approx(0.01 + z3 * 0.01, rel=1e-7)
+    assert "weighted Holm over the 3 gated cases of pair p1" in out[0].message
+    # after two rejections the third case holds the whole rate: it is tested at 0.05 (Holm's last step)
+    assert "this case's level 0.05" in out[2].message and out[2].level == pytest.approx(0.05)
+    z = 1.6448536270 + 0.8416212335729143  # z_(1 - 0.05) + z_0.8
+    assert out[2].detectable == pytest.approx(0.01 + z * 0.01, rel=1e-7)
+    assert out[3].level == pytest.approx(0.025)  # p2's first case, rejected at half the rate
     # per case: no correction; a stricter alpha turns the marginal case
     per_case = apply_family(cases, GatePolicy(family="case"))
-    assert [c.p_adjusted for c in per_case[:5]] == [0.001, 0.012, 0.3, 0.02, 0.5]
+    assert [c.p_adjusted for c in per_case[:5]] == pytest.approx([0.001, 0.012, 0.3, 0.02, 0.5], rel=1e-12)
     strict = apply_family(cases, GatePolicy(alpha=0.01))
     assert [c.verdict for c in strict[:5]] == ["fail", "inconclusive", "inconclusive", "inconclusive", "pass"]
     assert strict[0].alpha == 0.01
