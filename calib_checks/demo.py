@@ -43,7 +43,8 @@ are gated, not merely reported. At that size only a large change is detected rel
 The demo exits 0 when the suite behaved as expected (`check_results`, from pytest's exit status and
 results.json): pytest exited 1 and the run verdict is ``regression``; no gated case of the precision pair
 failed or errored, and not every one of them was inconclusive (that run showed nothing: it says so and exits 1);
-the simulated pair failed the `EXPECTED_FAILURES` cases of every task and was decided before its last look
+the simulated pair failed its `expected_failures` case (pooled choice over-confidence) and was decided before its
+last look
 (``run.sequential.comparisons``). A `--limit` that leaves one look is refused.
 """
 
@@ -61,6 +62,7 @@ from pathlib import Path
 from typing import Any
 
 from calib_checks.errors import CalibChecksError
+from calib_checks.selection import POOLED_TASK
 from calib_checks.summary import sequence_line
 
 
@@ -107,11 +109,17 @@ MEASURED_RUN = MeasuredRun(date="2026-12-04", cpu="an Intel Xeon (Sapphire Rapid
                            rate=323.0, forward_side=76.0, rest=12.5, conversion=18.0, wall_seconds=141.0)
 MEASURED = (f"{MEASURED_RUN.wall_seconds:.0f} s with a fresh score cache and the GGUF conversion, venv already "
             f"built ({MEASURED_RUN.cpu}, 2 cores, {MEASURED_RUN.date})")
-# The cases the simulated release must fail on every task (the extractor and metric where sharpening a near-chance
-# model shows most; the others are reported and gated too, without an expectation). At the first look (30 items
-# per task) choice over-confidence failed on all six tasks with Holm-adjusted p-values of 2.3e-3 (PIQA) down to
-# 7e-18 at the look's alpha of 0.01; choice ECE failed on five (MMLU humanities: p_adj 0.35 at 30 items).
-EXPECTED_FAILURES = (("choice", "overconfidence"),)
+# The case the simulated release must fail: the pooled choice over-confidence over all tasks, the release's
+# headline (the extractor and metric where sharpening a near-chance model shows most; every other case is reported
+# and gated too, without an expectation). Per task at 30 items, O'Brien-Fleming spending leaves an early look very
+# little of each case's share of alpha, so the per-task cases need not fail there: the pooled one does.
+EXPECTED = ("choice", "overconfidence")
+
+
+def expected_failures(tasks: Sequence[str]) -> list[tuple[str, str, str]]:
+    """The (task, extractor, metric) cases the simulated release must fail: the pooled one over several tasks
+    (there is none with one task: then the task's own)."""
+    return [(POOLED_TASK if len(tasks) > 1 else tasks[0], *EXPECTED)]
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_THRESHOLDS = REPO / "thresholds-demo.toml"
@@ -288,20 +296,20 @@ def check_results(results: Mapping[str, Any], tasks: Sequence[str], pytest_statu
             problems.append(f"pair {SIMULATED_PAIR}: {c['task']}:{c['extractor']}:{c['metric']} errored "
                             f"({c.get('message', '')})")
     caught: list[str] = []
-    tasks_caught = 0
-    for task in tasks:
-        before = len(caught)
-        for extractor, metric in EXPECTED_FAILURES:
-            match = [c for c in simulated if (c["task"], c["extractor"], c["metric"]) == (task, extractor, metric)]
-            name = f"{task}:{extractor}:{metric}"
-            if not match:
-                problems.append(f"pair {SIMULATED_PAIR}: case {name} is missing from the run")
-            elif match[0]["verdict"] != "fail":
-                problems.append(f"pair {SIMULATED_PAIR}: {name} is {match[0]['verdict']}, expected fail "
-                                f"({match[0].get('message', '')})")
-            else:
-                caught.append(name)
-        tasks_caught += len(caught) - before == len(EXPECTED_FAILURES)
+    for task, extractor, metric in expected_failures(tasks):
+        match = [c for c in simulated if (c["task"], c["extractor"], c["metric"]) == (task, extractor, metric)]
+        name = f"{task}:{extractor}:{metric}"
+        if not match:
+            problems.append(f"pair {SIMULATED_PAIR}: case {name} is missing from the run")
+        elif match[0]["verdict"] != "fail":
+            problems.append(f"pair {SIMULATED_PAIR}: {name} is {match[0]['verdict']}, expected fail "
+                            f"({match[0].get('message', '')})")
+        else:
+            caught.append(name)
+    # Reported, not required: the tasks whose own choice over-confidence case failed too.
+    tasks_caught = sum(any((c["task"], c["extractor"], c["metric"], c["verdict"]) == (t, "choice", "overconfidence",
+                                                                                       "fail") for c in simulated)
+                       for t in tasks)
     sequences = (results.get("run", {}).get("sequential") or {}).get("comparisons") or {}
     sequence = sequences.get(SIMULATED_PAIR)
     if not sequence:
@@ -428,7 +436,8 @@ def run_cli(args: argparse.Namespace) -> int:
     print(f"demo: {SAME_PAIR}: {check.same_passed} of {check.same_gated} gated cases passed, "
           f"{check.same_inconclusive} inconclusive (too few items to tell), {check.same_failed} failed or errored")
     print(f"demo: {SIMULATED_PAIR}: {len(check.simulated_failed)} of {check.simulated_gated} gated cases failed, "
-          f"including choice over-confidence on {check.tasks_caught} of {len(tasks)} tasks")
+          f"including {', '.join(check.expected_caught) or 'none of the expected'}; choice over-confidence failed "
+          f"on {check.tasks_caught} of {len(tasks)} tasks by itself")
     for name, seq in check.sequences.items():
         print(f"demo: {name}: {sequence_line(seq)}")
     print(f"demo: took {minutes:.1f} min (estimated {estimate:.0f} min before it started)")

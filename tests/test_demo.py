@@ -120,7 +120,7 @@ def _results(tasks, same="pass", simulated="fail", complete=True, verdict="regre
     `stopped_at` of 2 (the first, as expected), the precision pair at the last."""
     cases = []
     items = 30 if stopped_at == 1 else 60
-    for task in tasks:
+    for task in (["pooled"] if len(tasks) > 1 else []) + list(tasks):  # pooled cases over two tasks or more
         for extractor in ("continuation-sum", "choice"):
             for metric in ("ece", "overconfidence", "accuracy"):
                 gated = metric != "accuracy"
@@ -137,8 +137,8 @@ def _results(tasks, same="pass", simulated="fail", complete=True, verdict="regre
 def test_check_results_accepts_the_expected_behaviour():
     check = demo.check_results(_results(["arc_easy", "piqa"]), ["arc_easy", "piqa"], pytest_status=1)
     assert check.problems == []
-    assert check.same_gated == check.same_passed == 8
-    assert len(check.expected_caught) == 2 * len(demo.EXPECTED_FAILURES) and check.tasks_caught == 2
+    assert check.same_gated == check.same_passed == 12  # 2 tasks and pooled, 2 extractors, 2 gated metrics
+    assert check.expected_caught == ["pooled:choice:overconfidence"] and check.tasks_caught == 2
     # Some precision cases inconclusive (these items cannot tell), some passing: not a failure of the demo.
     results = _results(["piqa"])
     for case in results["cases"][:4]:
@@ -185,13 +185,13 @@ def test_check_results_flags_a_failing_precision_pair_and_a_missed_regression():
         if case["pair"] == demo.SAME_PAIR and (case["task"], case["extractor"], case["metric"]) == (
                 "arc_easy", "choice", "ece"):
             case["verdict"] = "error"
-        if case["pair"] == demo.SIMULATED_PAIR and (case["task"], case["extractor"], case["metric"]) == (
-                "arc_easy", "choice", "overconfidence"):
+        if case["pair"] == demo.SIMULATED_PAIR and case["extractor"] == "choice" and case["metric"] == "overconfidence" \
+                and case["task"] in ("arc_easy", "pooled"):
             case["verdict"] = "inconclusive"
     check = demo.check_results(results, ["arc_easy", "piqa"], 1)
     assert check.tasks_caught == 1 and check.same_failed == 3  # the demo's line says so, too
     assert len(check.problems) == 4, check.problems
-    assert any("arc_easy:choice:overconfidence is inconclusive, expected fail" in p for p in check.problems)
+    assert any("pooled:choice:overconfidence is inconclusive, expected fail" in p for p in check.problems)
     assert any(f"{demo.SAME_PAIR}: piqa:continuation-sum:ece is fail" in p for p in check.problems)
     assert any(f"{demo.SAME_PAIR}: arc_easy:choice:ece is error" in p for p in check.problems)
 
@@ -202,9 +202,8 @@ def test_check_results_refuses_a_run_that_gated_nothing_or_did_not_finish():
     assert any("piqa:choice:overconfidence is not-gated, expected fail" in p for p in check.problems)
     check = demo.check_results(_results(["piqa"], complete=False), ["piqa"], 1)
     assert check.problems == ["results.json is not complete: the gate session did not end normally"]
-    check = demo.check_results(_results(["piqa"]), ["piqa", "hellaswag"], 1)
-    assert check.problems == [f"pair {demo.SIMULATED_PAIR}: case hellaswag:choice:overconfidence is missing from "
-                              "the run"]
+    check = demo.check_results(_results(["piqa"]), ["piqa", "hellaswag"], 1)  # no pooled case in the run
+    assert check.problems == [f"pair {demo.SIMULATED_PAIR}: case pooled:choice:overconfidence is missing from the run"]
 
 
 def test_demo_refuses_a_limit_that_leaves_one_look(capsys):
@@ -233,8 +232,8 @@ def test_demo_end_to_end_on_one_task(tmp_path):
     results = json.loads((report.parent / "results.json").read_text())
     assert results["verdict"] == "regression"
     verdicts = {(c["pair"], c["extractor"], c["metric"]): c["verdict"] for c in results["cases"]}
-    for extractor, metric in demo.EXPECTED_FAILURES:
-        assert verdicts[(demo.SIMULATED_PAIR, extractor, metric)] == "fail"
+    for task, extractor, metric in demo.expected_failures(["arc_easy"]):
+        assert task == "arc_easy" and verdicts[(demo.SIMULATED_PAIR, extractor, metric)] == "fail"
     assert results["run"]["sequential"]["comparisons"][demo.SIMULATED_PAIR]["stopped_at"] == 1
     assert {v for (pair, *_), v in verdicts.items() if pair == demo.SAME_PAIR} <= {"pass", "inconclusive", "not-gated"}
     assert any(v == "pass" for (pair, *_), v in verdicts.items() if pair == demo.SAME_PAIR)

@@ -260,7 +260,8 @@ def test_xdist_gives_the_serial_verdicts_and_scores_each_model_once(gate, tmp_pa
     parallel, parallel_reports = gate(*args, "-n", "2", cache=fresh)
     assert serial.ret == parallel.ret == 1
     one, two = load_run(serial_reports), load_run(parallel_reports)
-    assert verdicts(one) == verdicts(two) and len(verdicts(one)) == 2 * 2 * 2 * 3
+    # 2 pairs x 2 extractors x (2 tasks x 3 metrics + the pooled ECE): 28 cases
+    assert verdicts(one) == verdicts(two) and len(verdicts(one)) == 2 * 2 * (2 * 3 + 1)
     assert verdicts(two)[("hot", "arc_easy", "choice", "ece")] == "fail"
     numbers = ("base_value", "aligned_value", "change", "ci_low", "ci_high", "p_value", "p_adjusted")
     # Equal up to float32 rounding: the scores are float32, and a worker's kernels may sum in another order than
@@ -339,7 +340,7 @@ def test_a_custom_task_file_runs_through_the_gate(gate) -> None:
                            "--calib-metrics", "ece,overconfidence")
     assert result.ret in (0, 1), result.stdout.str()
     results = load_run(reports)
-    assert {c["task"] for c in results["cases"]} == {"support_tickets", "support_tickets_orders"}
+    assert {c["task"] for c in results["cases"]} == {"pooled", "support_tickets", "support_tickets_orders"}
     assert all(c["verdict"] != "error" for c in results["cases"]), [c["message"] for c in results["cases"]]
     assert results["tasks"]["support_tickets"]["n_items"] == 40
     # A typo in a file's task name is a usage error naming the file's tasks, before anything is scored.
