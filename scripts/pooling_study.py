@@ -18,8 +18,8 @@ p-values are computed once per pair; every design is then applied to the same p-
 Whether a pair fails, and at which look, depends on the initial weights only (graphical.py); the passing rule
 changes how many cases fail at the stopping look, which the second table shows.
 
-    PYTHONPATH=. python scripts/pooling_study.py --jobs 2 [--quick] [--out /tmp/pooling_study.pkl]
-    PYTHONPATH=. python scripts/pooling_study.py --reanalyse /tmp/pooling_study.pkl
+    PYTHONPATH=. python scripts/pooling_study.py --jobs 2 [--quick] [--out /tmp/pooling_study.json]
+    PYTHONPATH=. python scripts/pooling_study.py --reanalyse /tmp/pooling_study.json
 
 The gate's own bootstrap settings are used (2000 resamples, normal intervals). Seeded: pair r of a scenario at a
 budget draws its items from seed ``seed * 1_000_003 + budget * 1009 + 7919 * c + r``, c the scenario's place in
@@ -30,7 +30,8 @@ The "-noSCE" designs keep only the pooled ECE and over-confidence cases in the f
 from __future__ import annotations
 
 import argparse
-import pickle
+import math
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -44,7 +45,24 @@ from calib_checks.pooled import POOLED_TASK, Group, judge_pooled
 from calib_checks.simulation import (EXTRACTORS, SCENARIOS, SHIPPED, TASK_OPTIONS, Scenario, _map_in_workers,
                                      clopper_pearson, gated_metrics, generate_group)
 from calib_checks.thresholds import load_thresholds
-from calib_checks.verdicts import holm, judge_arrays, look_alpha, look_sizes
+from calib_checks.sampling import look_sizes
+from calib_checks.verdicts import judge_arrays
+
+
+def holm(p_values):
+    """The previous round's family correction (the "shipped" column): Holm's step-down adjusted p-values."""
+    p = np.array([0.0 if math.isnan(x) else x for x in p_values], dtype=np.float64)
+    order = np.argsort(p, kind="stable")
+    out = np.empty(p.size)
+    out[order] = np.minimum(1.0, np.maximum.accumulate((p.size - np.arange(p.size)) * p[order]))
+    return [float(x) for x in out]
+
+
+def look_alpha(alpha, look, n_looks):
+    """The previous round's spending across looks (the "shipped" column): 20 % over the interim looks, 80 % last."""
+    if n_looks <= 1:
+        return alpha
+    return alpha * 0.8 if look >= n_looks - 1 else alpha * 0.2 / (n_looks - 1)
 
 ALPHA = 0.05
 FIRST_LOOK = 100
@@ -84,6 +102,15 @@ class PairP:
     keys: tuple[tuple[str, str, str], ...]
     p: np.ndarray
     seconds: float
+
+    def to_json(self) -> dict:
+        return {"scenario": self.scenario, "budget": self.budget, "seed": self.seed, "sizes": list(self.sizes),
+                "keys": [list(k) for k in self.keys], "p": self.p.tolist(), "seconds": self.seconds}
+
+    @classmethod
+    def from_json(cls, row: dict) -> PairP:
+        return cls(row["scenario"], row["budget"], row["seed"], tuple(row["sizes"]), tuple(map(tuple, row["keys"])),
+                   np.asarray(row["p"], dtype=np.float64), row["seconds"])
 
 
 def case_keys(metrics: tuple[str, ...]) -> tuple[tuple[str, str, str], ...]:
@@ -228,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="a one-minute smoke run")
-    parser.add_argument("--out", default="/tmp/pooling_study.pkl", help="where the p-values are kept (pickle)")
+    parser.add_argument("--out", default="/tmp/pooling_study.json", help="where the p-values are kept (JSON)")
     parser.add_argument("--reanalyse", metavar="PKL", nargs="+", help="print the tables from saved runs, computing "
                         "nothing")
     parser.add_argument("--scenarios", nargs="+", help="run only these scenarios of the plan (same seeds as in the "
@@ -240,8 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reanalyse:
         loaded: list[PairP] = []
         for path in args.reanalyse:
-            with open(path, "rb") as fh:
-                loaded += pickle.load(fh)
+            loaded += [PairP.from_json(row) for row in json.loads(Path(path).read_text())]
         print(report(loaded, args.designs))
         return 0
     plan = QUICK_PLAN if args.quick else FULL_PLAN
@@ -257,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                      for r in range(reps)]
             cell_start = time.time()
             pairs += _map_in_workers(judge_pair_looks, tasks, args.jobs)
-            Path(args.out).write_bytes(pickle.dumps(pairs))
+            Path(args.out).write_text(json.dumps([pair.to_json() for pair in pairs]))
             print(f"[{time.time() - start:6.0f} s] {name} at {budget}: {reps} pairs in {time.time() - cell_start:.0f} s",
                   flush=True)
     print(report(pairs, args.designs))
