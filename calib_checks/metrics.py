@@ -789,6 +789,18 @@ class BootstrapResult:
         return float((ends.std(axis=0, ddof=1) / math.sqrt(MC_BATCHES)).max())
 
 
+def check_bootstrap_arguments(n_resamples: int, confidence: float, seed: int, n_bins: int) -> int:
+    """MetricInputError for a bootstrap's bad arguments (`paired_bootstrap`'s and the pooled one's); the checked
+    number of bins."""
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
+        raise MetricInputError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")
+    if not isinstance(confidence, (float, int)) or not 0.0 < confidence < 1.0:
+        raise MetricInputError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MetricInputError(f"seed must be an integer >= 0, got {seed!r}")
+    return _check_n_bins(n_bins)
+
+
 def _resample_weights(
     rng: np.random.Generator, n_items: int, n_resamples: int, cluster_of: np.ndarray | None, chunk: int
 ) -> Iterator[np.ndarray]:
@@ -876,13 +888,7 @@ def paired_bootstrap(
         raise MetricInputError(
             f"base_probs {base.shape} and aligned_probs {aligned.shape} must have the same shape (same items)"
         )
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise MetricInputError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")
-    if not isinstance(confidence, (float, int)) or not 0.0 < confidence < 1.0:
-        raise MetricInputError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise MetricInputError(f"seed must be an integer >= 0, got {seed!r}")
-    n_bins = _check_n_bins(n_bins)
+    n_bins = check_bootstrap_arguments(n_resamples, confidence, seed, n_bins)
     name, preparer, function, binned = _resolve_metric(metric)
     inflation = METRICS[name].se_inflation if preparer is not None else 1.0
 

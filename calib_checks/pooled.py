@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 from numpy.typing import ArrayLike
 
-from calib_checks.metrics import (_CHUNK_ENTRIES, METRICS, BootstrapResult, MetricInputError, _check_n_bins,
-                                  _cluster_index, _resample_weights, _summary, _validate)
+from calib_checks.metrics import (_CHUNK_ENTRIES, METRICS, BootstrapResult, MetricInputError, _cluster_index,
+                                  _resample_weights, _summary, _validate, check_bootstrap_arguments)
 from calib_checks.selection import POOLED_TASK
 from calib_checks.thresholds import BUILTIN_POLICY, Rule, ThresholdsError, max_change, pooled_rule
 from calib_checks.verdicts import (CaseResult, Decision, VerdictError, case_from_decision, decide, error_case,
@@ -121,13 +121,7 @@ def pooled_bootstrap(metric: str, groups: Sequence[Group | tuple], n_resamples: 
     mode = pooling(metric)
     name, spec = metric, METRICS[metric]
     checked = _check_groups(groups)
-    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 1:
-        raise MetricInputError(f"n_resamples must be an integer >= 1, got {n_resamples!r}")
-    if not isinstance(confidence, (float, int)) or not 0.0 < confidence < 1.0:
-        raise MetricInputError(f"confidence must be strictly between 0 and 1, got {confidence!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise MetricInputError(f"seed must be an integer >= 0, got {seed!r}")
-    n_bins = _check_n_bins(n_bins)
+    n_bins = check_bootstrap_arguments(n_resamples, confidence, seed, n_bins)
     sizes = [c.base.shape[0] for c in checked]
     total = sum(sizes)
     k_max = max(c.base.shape[1] for c in checked)
