@@ -95,8 +95,8 @@ def test_python_api_judges_an_equal_pair_as_ship_and_a_sharpened_pair_as_regress
     assert equal.exit_code == 0 and equal.verdict == "ship", equal.reason
     gated = [c for c in equal.cases if c.rule["gate"]]
     assert {c.verdict for c in gated} <= {"pass", "inconclusive"}
-    # ECE, SCE, over-confidence by default, per task and pooled over the tasks (listed first)
-    assert len(gated) == (len(TASKS) + 1) * len(EXTRACTORS) * 3 and gated[0].task == "pooled"
+    # ECE, SCE, over-confidence by default per task, and ECE and over-confidence pooled over the tasks (first)
+    assert len(gated) == (len(TASKS) * 3 + 2) * len(EXTRACTORS) and gated[0].task == "pooled"
     results = json.loads(equal.results_path.read_text())
     assert results["verdict"] == "ship" and (equal.results_path.parent / "report.html").is_file()
 

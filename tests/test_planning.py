@@ -39,7 +39,7 @@ def test_the_plan_predicts_the_gates_own_standard_errors(independent, tmp_path, 
                  "--thresholds", str(REPO / "thresholds.toml")]) == 0
     table = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     rows = {(r[0].strip("| "), r[1], r[2]): float(r[5]) for r in table if not r[0].startswith("|---")}
-    assert set(rows) == set(measured) and len(rows) == (len(TASKS) + 1) * len(EXTRACTORS) * 3  # and pooled
+    assert set(rows) == set(measured) and len(rows) == (len(TASKS) * 3 + 2) * len(EXTRACTORS)  # and pooled
     ratios = [rows[key] / measured[key] for key in measured]
     print(f"plan se / gate se: {min(ratios):.2f} .. {max(ratios):.2f} over {len(ratios)} cases")
     assert 0.75 < min(ratios) and max(ratios) < 1.33, ratios

@@ -48,7 +48,7 @@ def test_identical_pair_never_fails() -> None:
     twin = Scenario("twin", "identical models", "null", rho=1.0)  # aligned noise = base noise, same temperature
     for seed in range(2):
         cases = judge_pair(twin, 200, THRESHOLDS, seed=seed)  # per task, and pooled over the tasks
-        assert len(cases) == len(GATED) * (len(TASK_OPTIONS) + 1) * len(EXTRACTORS)
+        assert len(cases) == (len(GATED) * len(TASK_OPTIONS) + 2) * len(EXTRACTORS)  # pooled ECE, over-confidence
         assert {c.verdict for c in cases} == {"pass"} and {c.change for c in cases} == {0.0}
 
 
