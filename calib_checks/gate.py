@@ -15,7 +15,7 @@ The steps (the pytest plugin, calib_checks/plugin.py, runs the same ones from it
 3. `Gate.cases()`: the expected cases, comparison x task x extractor x metric.
 4. `Gate.judge(cases)` collects every side's scores on every task (`collect.ScoreCollection`: once per process,
    through the score cache, shared between xdist workers), judges each case (`verdicts.judge_case`) and applies
-   the family correction (`verdicts.apply_family`, thresholds.toml's [gate] table): a verdict depends on its whole
+   the family correction (`family.correct_look` at each sequential look, thresholds.toml's [gate] table): a verdict depends on its whole
    family, so none exists before every case of the family has its numbers.
 5. `Gate.finish(results, missing=...)` accounts for completeness (an expected case without a result is an error
    unless `allow_partial`), computes the run verdict (`verdicts.run_verdict`), writes results.json (results.py),
